@@ -1,0 +1,2 @@
+//! Integration tests, one file per concern under `suite/`.
+mod suite;

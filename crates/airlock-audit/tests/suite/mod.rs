@@ -1,0 +1,6 @@
+mod common;
+mod fail_closed;
+mod query;
+mod tamper;
+mod third_party;
+mod writer;
