@@ -17,17 +17,33 @@
 //! and stores changes in overlayfs upper-dir layout under
 //! `<store>/<id>/upper` (with `<store>/<id>/work` beside it for the overlay
 //! work dir): changed files as files, deleted files as whiteouts. Whiteouts
-//! written by Airlock are the xattr form (an empty regular file with
-//! `user.overlay.whiteout`, its parent marked `user.overlay.opaque="x"`),
-//! which overlayfs mounted with `userxattr` inside a user namespace honours
-//! and which needs no CAP_MKNOD; character-device 0/0 whiteouts (created by
-//! the kernel when a sandboxed command deletes a file) are read too.
-//! Opaque directories are `user.overlay.opaque="y"`.
+//! written by Airlock are character devices 0/0, the form the kernel itself
+//! writes and honours in both lookup and readdir; Linux (5.8+) lets an
+//! unprivileged user create them. Where `mknod` of a whiteout is refused,
+//! the xattr form is written instead (an empty regular file with
+//! `user.overlay.whiteout`, its parent marked `user.overlay.opaque="x"`);
+//! overlayfs mounted with `userxattr` honours it on lookup, but (as of
+//! Linux 6.18) still lists its name in readdir of an upper layer. Both
+//! forms are read. Opaque directories are `user.overlay.opaque="y"`.
+//! Every open inside the upper dir uses `RESOLVE_NO_SYMLINKS` beneath it: a
+//! sandboxed command may have planted symlinks there.
+//!
+//! Each staged path records a [`BaseFingerprint`] of the real entry the
+//! first time it is staged (or by [`StagingArea::record_bases`] after a
+//! sandboxed run wrote the upper dir); commit refuses an entry whose real
+//! counterpart no longer matches, or that has no fingerprint.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+mod commit;
+mod diff;
+mod protected;
+mod resolve;
+mod staging;
+mod sys;
 
 use airlock_core::ErrorCode;
+
+pub use diff::MAX_DIFF_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -44,7 +60,10 @@ pub enum FsError {
     #[error("staging area {id} not found")]
     StagedNotFound { id: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl FsError {
@@ -91,63 +110,9 @@ pub struct DirEntry {
     pub size: u64,
 }
 
-/// An opened grant root. Cheap to keep in a cache keyed by path.
-pub struct GrantRoot {
-    // implementation-defined (holds an O_PATH fd)
-}
-
-/// A path the resolver has checked, holding an fd to it (or to its parent
-/// plus the final name when the file does not exist yet). Only
-/// [`GrantRoot::resolve`] makes one.
-pub struct ResolvedPath {
-    // implementation-defined
-}
-
-impl ResolvedPath {
-    /// The absolute path as requested (lexical).
-    pub fn requested(&self) -> &str {
-        todo!()
-    }
-    /// Where the fd really points (from /proc/self/fd), when it exists. Differs
-    /// from `requested` when an in-grant symlink was followed; the broker
-    /// re-checks policy on it.
-    pub fn real_path(&self) -> Option<String> {
-        todo!()
-    }
-    pub fn exists(&self) -> bool {
-        todo!()
-    }
-}
-
-impl GrantRoot {
-    pub fn open(grant: &str) -> Result<GrantRoot, FsError> {
-        let _ = grant;
-        todo!()
-    }
-    pub fn path(&self) -> &str {
-        todo!()
-    }
-    /// Resolve `path` (absolute, lexically within the grant). The target need
-    /// not exist (its parent must).
-    pub fn resolve(&self, path: &str) -> Result<ResolvedPath, FsError> {
-        let _ = path;
-        todo!()
-    }
-}
-
-/// Read up to `len` bytes (all when `None`, capped at `max`) from `offset`.
-pub fn read(p: &ResolvedPath, offset: u64, len: Option<u64>, max: u64) -> Result<Vec<u8>, FsError> {
-    let _ = (p, offset, len, max);
-    todo!()
-}
-pub fn list(p: &ResolvedPath) -> Result<Vec<DirEntry>, FsError> {
-    let _ = p;
-    todo!()
-}
-pub fn stat(p: &ResolvedPath) -> Result<FileStat, FsError> {
-    let _ = p;
-    todo!()
-}
+pub use protected::ProtectedMatcher;
+pub use resolve::{list, read, stat, GrantRoot, ResolvedPath};
+pub use staging::{sha256_file, sha256_reader, BaseFingerprint, StagingArea, StagingStore};
 
 /// Paths that are never written by commit and are read-only in the sandbox.
 /// Patterns are globs relative to a workspace root, matched at any depth
@@ -157,22 +122,23 @@ pub struct ProtectedPaths {
     pub patterns: Vec<String>,
 }
 
-/// The default list: `.git/hooks` and `.git/config` at any depth,
-/// `.gitmodules`, shell rc files, `.mcp.json`, `.vscode/`, `.idea/`, and agent
-/// config dirs (`.claude/`, `.codex/`, `.cursor/`, ...).
-pub const DEFAULT_PROTECTED: &[&str] = &[];
+pub use protected::DEFAULT_PROTECTED;
 
 impl Default for ProtectedPaths {
     fn default() -> Self {
-        ProtectedPaths { patterns: DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect() }
+        ProtectedPaths {
+            patterns: DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
 impl ProtectedPaths {
     /// `rel` is relative to the workspace root, `/`-separated.
+    /// Returns the pattern that matched (the first in list order), also
+    /// when an ancestor directory of `rel` matches. A list that does not
+    /// compile protects everything (see [`ProtectedPaths::validate`]).
     pub fn matches(&self, rel: &str) -> Option<String> {
-        let _ = rel;
-        todo!()
+        protected::matches_or_all(&self.patterns, rel)
     }
 }
 
@@ -221,103 +187,4 @@ pub struct Refused {
     pub path: String,
     pub code: ErrorCode,
     pub reason: String,
-}
-
-/// All staging areas under one directory (`$XDG_STATE_HOME/airlock/staging`).
-#[derive(Clone)]
-pub struct StagingStore {
-    // implementation-defined
-}
-
-impl StagingStore {
-    pub fn open(dir: &Path) -> Result<StagingStore, FsError> {
-        let _ = dir;
-        todo!()
-    }
-    /// The area for (session, base), created on first use.
-    pub fn area(&self, session: &str, base: &str) -> Result<StagingArea, FsError> {
-        let _ = (session, base);
-        todo!()
-    }
-    pub fn get(&self, id: &str) -> Result<StagingArea, FsError> {
-        let _ = id;
-        todo!()
-    }
-    pub fn list(&self) -> Result<Vec<AreaInfo>, FsError> {
-        todo!()
-    }
-}
-
-/// One session's staged changes over one base directory.
-#[derive(Clone)]
-pub struct StagingArea {
-    // implementation-defined
-}
-
-impl StagingArea {
-    pub fn id(&self) -> &str {
-        todo!()
-    }
-    pub fn session(&self) -> &str {
-        todo!()
-    }
-    /// The real directory the changes apply to.
-    pub fn base(&self) -> &str {
-        todo!()
-    }
-    /// overlayfs upperdir.
-    pub fn upper_dir(&self) -> PathBuf {
-        todo!()
-    }
-    /// overlayfs workdir (same filesystem as upper).
-    pub fn work_dir(&self) -> PathBuf {
-        todo!()
-    }
-    /// Stage new content for `path` (absolute, within base). Records the
-    /// on-disk fingerprint of the original the first time a path is staged.
-    pub fn write(&self, path: &str, data: &[u8], mode: Option<u32>) -> Result<(), FsError> {
-        let _ = (path, data, mode);
-        todo!()
-    }
-    pub fn delete(&self, path: &str) -> Result<(), FsError> {
-        let _ = path;
-        todo!()
-    }
-    pub fn rename(&self, from: &str, to: &str) -> Result<(), FsError> {
-        let _ = (from, to);
-        todo!()
-    }
-    /// Merged view: staged content if any, `NotFound` if whited out, else `None`
-    /// (caller reads the real file).
-    pub fn read_staged(&self, path: &str) -> Result<Option<Vec<u8>>, FsError> {
-        let _ = path;
-        todo!()
-    }
-    /// Record base fingerprints for upper entries that lack one (after a
-    /// sandboxed command wrote the upper dir directly).
-    pub fn record_bases(&self) -> Result<(), FsError> {
-        todo!()
-    }
-    pub fn changes(&self) -> Result<Vec<Change>, FsError> {
-        todo!()
-    }
-    /// Unified diff of the staged changes (all, or the named paths).
-    pub fn diff(&self, paths: Option<&[String]>) -> Result<String, FsError> {
-        let _ = paths;
-        todo!()
-    }
-    /// Apply staged changes to the real tree. Per file and atomic
-    /// (write-then-rename); never follows symlinks; strips setuid/setgid;
-    /// refuses protected paths and files changed on disk since staging;
-    /// refuses staged symlinks that point outside the base. Applied and refused
-    /// entries leave the area; refused ones stay staged.
-    pub fn commit(&self, paths: Option<&[String]>, opts: &CommitOptions) -> Result<CommitReport, FsError> {
-        let _ = (paths, opts);
-        todo!()
-    }
-    /// Drop staged changes (all, or the named paths); returns how many.
-    pub fn discard(&self, paths: Option<&[String]>) -> Result<usize, FsError> {
-        let _ = paths;
-        todo!()
-    }
 }
