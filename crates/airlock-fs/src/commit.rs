@@ -17,7 +17,7 @@ use airlock_core::ErrorCode;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::staging::{fingerprint, Ctx, Item, UKind, XATTR_OPAQUE};
+use crate::staging::{fingerprint, upper_entry, Ctx, Item, UKind, XATTR_OPAQUE};
 use crate::sys::{self, fmeta, RESOLVE_IN, RESOLVE_STRICT};
 use crate::{ChangeKind, CommitOptions, CommitReport, FileKind, FsError, Refused};
 
@@ -40,7 +40,9 @@ fn symlink_escape(path: &str) -> FsError {
 /// Open (creating when `create`) the real directory `rel` beneath `base`,
 /// never following a symlink.
 fn open_real_dir(base: &OwnedFd, rel: &str, create: bool, shown: &str) -> Result<OwnedFd, FsError> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+    // No O_NOFOLLOW: RESOLVE_NO_SYMLINKS already refuses a final symlink,
+    // with ELOOP (O_NOFOLLOW would turn it into ENOTDIR).
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY;
     match sys::openat2(base, rel, flags, Mode::empty(), RESOLVE_STRICT) {
         Ok(fd) => return Ok(fd),
         Err(Errno::NOENT) if create => {}
@@ -203,6 +205,7 @@ fn apply(c: &mut Ctx<'_>, base: &OwnedFd, it: &Item) -> Result<(), FsError> {
                 });
             }
             copy_in(src, &parent, name, m.mode & 0o777, &shown)?;
+            c.unshadow(&it.rel)?;
             rustix::fs::unlinkat(&up, name, AtFlags::empty()).map_err(|e| sys::io(&shown, e))?;
         }
         ChangeKind::Symlink => {
@@ -217,6 +220,7 @@ fn apply(c: &mut Ctx<'_>, base: &OwnedFd, it: &Item) -> Result<(), FsError> {
             rustix::fs::symlinkat(target.as_str(), &parent, tmp.as_str())
                 .map_err(|e| sys::io(&shown, e))?;
             replace(&parent, &tmp, name, &shown)?;
+            c.unshadow(&it.rel)?;
             let up = c.open_upper_dir(parent_rel)?;
             rustix::fs::unlinkat(&up, name, AtFlags::empty()).map_err(|e| sys::io(&shown, e))?;
         }
@@ -259,11 +263,12 @@ fn apply(c: &mut Ctx<'_>, base: &OwnedFd, it: &Item) -> Result<(), FsError> {
                 Some(_) => rustix::fs::unlinkat(&parent, name, AtFlags::empty()).map_err(|e| sys::io(&shown, e))?,
             }
             rustix::fs::fsync(&parent).map_err(|e| sys::io(&shown, e))?;
-            if it.upper.is_some() {
-                let up = c.open_upper_dir(parent_rel)?;
-                match rustix::fs::unlinkat(&up, name, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(sys::io(&shown, e)),
+            // Drop the whiteout (also one an earlier unshadow made for a
+            // delete implied by an opaque directory).
+            if let Ok(up) = c.open_upper_dir(parent_rel) {
+                if let Ok(Some(UKind::Whiteout)) = upper_entry(&up, name) {
+                    rustix::fs::unlinkat(&up, name, AtFlags::empty())
+                        .map_err(|e| sys::io(&shown, e))?;
                 }
             }
         }
@@ -348,6 +353,11 @@ pub(crate) fn commit(
             continue;
         }
         if !c.meta.bases.contains_key(&it.rel) {
+            // Say why the real entry cannot be fingerprinted, if it cannot.
+            if let Err(e) = fingerprint(&*base, &it.rel, &abs) {
+                report.refused.push(refused(abs, e.code(), e.to_string()));
+                continue;
+            }
             report.refused.push(refused(
                 abs,
                 ErrorCode::Conflict,

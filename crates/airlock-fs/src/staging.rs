@@ -214,10 +214,11 @@ pub(crate) enum UKind {
 }
 
 fn open_dir_strict<Fd: AsFd>(dir: Fd, name: &str) -> Result<OwnedFd, Errno> {
+    // RESOLVE_NO_SYMLINKS refuses a final symlink too (ELOOP).
     sys::openat2(
         dir,
         name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+        OFlags::RDONLY | OFlags::DIRECTORY,
         Mode::empty(),
         RESOLVE_STRICT,
     )
@@ -921,7 +922,14 @@ impl StagingArea {
         let mut c = self.ctx()?;
         let items = c.walk()?;
         for it in &items {
-            c.ensure_base(&it.rel)?;
+            match c.ensure_base(&it.rel) {
+                Ok(()) => {}
+                // Commit will refuse it, naming the reason.
+                Err(e @ FsError::Escape { .. }) => {
+                    tracing::warn!(error = %e, "cannot fingerprint the real entry of a staged change");
+                }
+                Err(e) => return Err(e),
+            }
         }
         c.finish()
     }
@@ -1143,6 +1151,7 @@ impl<'a> Ctx<'a> {
                 Some(UKind::Dir { .. }) => {}
                 Some(UKind::Whiteout) => {
                     // The real entry was deleted: a new directory replaces it.
+                    self.ensure_base(&prefix)?;
                     rustix::fs::unlinkat(&cur, comp, AtFlags::empty())
                         .map_err(|e| sys::io(&shown, e))?;
                     rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(0o755))
@@ -1179,6 +1188,7 @@ impl<'a> Ctx<'a> {
                     rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(mode))
                         .map_err(|e| sys::io(&shown, e))?;
                     if opaque {
+                        self.ensure_base(&prefix)?;
                         let d = open_dir_strict(&cur, comp).map_err(|e| sys::io(&shown, e))?;
                         self.set_opaque(&d, b"y", &shown)?;
                     }
@@ -1427,6 +1437,22 @@ impl<'a> Ctx<'a> {
             RESOLVE_STRICT,
         )
         .map_err(|e| sys::io(&shown, e))
+    }
+
+    /// Before the staged entry at `rel` is dropped (it was committed), make
+    /// sure no opaque ancestor in upper hides the real entry that replaces
+    /// it.
+    pub fn unshadow(&mut self, rel: &str) -> Result<(), FsError> {
+        let mut prefix = String::new();
+        let parent_rel = sys::split_parent(rel).0;
+        if parent_rel == "." {
+            return Ok(());
+        }
+        for comp in parent_rel.split('/') {
+            prefix = sys::join_rel(&prefix, comp);
+            self.deopaque(&prefix)?;
+        }
+        Ok(())
     }
 
     /// Turn an opaque upper directory whose real counterpart exists into a
