@@ -1,1 +1,306 @@
+# Airlock's default policy.
+#
+# Evaluated once per path of a manifest (input.path / input.path_info are set
+# to that path; see docs/policy.md). Exactly one `decision` object is defined
+# for every input, chosen in this order:
+#
+#   1. never:  credential stores, secrets and Airlock's own state -> deny, not grantable
+#   2. quota:  a usage counter has reached its limit            -> deny, reason_code quota_exceeded
+#   3. invalid: unknown action, file action without paths        -> deny, not grantable
+#   4. ask:    exec, network, paths outside every workspace, labelled paths,
+#              files that may hold a private key, directories holding Airlock state
+#   5. allow:  read/list/edit/commit of paths inside a workspace
+#
+# Matching of the never-list is by whole path components, case-insensitively,
+# wherever the components appear in the path (not only under $HOME).
 package airlock.default
+
+import rego.v1
+
+policy_id := "airlock.default"
+
+# ---------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------
+
+_file_actions := {"read_files", "list_files", "edit_files", "commit"}
+
+_known_actions := {"read_files", "list_files", "edit_files", "exec", "network", "commit"}
+
+# Component sequences that are (or hold) credentials or secrets. Lower case.
+credential_segments := [
+	[".ssh"],
+	[".aws"],
+	[".kube"],
+	[".gnupg"],
+	[".azure"],
+	[".password-store"],
+	[".netrc"],
+	[".git-credentials"],
+	[".pgpass"],
+	[".docker", "config.json"],
+	[".config", "gh", "hosts.yml"],
+	[".config", "gcloud"],
+	[".local", "share", "keyrings"],
+	[".mozilla"],
+	[".config", "google-chrome"],
+	[".config", "chromium"],
+	[".config", "bravesoftware"],
+	[".config", "microsoft-edge"],
+	["snap", "firefox"],
+	["library", "application support", "google", "chrome"],
+	["library", "keychains"],
+	["etc", "shadow"],
+	["etc", "shadow-"],
+	["etc", "gshadow"],
+	["etc", "gshadow-"],
+	["etc", "sudoers"],
+	["etc", "sudoers.d"],
+]
+
+# OpenSSH's default private key file names.
+private_key_names := {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk"}
+
+# `.env.*` files that are templates by convention and hold no secrets.
+env_templates := {".env.example", ".env.sample", ".env.template"}
+
+# Files that may hold a private key: ask rather than deny (certificates share
+# these suffixes).
+key_suffixes := [".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".ppk"]
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+_path := input.path if is_string(input.path)
+
+_comps := [c | some c in split(lower(_path), "/"); c != ""]
+
+_base := _comps[count(_comps) - 1]
+
+# Component-wise "p is r or lies beneath r".
+_within(p, r) if r == "/"
+
+_within(p, r) if p == r
+
+_within(p, r) if startswith(p, concat("", [r, "/"]))
+
+_workspaces := [w | some w in input.workspaces; is_string(w)]
+
+_inside_workspace if {
+	some w in _workspaces
+	_within(_path, w)
+}
+
+_labels := input.path_info.labels if is_array(input.path_info.labels)
+
+_labels := input.labels if {
+	not is_array(input.path_info.labels)
+	is_array(input.labels)
+}
+
+_is_env_name(c) if c == ".env"
+
+_is_env_name(c) if {
+	startswith(c, ".env.")
+	not c in env_templates
+}
+
+# ---------------------------------------------------------------------------
+# 1. never
+# ---------------------------------------------------------------------------
+
+_never contains {"rule": "credential_store", "reason": msg} if {
+	some seg in credential_segments
+	some i, c in _comps
+	c == seg[0]
+	array.slice(_comps, i, i + count(seg)) == seg
+	msg := sprintf("%s is a credential store or secret (%s); Airlock never shares it", [_path, concat("/", seg)])
+}
+
+_never contains {"rule": "credential_store", "reason": msg} if {
+	some c in _comps
+	c in private_key_names
+	msg := sprintf("%s is a private key (%s); Airlock never shares it", [_path, c])
+}
+
+_never contains {"rule": "credential_store", "reason": msg} if {
+	some c in _comps
+	_is_env_name(c)
+	msg := sprintf("%s is an environment file (%s) that usually holds secrets; Airlock never shares it", [_path, c])
+}
+
+_never contains {"rule": "credential_store", "reason": msg} if {
+	_comps[0] == "proc"
+	some j, c in _comps
+	j > 1
+	c in {"environ", "mem"}
+	msg := sprintf("%s exposes another process's %s; Airlock never shares it", [_path, c])
+}
+
+_never contains {"rule": "broker_state", "reason": msg} if {
+	some b in input.broker_paths
+	is_string(b)
+	_within(_path, b)
+	msg := sprintf("%s is Airlock's own state (%s); agents never reach it", [_path, b])
+}
+
+# ---------------------------------------------------------------------------
+# 2. quota
+# ---------------------------------------------------------------------------
+
+_quota contains msg if {
+	input.action != "commit"
+	some name, u in input.usage
+	is_number(u.used)
+	is_number(u.limit)
+	u.used >= u.limit
+	msg := sprintf("quota %s is used up (%v of %v)%s", [name, u.used, u.limit, _retry_text(u)])
+}
+
+_retry_text(u) := sprintf("; retry in %v s", [u.retry_after]) if {
+	is_number(u.retry_after)
+	u.retry_after > 0
+} else := ""
+
+# ---------------------------------------------------------------------------
+# 3. invalid
+# ---------------------------------------------------------------------------
+
+_invalid contains {"rule": "unknown_action", "reason": msg} if {
+	not input.action in _known_actions
+	msg := sprintf("unknown action %v; Airlock knows %s", [input.action, concat(", ", sort(_known_actions))])
+}
+
+_invalid contains {"rule": "no_paths", "reason": msg} if {
+	input.action in _file_actions
+	not _path
+	msg := sprintf("%s needs at least one path", [input.action])
+}
+
+# ---------------------------------------------------------------------------
+# 4. ask
+# ---------------------------------------------------------------------------
+
+_ask contains {"rule": "exec", "reason": msg} if {
+	input.action == "exec"
+	msg := sprintf("running commands (%s) needs your approval", [_commands_text])
+}
+
+_commands_text := concat(", ", input.commands) if {
+	is_array(input.commands)
+	count(input.commands) > 0
+} else := "unspecified"
+
+_ask contains {"rule": "network", "reason": msg} if {
+	input.action == "network"
+	msg := sprintf("network access to %s needs your approval", [_hosts_text])
+}
+
+_hosts_text := concat(", ", input.hosts) if {
+	is_array(input.hosts)
+	count(input.hosts) > 0
+} else := "unspecified hosts"
+
+_ask contains {"rule": "outside_workspace", "reason": msg} if {
+	_path
+	not _inside_workspace
+	msg := sprintf("%s is outside your workspaces (%s)", [_path, _workspaces_text])
+}
+
+_workspaces_text := concat(", ", _workspaces) if count(_workspaces) > 0 else := "none configured"
+
+_ask contains {"rule": "labelled", "reason": msg} if {
+	input.action != "commit"
+	_path
+	count(_labels) > 0
+	msg := sprintf("%s is labelled %s; sharing it needs your approval", [_path, concat(", ", _labels)])
+}
+
+_ask contains {"rule": "private_key", "reason": msg} if {
+	some s in key_suffixes
+	endswith(_base, s)
+	msg := sprintf("%s may hold a private key (%s); sharing it needs your approval", [_path, s])
+}
+
+_ask contains {"rule": "holds_broker_state", "reason": msg} if {
+	some b in input.broker_paths
+	is_string(b)
+	b != _path
+	_within(b, _path)
+	msg := sprintf("%s contains Airlock's own state (%s); granting it needs your approval", [_path, b])
+}
+
+# ---------------------------------------------------------------------------
+# 5. allow
+# ---------------------------------------------------------------------------
+
+_allow_reason := sprintf("%s of %s, inside your workspace %s", [input.action, _path, _ws]) if {
+	_ws := [w | some w in _workspaces; _within(_path, w)][0]
+}
+
+# ---------------------------------------------------------------------------
+# The decision: exactly one branch holds for any input.
+# ---------------------------------------------------------------------------
+
+_n_never := count(_never)
+
+_n_quota := count(_quota)
+
+_n_invalid := count(_invalid)
+
+_n_ask := count(_ask)
+
+_rules(entries) := concat(",", sort({e.rule | some e in entries}))
+
+_reasons(entries) := sort({e.reason | some e in entries})
+
+decision := {
+	"decision": "deny",
+	"rule": _rules(_never),
+	"reasons": _reasons(_never),
+	"grantable": false,
+} if {
+	_n_never > 0
+}
+
+decision := {
+	"decision": "deny",
+	"rule": "quota",
+	"reasons": sort(_quota),
+	"grantable": false,
+	"reason_code": "quota_exceeded",
+} if {
+	_n_never == 0
+	_n_quota > 0
+}
+
+decision := {
+	"decision": "deny",
+	"rule": _rules(_invalid),
+	"reasons": _reasons(_invalid),
+	"grantable": false,
+} if {
+	_n_never == 0
+	_n_quota == 0
+	_n_invalid > 0
+}
+
+decision := {
+	"decision": "ask",
+	"rule": _rules(_ask),
+	"reasons": _reasons(_ask),
+	"grantable": true,
+} if {
+	_n_never + _n_quota + _n_invalid == 0
+	_n_ask > 0
+}
+
+decision := {
+	"decision": "allow",
+	"rule": "workspace",
+	"reasons": [_allow_reason],
+	"grantable": false,
+} if {
+	_n_never + _n_quota + _n_invalid + _n_ask == 0
+}
