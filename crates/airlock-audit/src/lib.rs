@@ -203,6 +203,7 @@ struct Inner {
     dir: PathBuf,
     tx: Mutex<Option<mpsc::Sender<writer::Msg>>>,
     head: writer::SharedHead,
+    counters: Arc<writer::Counters>,
     closed: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -222,7 +223,8 @@ impl AuditLog {
     /// reported via tracing), and start the writer.
     pub fn open(dir: &Path, max_segment_bytes: u64) -> Result<AuditLog, AuditError> {
         let head: writer::SharedHead = Arc::new(Mutex::new(None));
-        let w = writer::Writer::open(dir, max_segment_bytes, head.clone())?;
+        let counters = Arc::new(writer::Counters::default());
+        let w = writer::Writer::open(dir, max_segment_bytes, head.clone(), counters.clone())?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("airlock-audit-writer".into())
@@ -236,6 +238,7 @@ impl AuditLog {
                 dir: dir.to_path_buf(),
                 tx: Mutex::new(Some(tx)),
                 head,
+                counters,
                 closed: AtomicBool::new(false),
                 thread: Mutex::new(Some(thread)),
             }),
@@ -303,6 +306,16 @@ impl AuditLog {
             .clone()
     }
 
+    /// Counters since open: how well group commit is batching.
+    pub fn stats(&self) -> AuditStats {
+        let c = &self.inner.counters;
+        AuditStats {
+            records: c.records.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            failed_syncs: c.failed_syncs.load(Ordering::Relaxed),
+        }
+    }
+
     /// Flush and stop the writer (called on shutdown); later appends fail with `Closed`.
     ///
     /// Records queued before the call are written (or failed) first; the
@@ -337,6 +350,17 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Writer counters, from [`AuditLog::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct AuditStats {
+    /// Records made durable since open.
+    pub records: u64,
+    /// Successful write+fdatasync commits (each covers one or more records).
+    pub syncs: u64,
+    /// Commits that failed and were rolled back.
+    pub failed_syncs: u64,
 }
 
 /// Result of a successful verification.

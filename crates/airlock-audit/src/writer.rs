@@ -5,6 +5,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::format::{
@@ -41,6 +42,14 @@ pub(crate) enum Msg {
 
 /// The durable head shared with [`crate::AuditLog::head`].
 pub(crate) type SharedHead = Arc<Mutex<Option<(u64, String)>>>;
+
+/// Counters behind [`crate::AuditLog::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub records: AtomicU64,
+    pub syncs: AtomicU64,
+    pub failed_syncs: AtomicU64,
+}
 
 /// Same OS error, for each waiter of a failed batch.
 fn clone_io(e: &io::Error) -> io::Error {
@@ -80,6 +89,7 @@ pub(crate) struct Writer {
     anchor: File,
     anchor_dirty: bool,
     shared_head: SharedHead,
+    counters: Arc<Counters>,
     /// Held for the writer's lifetime: one writer per directory.
     _lock: File,
 }
@@ -195,6 +205,7 @@ impl Writer {
         dir: &Path,
         max_segment_bytes: u64,
         shared_head: SharedHead,
+        counters: Arc<Counters>,
     ) -> Result<Writer, AuditError> {
         create_private_dir(dir)?;
         let lock_path = dir.join(LOCK_FILE);
@@ -315,6 +326,7 @@ impl Writer {
             anchor,
             anchor_dirty: false,
             shared_head,
+            counters,
             _lock: lock,
         };
         if head.is_some() {
@@ -400,6 +412,7 @@ impl Writer {
             .write_all_at(buf, self.durable_len)
             .and_then(|_| file.sync_data());
         if let Err(e) = res {
+            self.counters.failed_syncs.fetch_add(1, Ordering::Relaxed);
             tracing::error!(segment = %self.seg_path.display(), error = %e, records_bytes = buf.len(), "audit write failed; rolling back, nothing in this batch is acknowledged");
             if let Err(e2) = file.set_len(self.durable_len) {
                 tracing::error!(segment = %self.seg_path.display(), error = %e2, "rolling back the audit segment failed; will retry before the next write");
@@ -531,6 +544,8 @@ impl Writer {
         *self.shared_head.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((seq, String::from_utf8_lossy(&hash).into_owned()));
         self.anchor_dirty = true;
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.records.fetch_add(waiting.len() as u64, Ordering::Relaxed);
         for (reply, seq, hash) in waiting.drain(..) {
             reply.send(Ok(AuditReceipt {
                 seq: AuditSeq(seq),

@@ -142,6 +142,12 @@ fn concurrent_threads_and_tasks_get_unique_consecutive_seqs() {
         (1..=total as u64).collect::<Vec<_>>()
     );
     assert_eq!(log.head().unwrap().0, total as u64);
+    let stats = log.stats();
+    assert_eq!(stats.records, total as u64);
+    assert_eq!(stats.failed_syncs, 0);
+    // Group commit: 80 concurrent appenders share fdatasyncs.
+    assert!(stats.syncs < stats.records, "no batching: {stats:?}");
+    println!("{stats:?}");
     log.close();
     let report = verify(tmp.path()).unwrap();
     assert_eq!(report.records, total as u64);
