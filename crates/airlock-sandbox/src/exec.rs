@@ -1,0 +1,824 @@
+//! Orchestration: prepare the plan, start the sandbox, supervise it, and
+//! turn what happened into an [`Outcome`].
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::limits::{Mechanism, RunCgroup};
+use crate::mounts::{self, Access, RootInputs};
+use crate::syscall::{self, ChildPlan, LandlockPlan};
+use crate::{
+    ExitKind, LandlockState, Layer, LayerReport, Outcome, SandboxError, SandboxSpec, StdioMode, Violation, WorkspaceMode,
+};
+
+/// Host id the sandbox runs as when Airlock is started as root and the
+/// workspace is root's own (or absent): `nobody`.
+pub const NOBODY: u32 = 65534;
+
+/// Sends signals to a running sandbox (to its init, which forwards them to
+/// the command's process group). Cheap to clone; usable from a signal
+/// handling thread while another thread waits.
+#[derive(Clone)]
+pub struct Signaller {
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Signaller {
+    /// Send `sig` (e.g. `libc::SIGINT`). Fails with ESRCH once it has exited.
+    pub fn signal(&self, sig: i32) -> std::io::Result<()> {
+        syscall::pidfd_signal(self.pidfd.as_raw_fd(), sig)
+    }
+}
+
+/// A started sandbox.
+pub struct Running {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    status_rd: OwnedFd,
+    start: Instant,
+    cgroup: Option<RunCgroup>,
+    report: LayerReport,
+    placeholders: Vec<PathBuf>,
+    limits: crate::Limits,
+    upper: Option<PathBuf>,
+    out: Option<JoinHandle<Vec<u8>>>,
+    err: Option<JoinHandle<Vec<u8>>>,
+    notify: Option<(Arc<AtomicBool>, JoinHandle<Vec<Violation>>)>,
+    done: bool,
+}
+
+/// Run `spec` to completion (blocking).
+pub fn run(spec: &SandboxSpec) -> Result<Outcome, SandboxError> {
+    spawn(spec)?.wait()
+}
+
+fn absolute(p: &Path, what: &str) -> Result<PathBuf, SandboxError> {
+    if !p.is_absolute() {
+        return Err(SandboxError::Spec(format!("{what} {} is not absolute", p.display())));
+    }
+    std::fs::canonicalize(p).map_err(|e| SandboxError::io(format!("{what} {}", p.display()), e))
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
+    CString::new(s.as_ref()).map_err(|_| SandboxError::Spec("argument or environment contains a NUL byte".into()))
+}
+
+fn parse_net(entries: &[String]) -> Result<(Vec<u16>, Vec<u8>), SandboxError> {
+    use std::net::ToSocketAddrs;
+    let mut ports = vec![];
+    let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for e in entries {
+        let (host, port) = match e.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
+                let port: u16 = p.parse().map_err(|_| SandboxError::Spec(format!("--allow-net {e:?}: bad port")))?;
+                (h.trim_matches(|c| c == '[' || c == ']').to_string(), vec![port])
+            }
+            _ => (e.clone(), vec![443, 80]),
+        };
+        if host.is_empty() {
+            return Err(SandboxError::Spec(format!("--allow-net {e:?}: empty host")));
+        }
+        let addrs = (host.as_str(), port[0])
+            .to_socket_addrs()
+            .map_err(|err| SandboxError::Spec(format!("--allow-net {e:?}: cannot resolve {host}: {err}")))?;
+        for a in addrs {
+            if host.parse::<std::net::IpAddr>().is_err() {
+                hosts.push_str(&format!("{} {}\n", a.ip(), host));
+            }
+        }
+        for p in port {
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+    }
+    Ok((ports, hosts.into_bytes()))
+}
+
+fn failure_message(step: u32, descs: &[String]) -> String {
+    use syscall::*;
+    match step {
+        s if (s as usize) < descs.len() => descs[s as usize].clone(),
+        STEP_SYNC => "waiting for the parent".into(),
+        STEP_SETID => "switching to the unprivileged inside user".into(),
+        STEP_HOSTNAME => "setting the hostname".into(),
+        STEP_LOOPBACK => "bringing up loopback".into(),
+        STEP_CHDIR => "changing to the working directory".into(),
+        STEP_RLIMIT => "setting rlimits".into(),
+        STEP_NNP => "setting no_new_privs".into(),
+        STEP_LANDLOCK_OPEN => "opening a Landlock rule path".into(),
+        STEP_LANDLOCK_RULE => "adding a Landlock rule".into(),
+        STEP_LANDLOCK_RESTRICT => "applying Landlock".into(),
+        STEP_CAPS => "dropping capabilities".into(),
+        STEP_SECCOMP => "installing the seccomp filter".into(),
+        STEP_FORK => "forking the command".into(),
+        STEP_SETSID => "setsid".into(),
+        STEP_STDIO => "setting up stdio".into(),
+        STEP_EXEC => "exec".into(),
+        STEP_NOTIFY => "passing the seccomp listener".into(),
+        s if s >= STEP_SRC => format!("opening mount source #{}", s - STEP_SRC),
+        _ => format!("step {step}"),
+    }
+}
+
+fn write_file(path: String, data: &str) -> Result<(), SandboxError> {
+    std::fs::write(&path, data).map_err(|e| SandboxError::Namespaces {
+        why: format!("writing {path}: {e}"),
+        hint: "check user.max_user_namespaces and that the user namespace was created".into(),
+    })
+}
+
+fn userns_hint() -> String {
+    let mut h = vec!["sysctl user.max_user_namespaces=15000".to_string()];
+    if Path::new("/proc/sys/kernel/unprivileged_userns_clone").exists() {
+        h.push("sysctl kernel.unprivileged_userns_clone=1".into());
+    }
+    if Path::new("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").exists() {
+        h.push("sysctl kernel.apparmor_restrict_unprivileged_userns=0 (or an AppArmor profile allowing userns for airlock)".into());
+    }
+    h.join("; ")
+}
+
+/// Start the sandbox described by `spec`.
+pub fn spawn(spec: &SandboxSpec) -> Result<Running, SandboxError> {
+    match spawn_once(spec, false) {
+        Err(SandboxError::Layer { layer: Layer::Overlay, why, .. }) if spec.allow_degraded.contains(&Layer::Overlay) => {
+            tracing::warn!("overlay unavailable ({why}); workspace mounted read-only");
+            let mut r = spawn_once(spec, true)?;
+            r.report.degraded.push((Layer::Overlay, format!("{why}; workspace mounted read-only")));
+            Ok(r)
+        }
+        r => r,
+    }
+}
+
+fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, SandboxError> {
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return Err(SandboxError::Spec("empty command".into()));
+    }
+    if !spec.cwd.is_absolute() {
+        return Err(SandboxError::Spec(format!("cwd {} is not absolute", spec.cwd.display())));
+    }
+    let degraded_ok = |l: Layer| spec.allow_degraded.contains(&l);
+    let mut degraded: Vec<(Layer, String)> = vec![];
+
+    // Paths.
+    let workspace = match &spec.workspace {
+        None => None,
+        Some(w) => {
+            let base = absolute(&w.base, "workspace")?;
+            if !base.is_dir() {
+                return Err(SandboxError::Spec(format!("workspace {} is not a directory", base.display())));
+            }
+            let mode = match (&w.mode, overlay_fallback) {
+                (WorkspaceMode::Staged { .. }, true) => WorkspaceMode::ReadOnly,
+                (WorkspaceMode::Staged { upper, work }, false) => {
+                    WorkspaceMode::Staged { upper: absolute(upper, "upper dir")?, work: absolute(work, "work dir")? }
+                }
+                (m, _) => m.clone(),
+            };
+            Some((base, mode))
+        }
+    };
+    let allow_read = spec.allow_read.iter().map(|p| absolute(p, "--allow-read")).collect::<Result<Vec<_>, _>>()?;
+    let allow_write = spec.allow_write.iter().map(|p| absolute(p, "--allow-write")).collect::<Result<Vec<_>, _>>()?;
+    let hidden: Vec<PathBuf> = spec.hidden.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+    let cwd = std::fs::canonicalize(&spec.cwd).unwrap_or_else(|_| spec.cwd.clone());
+    let home = spec.env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| PathBuf::from(v)).filter(|p| p.is_absolute());
+
+    // Identity.
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
+    let root_mode = euid == 0;
+    let (uid, gid) = if root_mode {
+        use std::os::unix::fs::MetadataExt;
+        match &workspace {
+            Some((b, _)) => match std::fs::metadata(b) {
+                Ok(m) if m.uid() != 0 => (m.uid(), m.gid()),
+                _ => (NOBODY, NOBODY),
+            },
+            None => (NOBODY, NOBODY),
+        }
+    } else {
+        (euid, egid)
+    };
+    if root_mode {
+        if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
+            for d in [upper, work] {
+                std::os::unix::fs::lchown(d, Some(uid), Some(gid)).map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
+            }
+        }
+    }
+
+    // Network.
+    let (net_ports, hosts_file) = if spec.allow_net.is_empty() { (vec![], None) } else {
+        let (p, h) = parse_net(&spec.allow_net)?;
+        (p, Some(h))
+    };
+    let with_net = !spec.allow_net.is_empty();
+
+    // Landlock.
+    let abi = crate::landlock::kernel_abi();
+    let mut ll_setup = None;
+    let mut landlock_state = LandlockState::NotEnforced;
+    match abi {
+        Some(a) => match crate::landlock::create(a, with_net) {
+            Ok(s) => {
+                landlock_state = if s.missing.is_empty() { LandlockState::Enforced } else { LandlockState::Partial };
+                for m in &s.missing {
+                    degraded.push((Layer::Landlock, m.clone()));
+                }
+                if with_net && !s.net && !degraded_ok(Layer::Landlock) {
+                    return Err(SandboxError::Layer {
+                        layer: Layer::Landlock,
+                        why: format!("--allow-net needs Landlock TCP rules (ABI 4), kernel has ABI {a}"),
+                        hint: "Linux 6.7 or newer".into(),
+                    });
+                }
+                ll_setup = Some(s);
+            }
+            Err(why) if degraded_ok(Layer::Landlock) => degraded.push((Layer::Landlock, why)),
+            Err(why) => return Err(SandboxError::Layer { layer: Layer::Landlock, why, hint: "a kernel with CONFIG_SECURITY_LANDLOCK=y and `landlock` in the lsm= boot parameter".into() }),
+        },
+        None if degraded_ok(Layer::Landlock) => degraded.push((Layer::Landlock, "Landlock not enabled in this kernel".into())),
+        None => {
+            return Err(SandboxError::Layer {
+                layer: Layer::Landlock,
+                why: "Landlock is not enabled in this kernel".into(),
+                hint: "a kernel with CONFIG_SECURITY_LANDLOCK=y and `landlock` in the lsm= boot parameter (e.g. lsm=landlock,lockdown,yama,integrity,apparmor)".into(),
+            })
+        }
+    }
+
+    // seccomp.
+    let mut seccomp_progs = vec![];
+    let mut notify_filter = None;
+    let mut seccomp_on = false;
+    if !syscall::seccomp_available() {
+        if !degraded_ok(Layer::Seccomp) {
+            return Err(SandboxError::Layer { layer: Layer::Seccomp, why: "seccomp is not available".into(), hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into() });
+        }
+        degraded.push((Layer::Seccomp, "seccomp not available".into()));
+    } else {
+        let p = crate::seccomp::programs(with_net)?;
+        if syscall::notif_sizes_ok() {
+            seccomp_progs.push(p.deny_notify());
+            notify_filter = Some(0);
+        } else {
+            seccomp_progs.push(p.deny.clone());
+        }
+        seccomp_progs.push(p.clone3.clone());
+        seccomp_on = true;
+    }
+
+    // Limits.
+    let run_id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut mech = crate::limits::detect();
+    let mut cgroup = None;
+    if mech != Mechanism::Rlimit {
+        match RunCgroup::create(mech, &run_id, &spec.limits) {
+            Ok(c) => cgroup = Some(c),
+            Err(e) => {
+                tracing::debug!("cgroup unavailable ({e}); using rlimits");
+                mech = Mechanism::Rlimit;
+            }
+        }
+    }
+    let rlimits = crate::limits::rlimits(&spec.limits, mech);
+
+    // Root plan. Mount sources are opened by the child at fixed descriptor
+    // numbers above everything open now.
+    let fd_base = fd_base()?;
+    let ws_ref = workspace.as_ref().map(|(b, m)| (b.as_path(), m));
+    let prot_ok = !degraded_ok(Layer::ProtectedPaths);
+    let plan = match mounts::build(&RootInputs {
+        workspace: ws_ref,
+        allow_read: &allow_read,
+        allow_write: &allow_write,
+        hidden: &hidden,
+        home: home.as_deref(),
+        hosts_file,
+        protected: Some(&spec.protected),
+        chown_to: if root_mode { Some((uid, gid)) } else { None },
+        fd_base,
+    }) {
+        Ok(p) => p,
+        Err(SandboxError::Layer { layer: Layer::ProtectedPaths, why, .. }) if !prot_ok => {
+            degraded.push((Layer::ProtectedPaths, why));
+            mounts::build(&RootInputs {
+                workspace: ws_ref,
+                allow_read: &allow_read,
+                allow_write: &allow_write,
+                hidden: &hidden,
+                home: home.as_deref(),
+                hosts_file: None,
+                protected: None,
+                chown_to: None,
+                fd_base,
+            })?
+        }
+        Err(e) => return Err(e),
+    };
+    let mounts::RootPlan { ops, descs, landlock: ll_paths, protected_mounted, placeholders, srcs } = plan;
+    let cleanup_placeholders = PlaceholderGuard(placeholders);
+
+    let landlock = match ll_setup {
+        None => None,
+        Some(s) => {
+            let a = s.abi;
+            let mut paths = vec![];
+            for (p, class, is_dir) in &ll_paths {
+                let mut m = match class {
+                    Access::Ro => crate::landlock::read_rights(a),
+                    Access::Rw => crate::landlock::all_rights(a),
+                    Access::Dev => crate::landlock::dev_rights(a),
+                    Access::Proc => crate::landlock::proc_rights(a),
+                    Access::ListOnly => 1 << 3,
+                };
+                if !is_dir {
+                    m &= crate::landlock::file_rights(a);
+                }
+                paths.push((CString::new(p.as_os_str().as_bytes()).map_err(|_| SandboxError::Spec("NUL in path".into()))?, m));
+            }
+            let ports = if s.net { net_ports.iter().map(|p| (crate::landlock::NET_CONNECT_TCP, u64::from(*p))).collect() } else { vec![] };
+            Some((LandlockPlan { ruleset: s.ruleset, paths, ports, restrict_flags: s.restrict_flags }, s.scopes))
+        }
+    };
+    let (landlock, scopes) = match landlock {
+        Some((p, s)) => (Some(p), s),
+        None => (None, vec![]),
+    };
+
+    // Pipes.
+    let (sync_rd, sync_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+    let (err_rd, err_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+    let (status_rd, status_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+    let (notify_parent, notify_child) = if notify_filter.is_some() {
+        let (a, b) = syscall::socketpair().map_err(|e| SandboxError::io("socketpair", e))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+
+    // Stdio.
+    let mut child_stdio: Vec<OwnedFd> = vec![];
+    let mut stdio = [-1 as RawFd; 3];
+    let mut out_rd = None;
+    let mut err_rd_cap = None;
+    let mut cap_max = 0usize;
+    if let StdioMode::Capture { max_bytes } = &spec.stdio {
+        cap_max = *max_bytes;
+        let null: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| SandboxError::io("open /dev/null", e))?.into();
+        let (o_r, o_w) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+        let (e_r, e_w) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+        stdio = [null.as_raw_fd(), o_w.as_raw_fd(), e_w.as_raw_fd()];
+        child_stdio.extend([null, o_w, e_w]);
+        out_rd = Some(o_r);
+        err_rd_cap = Some(e_r);
+    }
+
+    // Command lookup and environment.
+    let argv0 = &spec.argv[0];
+    let exec_paths: Vec<CString> = if argv0.contains('/') {
+        vec![cstr(argv0)?]
+    } else {
+        let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(crate::env::DEFAULT_PATH);
+        path.split(':').filter(|d| d.starts_with('/')).map(|d| cstr(format!("{d}/{argv0}"))).collect::<Result<_, _>>()?
+    };
+    let argv: Vec<CString> = spec.argv.iter().map(cstr).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect::<Result<_, _>>()?;
+
+    let mut plan = ChildPlan {
+        srcs,
+        src_base: fd_base,
+        sync_rd: sync_rd.as_raw_fd(),
+        err_wr: err_wr.as_raw_fd(),
+        status_wr: status_wr.as_raw_fd(),
+        setid: if root_mode { Some((uid, gid)) } else { None },
+        ops,
+        hostname: CString::from(c"airlock"),
+        loopback: !with_net,
+        cwd: cstr(cwd.as_os_str().as_bytes())?,
+        rlimits,
+        landlock,
+        seccomp: seccomp_progs,
+        notify_filter,
+        notify_sock: notify_child.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+        exec_paths,
+        argv,
+        argv_ptrs: vec![],
+        envp,
+        envp_ptrs: vec![],
+        stdio,
+    };
+    plan.seal();
+
+    let mut flags = (libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP) as u64;
+    let mut namespaces: Vec<String> = ["user", "mount", "pid", "ipc", "uts", "cgroup"].iter().map(|s| s.to_string()).collect();
+    if !with_net {
+        flags |= libc::CLONE_NEWNET as u64;
+        namespaces.push("net".into());
+    }
+
+    let start = Instant::now();
+    let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
+        why: format!("clone3 with new user/mount/pid/net/ipc/uts/cgroup namespaces: {e}"),
+        hint: userns_hint(),
+    })?;
+    let pidfd = Arc::new(pidfd);
+    // From here on, a failure must kill and reap the child.
+    let kill = |pidfd: &Arc<OwnedFd>| {
+        let _ = syscall::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+        let _ = syscall::wait_pidfd(pidfd.as_raw_fd());
+    };
+    drop(sync_rd);
+    drop(err_wr);
+    drop(status_wr);
+    drop(notify_child);
+    drop(child_stdio);
+
+    let uid_map = format!("{uid} {uid} 1");
+    let setup = (|| -> Result<(), SandboxError> {
+        if !root_mode {
+            write_file(format!("/proc/{pid}/setgroups"), "deny")?;
+        }
+        write_file(format!("/proc/{pid}/uid_map"), &format!("{uid_map}\n"))?;
+        write_file(format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n"))?;
+        if let Some(cg) = &cgroup {
+            cg.add(pid).map_err(|why| SandboxError::Layer { layer: Layer::Limits, why, hint: "run as root or delegate a cgroup v2 subtree".into() })?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        kill(&pidfd);
+        return Err(e);
+    }
+    // Go.
+    let mut sync_file = std::fs::File::from(sync_wr);
+    if let Err(e) = std::io::Write::write_all(&mut sync_file, b"g") {
+        kill(&pidfd);
+        return Err(SandboxError::io("starting the sandbox", e));
+    }
+    drop(sync_file);
+    let mut buf = vec![];
+    let mut err_file = std::fs::File::from(err_rd);
+    let _ = err_file.read_to_end(&mut buf);
+    if let Some((step, errno)) = syscall::decode_failure(&buf) {
+        kill(&pidfd);
+        let source = std::io::Error::from_raw_os_error(errno);
+        let what = failure_message(step, &descs);
+        let is_overlay = (step as usize) < descs.len() && descs[step as usize].starts_with("mount overlay");
+        return Err(if is_overlay {
+            SandboxError::Layer {
+                layer: Layer::Overlay,
+                why: format!("{what}: {source}"),
+                hint: "Linux 5.11+ (overlayfs in user namespaces) with the upper dir on a filesystem supporting user xattrs (ext4, xfs, btrfs, tmpfs 6.6+)".into(),
+            }
+        } else if step >= syscall::STEP_SRC {
+            let path = plan.srcs.get((step - syscall::STEP_SRC) as usize).map(|c| c.to_string_lossy().to_string()).unwrap_or_default();
+            SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), source }
+        } else if step == syscall::STEP_EXEC {
+            SandboxError::Exec { cmd: spec.argv[0].clone(), source }
+        } else if (syscall::STEP_LANDLOCK_OPEN..=syscall::STEP_LANDLOCK_RESTRICT).contains(&step) {
+            SandboxError::Layer { layer: Layer::Landlock, why: format!("{what}: {source}"), hint: "a kernel with Landlock enabled".into() }
+        } else if step == syscall::STEP_SECCOMP {
+            SandboxError::Layer { layer: Layer::Seccomp, why: format!("{what}: {source}"), hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into() }
+        } else {
+            SandboxError::Setup { step: what, source }
+        });
+    }
+
+    // Seccomp notifications.
+    let notify = match notify_parent {
+        Some(sock) => match syscall::recv_fd(sock.as_raw_fd()) {
+            Ok(Some(fd)) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let s2 = stop.clone();
+                let h = std::thread::Builder::new()
+                    .name("airlock-seccomp".into())
+                    .spawn(move || supervise(fd, s2))
+                    .map_err(|e| SandboxError::io("thread", e))?;
+                Some((stop, h))
+            }
+            _ => None,
+        },
+        None => None,
+    };
+    let reader = |fd: Option<OwnedFd>| -> Option<JoinHandle<Vec<u8>>> {
+        fd.map(|fd| {
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::from(fd);
+                let mut kept = vec![];
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match f.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let room = cap_max.saturating_sub(kept.len());
+                            kept.extend_from_slice(&chunk[..n.min(room)]);
+                        }
+                    }
+                }
+                kept
+            })
+        })
+    };
+    let out = reader(out_rd);
+    let err = reader(err_rd_cap);
+
+    let report = LayerReport {
+        namespaces,
+        uid_map,
+        landlock_abi: abi,
+        landlock: landlock_state,
+        landlock_scopes: scopes,
+        seccomp: seccomp_on,
+        seccomp_notify: notify.is_some(),
+        limits_mechanism: mech.as_str().into(),
+        workspace: match &workspace {
+            None => "none".into(),
+            Some((_, WorkspaceMode::Staged { .. })) => "staged-overlay".into(),
+            Some((_, WorkspaceMode::WriteThrough)) => "write-through".into(),
+            Some((_, WorkspaceMode::ReadOnly)) => "read-only".into(),
+        },
+        protected_mounted,
+        network: if with_net { format!("host-tcp-ports:{}", net_ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")) } else { "none".into() },
+        degraded,
+    };
+    let upper = match &workspace {
+        Some((_, WorkspaceMode::Staged { upper, .. })) => Some(upper.clone()),
+        _ => None,
+    };
+    Ok(Running {
+        pid,
+        pidfd,
+        status_rd,
+        start,
+        cgroup,
+        report,
+        placeholders: cleanup_placeholders.take(),
+        limits: spec.limits.clone(),
+        upper,
+        out,
+        err,
+        notify,
+        done: false,
+    })
+}
+
+/// First free descriptor number well above the ones open now, below the
+/// soft RLIMIT_NOFILE.
+fn fd_base() -> Result<i32, SandboxError> {
+    let max_open = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| SandboxError::io("list /proc/self/fd", e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .max()
+        .unwrap_or(2);
+    let base = max_open + 128;
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    if (base as u64) + 64 > soft {
+        return Err(SandboxError::Spec(format!("too many open descriptors ({max_open}) for RLIMIT_NOFILE {soft}")));
+    }
+    Ok(base)
+}
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct PlaceholderGuard(Vec<PathBuf>);
+impl PlaceholderGuard {
+    fn take(mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.0)
+    }
+}
+impl Drop for PlaceholderGuard {
+    fn drop(&mut self) {
+        mounts::remove_placeholders(&self.0);
+    }
+}
+
+fn family_name(f: u64) -> String {
+    match f as i32 {
+        libc::AF_PACKET => "AF_PACKET".into(),
+        libc::AF_NETLINK => "AF_NETLINK".into(),
+        libc::AF_VSOCK => "AF_VSOCK".into(),
+        libc::AF_BLUETOOTH => "AF_BLUETOOTH".into(),
+        libc::AF_ALG => "AF_ALG".into(),
+        libc::AF_INET => "AF_INET/UDP".into(),
+        libc::AF_INET6 => "AF_INET6/UDP".into(),
+        n => format!("family {n}"),
+    }
+}
+
+/// Describe one blocked call.
+fn describe(n: &syscall::SeccompNotif) -> String {
+    let nr = i64::from(n.data.nr);
+    if n.data.arch != native_arch() {
+        return format!("foreign-ABI syscall {nr}");
+    }
+    if nr & 0x4000_0000 != 0 {
+        return format!("x32 syscall {}", nr & !0x4000_0000);
+    }
+    match nr {
+        libc::SYS_socket | libc::SYS_socketpair => format!("{}({})", crate::seccomp::syscall_name(nr), family_name(n.data.args[0] & 0xffff_ffff)),
+        libc::SYS_ioctl => {
+            let req = n.data.args[1] & 0xffff_ffff;
+            let name = crate::seccomp::DENIED_IOCTLS.iter().find(|(r, _)| *r == req).map(|(_, s)| *s).unwrap_or("?");
+            format!("ioctl({name})")
+        }
+        libc::SYS_clone | libc::SYS_unshare => {
+            let names: Vec<&str> =
+                crate::seccomp::NAMESPACE_FLAGS.iter().filter(|(f, _)| n.data.args[0] & f != 0).map(|(_, s)| *s).collect();
+            format!("{}({})", if nr == libc::SYS_clone { "clone" } else { "unshare" }, names.join("|"))
+        }
+        _ => crate::seccomp::syscall_name(nr),
+    }
+}
+
+fn native_arch() -> u32 {
+    if cfg!(target_arch = "x86_64") {
+        62 | 0x8000_0000 | 0x4000_0000
+    } else if cfg!(target_arch = "aarch64") {
+        183 | 0x8000_0000 | 0x4000_0000
+    } else {
+        0
+    }
+}
+
+fn supervise(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Violation> {
+    let mut counts: BTreeMap<String, (usize, u32)> = BTreeMap::new();
+    let raw = fd.as_raw_fd();
+    let mut order = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        match syscall::poll_in(&[raw], 100) {
+            Ok(r) if r[0] => {}
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+        match syscall::notif_recv(raw) {
+            Ok(n) => {
+                let what = describe(&n);
+                let _ = syscall::notif_deny(raw, n.id, libc::EPERM);
+                let e = counts.entry(what).or_insert_with(|| {
+                    order += 1;
+                    (order, 0)
+                });
+                e.1 += 1;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(_) => break,
+        }
+    }
+    let mut v: Vec<(usize, Violation)> =
+        counts.into_iter().map(|(what, (o, count))| (o, Violation { kind: "syscall".into(), what, count })).collect();
+    v.sort_by_key(|(o, _)| *o);
+    v.into_iter().map(|(_, x)| x).collect()
+}
+
+fn upper_size(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(p).into_iter().filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum()
+}
+
+impl Running {
+    /// Host pid of the sandbox's init process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A handle to signal the command while another thread waits.
+    pub fn signaller(&self) -> Signaller {
+        Signaller { pidfd: self.pidfd.clone() }
+    }
+
+    /// What is applied (before the command finishes).
+    pub fn report(&self) -> &LayerReport {
+        &self.report
+    }
+
+    /// Wait for the command (enforcing the timeout and the disk limit),
+    /// collect what happened and clean up.
+    pub fn wait(mut self) -> Result<Outcome, SandboxError> {
+        let deadline = self.limits.timeout.map(|t| self.start + t);
+        let disk_watch = match (&self.upper, self.limits.disk) {
+            (Some(u), Some(max)) => Some((u.clone(), max)),
+            _ => None,
+        };
+        let mut timed_out = false;
+        let mut disk_hit = false;
+        let raw = self.pidfd.as_raw_fd();
+        loop {
+            let now = Instant::now();
+            let mut tick: i32 = -1;
+            if let Some(d) = deadline {
+                if now >= d {
+                    timed_out = true;
+                    let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
+                    break;
+                }
+                tick = (d - now).as_millis().min(i32::MAX as u128) as i32 + 1;
+            }
+            if disk_watch.is_some() {
+                tick = if tick < 0 { 250 } else { tick.min(250) };
+            }
+            match syscall::poll_in(&[raw], tick) {
+                Ok(r) if r[0] => break,
+                Ok(_) => {}
+                Err(e) => return Err(SandboxError::io("waiting for the sandbox", e)),
+            }
+            if let Some((u, max)) = &disk_watch {
+                if upper_size(u) > *max {
+                    disk_hit = true;
+                    let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
+                    break;
+                }
+            }
+        }
+        let reaped = syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
+        let duration = self.start.elapsed();
+        let mut st = [0u8; 4];
+        let mut f = std::fs::File::from(self.status_rd.try_clone().map_err(|e| SandboxError::io("dup", e))?);
+        let status = match f.read_exact(&mut st) {
+            Ok(()) => Some(i32::from_ne_bytes(st)),
+            Err(_) => None,
+        };
+        let stats = self.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
+        if let Some(mut cg) = self.cgroup.take() {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("cgroup cleanup: {e}");
+            }
+        }
+        mounts::remove_placeholders(&self.placeholders);
+
+        let cpu_used = Duration::from_secs(reaped.rusage.ru_utime.tv_sec as u64 + reaped.rusage.ru_stime.tv_sec as u64);
+        let kind = if timed_out {
+            ExitKind::Timeout
+        } else if disk_hit {
+            ExitKind::DiskLimit
+        } else if stats.oom_killed {
+            ExitKind::MemoryLimit
+        } else {
+            match status {
+                Some(s) if libc::WIFEXITED(s) => {
+                    let c = libc::WEXITSTATUS(s);
+                    if c != 0 && stats.pids_hit {
+                        ExitKind::PidsLimit
+                    } else {
+                        ExitKind::Exited(c)
+                    }
+                }
+                Some(s) if libc::WIFSIGNALED(s) => {
+                    let sig = libc::WTERMSIG(s);
+                    match sig {
+                        libc::SIGXCPU => ExitKind::CpuLimit,
+                        libc::SIGKILL if self.limits.cpu_time.is_some_and(|c| cpu_used >= c) => ExitKind::CpuLimit,
+                        libc::SIGXFSZ => ExitKind::DiskLimit,
+                        _ if stats.pids_hit => ExitKind::PidsLimit,
+                        _ => ExitKind::Signaled(sig),
+                    }
+                }
+                _ => {
+                    if reaped.code == libc::CLD_KILLED || reaped.code == libc::CLD_DUMPED {
+                        ExitKind::Signaled(reaped.status)
+                    } else {
+                        ExitKind::Exited(reaped.status)
+                    }
+                }
+            }
+        };
+        let violations = match self.notify.take() {
+            Some((stop, h)) => {
+                stop.store(true, Ordering::Relaxed);
+                h.join().unwrap_or_default()
+            }
+            None => vec![],
+        };
+        let stdout = self.out.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let stderr = self.err.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let peak_memory = stats.peak_memory.or_else(|| u64::try_from(reaped.rusage.ru_maxrss).ok().map(|k| k * 1024));
+        self.done = true;
+        Ok(Outcome { status: kind, duration, peak_memory, report: self.report.clone(), violations, stdout, stderr })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped without wait(): kill and reap so nothing outlives us.
+            let _ = syscall::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
+            let _ = syscall::wait_pidfd(self.pidfd.as_raw_fd());
+            if let Some((stop, _)) = &self.notify {
+                stop.store(true, Ordering::Relaxed);
+            }
+            mounts::remove_placeholders(&self.placeholders);
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Resource limits: a per-run cgroup (v2 when delegated, else v1 memory and
+//! pids controllers, which need root), else rlimits inside the sandbox's own
+//! user namespace. CPU time and file size always come from rlimits.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Limits;
+
+/// Which mechanism enforces memory and process limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// A delegated cgroup v2 subtree.
+    CgroupV2,
+    /// cgroup v1 `memory` and `pids` controllers.
+    CgroupV1,
+    /// `RLIMIT_DATA` / `RLIMIT_NPROC`.
+    Rlimit,
+}
+
+impl Mechanism {
+    /// `cgroup-v2`, `cgroup-v1` or `rlimit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::CgroupV2 => "cgroup-v2",
+            Mechanism::CgroupV1 => "cgroup-v1",
+            Mechanism::Rlimit => "rlimit",
+        }
+    }
+}
+
+const V1_ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroup path of this process for a v1 controller (or `""` for v2).
+fn own_cgroup(controller: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in text.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+        if ctrls.split(',').any(|c| c == controller) {
+            return Some(path.to_string());
+        }
+    }
+    None
+}
+
+/// Where a cgroup2 hierarchy is mounted, if any.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    for line in text.lines() {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.starts_with("cgroup2 ") {
+            return pre.split(' ').nth(4).map(PathBuf::from);
+        }
+    }
+    None
+}
+
+fn writable(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let euid = current_euid();
+    match fs::metadata(p) {
+        Ok(m) => euid == 0 || (m.uid() == euid && m.mode() & 0o200 != 0),
+        Err(_) => false,
+    }
+}
+
+/// Effective uid of this process.
+pub fn current_euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// A delegated v2 cgroup where we may create children with memory and pids.
+fn v2_parent() -> Option<PathBuf> {
+    let mount = cgroup2_mount()?;
+    let own = own_cgroup("")?;
+    let dir = mount.join(own.trim_start_matches('/'));
+    let ctrl = fs::read_to_string(dir.join("cgroup.subtree_control")).ok()?;
+    let has = |c: &str| ctrl.split_whitespace().any(|x| x == c);
+    if has("memory") && has("pids") && writable(&dir) {
+        Some(dir)
+    } else {
+        None
+    }
+}
+
+fn v1_dir(controller: &str) -> Option<PathBuf> {
+    let own = own_cgroup(controller)?;
+    let dir = Path::new(V1_ROOT).join(controller).join(own.trim_start_matches('/'));
+    if dir.join("cgroup.procs").exists() && writable(&dir) {
+        Some(dir)
+    } else {
+        None
+    }
+}
+
+/// Which mechanism this process can use (without creating anything).
+pub fn detect() -> Mechanism {
+    if v2_parent().is_some() {
+        Mechanism::CgroupV2
+    } else if v1_dir("memory").is_some() && v1_dir("pids").is_some() {
+        Mechanism::CgroupV1
+    } else {
+        Mechanism::Rlimit
+    }
+}
+
+/// Counters read from a cgroup after the run.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupStats {
+    /// Peak memory usage in bytes.
+    pub peak_memory: Option<u64>,
+    /// The OOM killer fired (or the limit was hit and allocations failed).
+    pub oom_killed: bool,
+    /// A fork failed because of the pids limit.
+    pub pids_hit: bool,
+}
+
+/// A per-run cgroup (one directory per v1 controller, or one v2 dir).
+/// Removed on drop (after killing anything left in it).
+#[derive(Debug)]
+pub struct RunCgroup {
+    mechanism: Mechanism,
+    memory: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    removed: bool,
+}
+
+fn write(p: &Path, v: &str) -> Result<(), String> {
+    fs::write(p, v).map_err(|e| format!("write {} to {}: {e}", v.trim(), p.display()))
+}
+
+impl RunCgroup {
+    /// Create `airlock-<name>` cgroups and set the limits.
+    pub fn create(mechanism: Mechanism, name: &str, limits: &Limits) -> Result<RunCgroup, String> {
+        let leaf = format!("airlock-{name}");
+        let mut cg = RunCgroup { mechanism, memory: None, pids: None, removed: false };
+        match mechanism {
+            Mechanism::Rlimit => return Err("no cgroup mechanism".into()),
+            Mechanism::CgroupV2 => {
+                let parent = v2_parent().ok_or("cgroup v2 not delegated")?;
+                let d = parent.join(&leaf);
+                fs::create_dir(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+                cg.memory = Some(d.clone());
+                cg.pids = Some(d.clone());
+                if let Some(m) = limits.memory {
+                    write(&d.join("memory.max"), &m.to_string())?;
+                    let _ = fs::write(d.join("memory.swap.max"), "0");
+                }
+                if let Some(p) = limits.pids {
+                    write(&d.join("pids.max"), &(p + 1).to_string())?;
+                }
+            }
+            Mechanism::CgroupV1 => {
+                let md = v1_dir("memory").ok_or("cgroup v1 memory controller not writable")?.join(&leaf);
+                fs::create_dir(&md).map_err(|e| format!("mkdir {}: {e}", md.display()))?;
+                cg.memory = Some(md.clone());
+                let pd = v1_dir("pids").ok_or("cgroup v1 pids controller not writable")?.join(&leaf);
+                fs::create_dir(&pd).map_err(|e| format!("mkdir {}: {e}", pd.display()))?;
+                cg.pids = Some(pd.clone());
+                if let Some(m) = limits.memory {
+                    write(&md.join("memory.limit_in_bytes"), &m.to_string())?;
+                    // Swap would let the balloon grow past the limit.
+                    let sw = md.join("memory.memsw.limit_in_bytes");
+                    if sw.exists() {
+                        write(&sw, &m.to_string())?;
+                    }
+                    let _ = fs::write(md.join("memory.swappiness"), "0");
+                }
+                if let Some(p) = limits.pids {
+                    write(&pd.join("pids.max"), &(p + 1).to_string())?;
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    /// The mechanism in use.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    fn dirs(&self) -> Vec<&PathBuf> {
+        let mut v: Vec<&PathBuf> = self.memory.iter().chain(self.pids.iter()).collect();
+        v.dedup();
+        v
+    }
+
+    /// Move `pid` into the cgroup(s).
+    pub fn add(&self, pid: i32) -> Result<(), String> {
+        for d in self.dirs() {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Read peak memory and whether limits were hit.
+    pub fn stats(&self) -> CgroupStats {
+        let mut s = CgroupStats::default();
+        let num = |p: PathBuf| fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        let kv = |p: PathBuf, key: &str| -> Option<u64> {
+            let t = fs::read_to_string(p).ok()?;
+            t.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().parse().ok()))
+        };
+        if let Some(m) = &self.memory {
+            match self.mechanism {
+                Mechanism::CgroupV1 => {
+                    s.peak_memory = num(m.join("memory.max_usage_in_bytes"));
+                    s.oom_killed = kv(m.join("memory.oom_control"), "oom_kill ").unwrap_or(0) > 0;
+                }
+                Mechanism::CgroupV2 => {
+                    s.peak_memory = num(m.join("memory.peak"));
+                    s.oom_killed = kv(m.join("memory.events"), "oom_kill ").unwrap_or(0) > 0;
+                }
+                Mechanism::Rlimit => {}
+            }
+        }
+        if let Some(p) = &self.pids {
+            s.pids_hit = kv(p.join("pids.events"), "max ").unwrap_or(0) > 0;
+        }
+        s
+    }
+
+    /// SIGKILL everything still in the cgroup.
+    pub fn kill_all(&self) {
+        for d in self.dirs() {
+            if let Ok(t) = fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in t.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // Killing by pid is fine here: these pids are members of
+                    // our own cgroup, which nothing else can join.
+                    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Remove the cgroup directories (retrying while the kernel finishes
+    /// tearing the processes down).
+    pub fn remove(&mut self) -> Result<(), String> {
+        if self.removed {
+            return Ok(());
+        }
+        let mut last = String::new();
+        for d in self.dirs().into_iter().cloned().collect::<Vec<_>>() {
+            let mut ok = false;
+            for i in 0..200 {
+                match fs::remove_dir(&d) {
+                    Ok(()) => {
+                        ok = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        ok = true;
+                        break;
+                    }
+                    Err(e) => {
+                        last = format!("rmdir {}: {e}", d.display());
+                        if i == 20 {
+                            self.kill_all();
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            if !ok {
+                tracing::warn!("{last}");
+            }
+        }
+        self.removed = true;
+        if last.is_empty() {
+            Ok(())
+        } else {
+            Err(last)
+        }
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        let _ = self.remove();
+    }
+}
+
+/// rlimits `(resource, soft, hard)` applied inside the sandbox.
+pub fn rlimits(limits: &Limits, mechanism: Mechanism) -> Vec<(i32, u64, u64)> {
+    let mut v = vec![(libc::RLIMIT_CORE as i32, 0, 0)];
+    if mechanism == Mechanism::Rlimit {
+        if let Some(m) = limits.memory {
+            v.push((libc::RLIMIT_DATA as i32, m, m));
+        }
+        if let Some(p) = limits.pids {
+            // +1: the sandbox's init process counts too.
+            v.push((libc::RLIMIT_NPROC as i32, p + 1, p + 1));
+        }
+    }
+    if let Some(c) = limits.cpu_time {
+        let s = c.as_secs().max(1);
+        // SIGXCPU at the soft limit (reported as CpuLimit), SIGKILL a
+        // second later if it is caught.
+        v.push((libc::RLIMIT_CPU as i32, s, s + 1));
+    }
+    if let Some(d) = limits.disk {
+        v.push((libc::RLIMIT_FSIZE as i32, d, d));
+    }
+    v
+}
+
+/// Parse a size like `512M`, `2G`, `1048576`, `64k` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let unit = s[i..].trim().to_ascii_lowercase();
+            let m = match unit.trim_end_matches('b').trim_end_matches('i') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("bad size {s:?} (use e.g. 512M, 2G)")),
+            };
+            (&s[..i], m)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (use e.g. 512M, 2G)"))?;
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("bad size {s:?}"))
+}
+
+/// Parse a duration like `30s`, `10m`, `1h`, `500ms`, `90` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("bad duration {s:?} (use e.g. 30s, 10m, 1h, 500ms)");
+    let i = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..i].parse().map_err(|_| bad())?;
+    let d = match &s[i..] {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn rlimit_table() {
+        let l = Limits { memory: Some(1 << 20), pids: Some(5), cpu_time: Some(Duration::from_secs(2)), timeout: None, disk: Some(4096) };
+        let r = rlimits(&l, Mechanism::Rlimit);
+        assert!(r.contains(&(libc::RLIMIT_DATA as i32, 1 << 20, 1 << 20)));
+        assert!(r.contains(&(libc::RLIMIT_NPROC as i32, 6, 6)));
+        assert!(r.contains(&(libc::RLIMIT_CPU as i32, 2, 3)));
+        assert!(r.contains(&(libc::RLIMIT_FSIZE as i32, 4096, 4096)));
+        let r = rlimits(&l, Mechanism::CgroupV1);
+        assert!(!r.iter().any(|x| x.0 == libc::RLIMIT_DATA as i32 || x.0 == libc::RLIMIT_NPROC as i32));
+    }
+
+    #[test]
+    fn cgroup_lifecycle_when_root() {
+        let m = detect();
+        if m == Mechanism::Rlimit {
+            eprintln!("SKIPPED: no writable cgroup here (not root or not delegated)");
+            return;
+        }
+        let l = Limits { memory: Some(64 << 20), pids: Some(10), ..Default::default() };
+        let mut cg = RunCgroup::create(m, &format!("test-{}", std::process::id()), &l).expect("create");
+        let dirs: Vec<PathBuf> = cg.dirs().into_iter().cloned().collect();
+        assert!(dirs.iter().all(|d| d.exists()));
+        let st = cg.stats();
+        assert!(!st.oom_killed && !st.pids_hit);
+        cg.remove().expect("remove");
+        assert!(dirs.iter().all(|d| !d.exists()));
+    }
+}

@@ -1,0 +1,586 @@
+//! The sandbox's filesystem view: a plan of mount operations run by the
+//! child before and after `pivot_root`, the matching Landlock table, and the
+//! protected-path walk.
+//!
+//! Layout inside (paths are the host's): a tmpfs root, read-only binds of
+//! `/usr /bin /sbin /lib* /etc` (symlinks recreated on merged-/usr systems;
+//! `/etc/shadow`, `/etc/gshadow`, `/etc/sudoers`, SSH host keys and
+//! `/etc/ssl/private` masked), fresh `/proc`, a tmpfs `/dev` with bind
+//! mounts of the host's `null zero full random urandom tty`, a private
+//! devpts, `/dev/shm`, a private `/tmp`, an empty private `$HOME`, the
+//! workspace (overlayfs onto the staging upper dir, or a bind), the grants,
+//! hidden paths masked, protected paths bound read-only over the workspace.
+//! Sources are referenced as `/proc/self/fd/N` of descriptors opened by the
+//! parent, so the child never resolves a host path a second time (and,
+//! when started as root, the unprivileged inside uid need not be able to
+//! traverse to them).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::syscall::MountOp;
+use crate::{SandboxError, WorkspaceMode};
+
+/// Where the new root is assembled before `pivot_root` (a tmpfs mounted over
+/// the host's `/tmp` inside the private mount namespace).
+pub(crate) const NEWROOT: &str = "/tmp";
+
+/// System directories bound read-only when present.
+pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"];
+
+/// Files under `/etc` masked with an empty file.
+pub const MASKED_FILES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/security/opasswd",
+];
+
+/// Directories under `/etc` masked with an empty directory.
+pub const MASKED_DIRS: &[&str] = &["/etc/sudoers.d", "/etc/ssl/private"];
+
+/// Device nodes bound from the host.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Bound on the protected-path walk (directory entries visited).
+pub const WALK_LIMIT: usize = 200_000;
+
+/// Landlock class of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Ro,
+    Rw,
+    Dev,
+    Proc,
+    ListOnly,
+}
+
+/// The mount plan and everything derived from it.
+pub(crate) struct RootPlan {
+    pub ops: Vec<MountOp>,
+    pub descs: Vec<String>,
+    /// (inside path, class, is_dir)
+    pub landlock: Vec<(PathBuf, Access, bool)>,
+    pub protected_mounted: Vec<String>,
+    /// Placeholders created in the upper dir (removed after the run),
+    /// deepest first.
+    pub placeholders: Vec<PathBuf>,
+    /// Mount sources (host paths) the child opens as `/proc/self/fd/N`,
+    /// `N = fd_base + index`.
+    pub srcs: Vec<CString>,
+}
+
+fn cs(p: impl AsRef<Path>) -> Result<CString, SandboxError> {
+    CString::new(p.as_ref().as_os_str().as_bytes()).map_err(|_| SandboxError::Spec(format!("{}: contains NUL", p.as_ref().display())))
+}
+
+fn nr(p: &Path) -> PathBuf {
+    let rel = p.strip_prefix("/").unwrap_or(p);
+    Path::new(NEWROOT).join(rel)
+}
+
+/// Inputs of the mount plan (all paths absolute and canonical).
+pub(crate) struct RootInputs<'a> {
+    pub workspace: Option<(&'a Path, &'a WorkspaceMode)>,
+    pub allow_read: &'a [PathBuf],
+    pub allow_write: &'a [PathBuf],
+    pub hidden: &'a [PathBuf],
+    pub home: Option<&'a Path>,
+    pub hosts_file: Option<Vec<u8>>,
+    pub protected: Option<&'a airlock_fs::ProtectedPaths>,
+    /// owner to give placeholder parents created in the upper dir (root mode).
+    pub chown_to: Option<(u32, u32)>,
+    /// First descriptor number for mount sources in the child.
+    pub fd_base: i32,
+}
+
+struct Builder {
+    plan: RootPlan,
+    fd_base: i32,
+}
+
+impl Builder {
+    fn op(&mut self, op: MountOp, desc: String) {
+        self.plan.ops.push(op);
+        self.plan.descs.push(desc);
+    }
+
+    fn mkdir_p(&mut self, inside: &Path) -> Result<(), SandboxError> {
+        let mut cur = PathBuf::from("/");
+        for c in inside.components().skip(1) {
+            cur.push(c);
+            self.op(MountOp::Mkdir { path: cs(nr(&cur))?, mode: 0o755 }, format!("mkdir {}", cur.display()));
+        }
+        Ok(())
+    }
+
+    fn mountpoint(&mut self, inside: &Path, is_dir: bool) -> Result<(), SandboxError> {
+        if is_dir {
+            self.mkdir_p(inside)
+        } else {
+            if let Some(parent) = inside.parent() {
+                self.mkdir_p(parent)?;
+            }
+            self.op(MountOp::Touch { path: cs(nr(inside))? }, format!("create mount point {}", inside.display()));
+            Ok(())
+        }
+    }
+
+    fn fd_src(&mut self, host: &Path) -> Result<CString, SandboxError> {
+        let n = self.fd_base + self.plan.srcs.len() as i32;
+        self.plan.srcs.push(cs(host)?);
+        cs(format!("/proc/self/fd/{n}"))
+    }
+
+    fn bind(&mut self, host: &Path, inside: &Path, ro: bool) -> Result<(), SandboxError> {
+        let src = self.fd_src(host)?;
+        self.op(MountOp::Bind { src, dst: cs(nr(inside))? }, format!("bind {} -> {}", host.display(), inside.display()));
+        if ro {
+            self.op(MountOp::ReadOnly { path: cs(nr(inside))?, recursive: true }, format!("make {} read-only", inside.display()));
+        } else {
+            self.op(MountOp::NoSuid { path: cs(nr(inside))? }, format!("make {} nosuid", inside.display()));
+        }
+        Ok(())
+    }
+}
+
+fn is_dir(p: &Path) -> Result<bool, SandboxError> {
+    std::fs::metadata(p).map(|m| m.is_dir()).map_err(|e| SandboxError::io(format!("stat {}", p.display()), e))
+}
+
+/// Build the plan.
+pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
+    let mut b = Builder {
+        plan: RootPlan {
+            ops: vec![],
+            descs: vec![],
+            landlock: vec![],
+            protected_mounted: vec![],
+            placeholders: vec![],
+            srcs: vec![],
+        },
+        fd_base: inp.fd_base,
+    };
+    b.op(MountOp::MakePrivate, "make mounts private".into());
+    b.op(
+        MountOp::Tmpfs { target: cs(NEWROOT)?, opts: cs("mode=0755,size=16m")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+        "mount tmpfs root".into(),
+    );
+    b.op(MountOp::WriteFile { path: cs(nr(Path::new("/.empty")))?, data: vec![], mode: 0o444 }, "create empty file".into());
+    b.op(MountOp::Mkdir { path: cs(nr(Path::new("/.emptydir")))?, mode: 0o555 }, "create empty dir".into());
+    b.plan.landlock.push((PathBuf::from("/"), Access::ListOnly, true));
+
+    // System directories.
+    for d in SYSTEM_DIRS {
+        let p = Path::new(d);
+        let Ok(md) = std::fs::symlink_metadata(p) else { continue };
+        if md.file_type().is_symlink() {
+            let target = std::fs::read_link(p).map_err(|e| SandboxError::io(format!("readlink {d}"), e))?;
+            b.op(MountOp::Symlink { target: cs(&target)?, link: cs(nr(p))? }, format!("symlink {d}"));
+        } else if md.is_dir() {
+            b.op(MountOp::Mkdir { path: cs(nr(p))?, mode: 0o755 }, format!("mkdir {d}"));
+            let src = cs(p)?;
+            b.op(MountOp::Bind { src, dst: cs(nr(p))? }, format!("bind {d}"));
+            if *d == "/etc" {
+                for f in MASKED_FILES {
+                    if Path::new(f).is_file() {
+                        b.op(MountOp::Bind { src: cs(nr(Path::new("/.empty")))?, dst: cs(nr(Path::new(f)))? }, format!("mask {f}"));
+                    }
+                }
+                for f in MASKED_DIRS {
+                    if Path::new(f).is_dir() {
+                        b.op(MountOp::Bind { src: cs(nr(Path::new("/.emptydir")))?, dst: cs(nr(Path::new(f)))? }, format!("mask {f}"));
+                    }
+                }
+                if let Ok(rd) = std::fs::read_dir("/etc/ssh") {
+                    for e in rd.flatten() {
+                        let name = e.file_name();
+                        let n = name.to_string_lossy();
+                        if n.starts_with("ssh_host_") && n.ends_with("_key") {
+                            let f = Path::new("/etc/ssh").join(&*n);
+                            b.op(MountOp::Bind { src: cs(nr(Path::new("/.empty")))?, dst: cs(nr(&f))? }, format!("mask {}", f.display()));
+                        }
+                    }
+                }
+                if let Some(data) = &inp.hosts_file {
+                    b.op(MountOp::WriteFile { path: cs(nr(Path::new("/.hosts")))?, data: data.clone(), mode: 0o444 }, "write hosts file".into());
+                    b.op(MountOp::Bind { src: cs(nr(Path::new("/.hosts")))?, dst: cs(nr(Path::new("/etc/hosts")))? }, "bind /etc/hosts".into());
+                }
+            }
+            b.op(MountOp::ReadOnly { path: cs(nr(p))?, recursive: true }, format!("make {d} read-only"));
+            b.plan.landlock.push((p.to_path_buf(), Access::Ro, true));
+        }
+    }
+
+    // /proc
+    b.op(MountOp::Mkdir { path: cs(nr(Path::new("/proc")))?, mode: 0o555 }, "mkdir /proc".into());
+    b.op(MountOp::Proc { target: cs(nr(Path::new("/proc")))? }, "mount /proc".into());
+    b.plan.landlock.push(("/proc".into(), Access::Proc, true));
+
+    // /dev
+    let dev = Path::new("/dev");
+    b.op(MountOp::Mkdir { path: cs(nr(dev))?, mode: 0o755 }, "mkdir /dev".into());
+    b.op(
+        MountOp::Tmpfs { target: cs(nr(dev))?, opts: cs("mode=0755,size=64k")?, flags: (libc::MS_NOSUID | libc::MS_NOEXEC) as libc::c_ulong },
+        "mount /dev".into(),
+    );
+    for d in DEVICES {
+        let host = dev.join(d);
+        if !host.exists() {
+            continue;
+        }
+        b.op(MountOp::Touch { path: cs(nr(&host))? }, format!("create {}", host.display()));
+        b.op(MountOp::Bind { src: cs(&host)?, dst: cs(nr(&host))? }, format!("bind {}", host.display()));
+    }
+    b.op(MountOp::Mkdir { path: cs(nr(&dev.join("pts")))?, mode: 0o755 }, "mkdir /dev/pts".into());
+    b.op(MountOp::Devpts { target: cs(nr(&dev.join("pts")))? }, "mount /dev/pts".into());
+    for (t, l) in [("pts/ptmx", "ptmx"), ("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr")] {
+        b.op(MountOp::Symlink { target: cs(t)?, link: cs(nr(&dev.join(l)))? }, format!("symlink /dev/{l}"));
+    }
+    b.op(MountOp::Mkdir { path: cs(nr(&dev.join("shm")))?, mode: 0o1777 }, "mkdir /dev/shm".into());
+    b.op(
+        MountOp::Tmpfs { target: cs(nr(&dev.join("shm")))?, opts: cs("mode=1777")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+        "mount /dev/shm".into(),
+    );
+    b.plan.landlock.push(("/dev".into(), Access::Dev, true));
+    b.plan.landlock.push(("/dev/shm".into(), Access::Rw, true));
+
+    // /tmp
+    b.op(MountOp::Mkdir { path: cs(nr(Path::new("/tmp")))?, mode: 0o1777 }, "mkdir /tmp".into());
+    b.op(
+        MountOp::Tmpfs { target: cs(nr(Path::new("/tmp")))?, opts: cs("mode=1777")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+        "mount /tmp".into(),
+    );
+    b.plan.landlock.push(("/tmp".into(), Access::Rw, true));
+
+    // $HOME: private and empty.
+    if let Some(home) = inp.home {
+        if home != Path::new("/") && !home.starts_with("/tmp") && !SYSTEM_DIRS.iter().any(|d| home.starts_with(d)) {
+            b.mkdir_p(home)?;
+            b.op(
+                MountOp::Tmpfs { target: cs(nr(home))?, opts: cs("mode=0700")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+                format!("mount private {}", home.display()),
+            );
+            b.plan.landlock.push((home.to_path_buf(), Access::Rw, true));
+        }
+    }
+
+    // Workspace and grants, parents first.
+    enum G<'a> {
+        Ws(&'a WorkspaceMode),
+        Read,
+        Write,
+    }
+    let mut grants: Vec<(&Path, G<'_>)> = vec![];
+    if let Some((ws, mode)) = inp.workspace {
+        grants.push((ws, G::Ws(mode)));
+    }
+    grants.extend(inp.allow_read.iter().map(|p| (p.as_path(), G::Read)));
+    grants.extend(inp.allow_write.iter().map(|p| (p.as_path(), G::Write)));
+    grants.sort_by_key(|(p, _)| p.components().count());
+    for (p, g) in &grants {
+        let dir = is_dir(p)?;
+        b.mountpoint(p, dir)?;
+        match g {
+            G::Ws(WorkspaceMode::Staged { upper, work }) => {
+                let l = b.fd_src(p)?;
+                let u = b.fd_src(upper)?;
+                let w = b.fd_src(work)?;
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={},userxattr",
+                    l.to_string_lossy(),
+                    u.to_string_lossy(),
+                    w.to_string_lossy()
+                );
+                b.op(MountOp::Overlay { target: cs(nr(p))?, opts: cs(opts)? }, format!("mount overlay on {}", p.display()));
+                b.plan.landlock.push((p.to_path_buf(), Access::Rw, true));
+            }
+            G::Ws(WorkspaceMode::WriteThrough) | G::Write => {
+                b.bind(p, p, false)?;
+                b.plan.landlock.push((p.to_path_buf(), Access::Rw, dir));
+            }
+            G::Ws(WorkspaceMode::ReadOnly) | G::Read => {
+                b.bind(p, p, true)?;
+                b.plan.landlock.push((p.to_path_buf(), Access::Ro, dir));
+            }
+        }
+    }
+
+    // Hidden paths inside any grant.
+    for h in inp.hidden {
+        if !grants.iter().any(|(g, _)| h.starts_with(g)) {
+            continue;
+        }
+        let Ok(md) = std::fs::metadata(h) else { continue };
+        let src = if md.is_dir() { "/.emptydir" } else { "/.empty" };
+        b.op(MountOp::Bind { src: cs(nr(Path::new(src)))?, dst: cs(nr(h))? }, format!("hide {}", h.display()));
+        b.op(MountOp::ReadOnly { path: cs(nr(h))?, recursive: true }, format!("make {} read-only", h.display()));
+    }
+
+    // Protected paths in a writable workspace.
+    if let (Some((ws, mode)), Some(prot)) = (inp.workspace, inp.protected) {
+        if !matches!(mode, WorkspaceMode::ReadOnly) {
+            let upper = match mode {
+                WorkspaceMode::Staged { upper, .. } => Some(upper.as_path()),
+                _ => None,
+            };
+            let found = walk_protected(ws, upper, prot)?;
+            if let Some(upper) = upper {
+                let made = make_placeholders(ws, upper, prot, &found, inp.chown_to)?;
+                for (rel, created) in made {
+                    b.plan.placeholders.extend(created);
+                    let inside = ws.join(&rel);
+                    b.op(MountOp::Bind { src: cs(nr(&inside))?, dst: cs(nr(&inside))? }, format!("protect {}", inside.display()));
+                    b.op(MountOp::ReadOnly { path: cs(nr(&inside))?, recursive: true }, format!("protect {}", inside.display()));
+                    b.plan.protected_mounted.push(rel);
+                }
+            }
+            for rel in found.existing {
+                let inside = ws.join(&rel);
+                b.op(MountOp::Bind { src: cs(nr(&inside))?, dst: cs(nr(&inside))? }, format!("protect {}", inside.display()));
+                b.op(MountOp::ReadOnly { path: cs(nr(&inside))?, recursive: true }, format!("protect {}", inside.display()));
+                b.plan.protected_mounted.push(rel);
+            }
+        }
+    }
+
+    b.op(MountOp::PivotRoot { newroot: cs(NEWROOT)? }, "pivot_root".into());
+    b.op(MountOp::ReadOnly { path: cs("/dev")?, recursive: false }, "make /dev read-only".into());
+    b.op(MountOp::ReadOnly { path: cs("/")?, recursive: false }, "make / read-only".into());
+    Ok(b.plan)
+}
+
+/// What the protected-path walk found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Existing protected paths (relative, `/`-separated), not nested in
+    /// each other.
+    pub existing: Vec<String>,
+    /// Directories (relative; `""` for the root) holding a `.git`: the roots
+    /// of the workspace's repositories, where placeholders go.
+    pub repo_roots: Vec<String>,
+}
+
+/// Walk `ws` (and the staged `upper`, whose entries are part of the view)
+/// for protected paths, up to [`WALK_LIMIT`] entries.
+pub fn walk_protected(ws: &Path, upper: Option<&Path>, prot: &airlock_fs::ProtectedPaths) -> Result<Found, SandboxError> {
+    let mut found = Found { existing: vec![], repo_roots: vec![String::new()] };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut visited = 0usize;
+    for root in std::iter::once(ws).chain(upper) {
+        let mut it = walkdir::WalkDir::new(root).follow_links(false).min_depth(1).into_iter();
+        while let Some(entry) = it.next() {
+            let Ok(entry) = entry else { continue };
+            visited += 1;
+            if visited > WALK_LIMIT {
+                return Err(SandboxError::Layer {
+                    layer: crate::Layer::ProtectedPaths,
+                    why: format!("the workspace has more than {WALK_LIMIT} entries; protected paths cannot all be found"),
+                    hint: "choose a smaller --workspace".into(),
+                });
+            }
+            let Ok(rel) = entry.path().strip_prefix(root) else { continue };
+            let rel = rel.to_string_lossy().to_string();
+            if entry.file_name() == ".git" {
+                let parent = rel.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+                if !found.repo_roots.contains(&parent) {
+                    found.repo_roots.push(parent);
+                }
+            }
+            if protected_match(prot, &rel, entry.file_type().is_dir()) {
+                if seen.insert(rel.clone()) {
+                    found.existing.push(rel);
+                }
+                if entry.file_type().is_dir() {
+                    it.skip_current_dir();
+                }
+            }
+        }
+    }
+    // An upper-dir entry hides nothing from the walk of the lower; drop
+    // entries nested in another found entry.
+    found.existing.sort();
+    let mut out: Vec<String> = vec![];
+    for e in found.existing {
+        if !out.iter().any(|o| e.starts_with(&format!("{o}/"))) {
+            out.push(e);
+        }
+    }
+    found.existing = out;
+    Ok(found)
+}
+
+fn protected_match(prot: &airlock_fs::ProtectedPaths, rel: &str, is_dir: bool) -> bool {
+    prot.matches(rel).is_some() || (is_dir && prot.matches(&format!("{rel}/")).is_some())
+}
+
+/// A minimal glob match used when the fs crate's matcher is unavailable:
+/// `**/x` matches `x` at any depth, `x/` or `x/**` a directory and its
+/// contents, anything else literally.
+pub fn fallback_match(patterns: &[String], rel: &str) -> bool {
+    for p in patterns {
+        let (any_depth, p) = match p.strip_prefix("**/") {
+            Some(r) => (true, r),
+            None => (false, p.as_str()),
+        };
+        let p = p.trim_end_matches("/**").trim_end_matches('/');
+        if rel == p || (any_depth && rel.ends_with(&format!("/{p}"))) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Concrete relative paths of patterns (without glob characters), with
+/// whether they name a directory.
+pub fn concrete_patterns(patterns: &[String]) -> Vec<(String, bool)> {
+    let mut v = vec![];
+    for p in patterns {
+        let p2 = p.strip_prefix("**/").unwrap_or(p);
+        let dir = p2.ends_with('/') || p2.ends_with("/**") || p2.ends_with("/hooks") || p2 == "hooks";
+        let p2 = p2.trim_end_matches("/**").trim_end_matches('/');
+        if p2.is_empty() || p2.contains(['*', '?', '[', '{']) {
+            continue;
+        }
+        v.push((p2.to_string(), dir));
+    }
+    v
+}
+
+/// For each concrete protected pattern that does not exist yet at the
+/// workspace root or a repository root, but whose parent does, create an
+/// empty read-only placeholder in the upper dir (a mount point for a
+/// read-only self-bind, so it cannot be removed or written). Returns
+/// `(relative path, [created host paths, deepest first])`.
+fn make_placeholders(
+    ws: &Path,
+    upper: &Path,
+    prot: &airlock_fs::ProtectedPaths,
+    found: &Found,
+    chown_to: Option<(u32, u32)>,
+) -> Result<Vec<(String, Vec<PathBuf>)>, SandboxError> {
+    let mut out = vec![];
+    for root in &found.repo_roots {
+        for (pat, dir) in concrete_patterns(&prot.patterns) {
+            let rel = if root.is_empty() { pat.clone() } else { format!("{root}/{pat}") };
+            let lower = ws.join(&rel);
+            let up = upper.join(&rel);
+            if std::fs::symlink_metadata(&lower).is_ok() || std::fs::symlink_metadata(&up).is_ok() {
+                continue;
+            }
+            let parent_rel = Path::new(&rel).parent().map(Path::to_path_buf).unwrap_or_default();
+            if !ws.join(&parent_rel).is_dir() && !upper.join(&parent_rel).is_dir() {
+                continue;
+            }
+            if found.existing.iter().any(|e| rel.starts_with(&format!("{e}/"))) {
+                continue;
+            }
+            let mut created = vec![];
+            // Parents in the upper dir (they mirror lower dirs).
+            let mut cur = upper.to_path_buf();
+            for c in parent_rel.components() {
+                cur.push(c);
+                if std::fs::symlink_metadata(&cur).is_err() {
+                    std::fs::create_dir(&cur).map_err(|e| SandboxError::io(format!("mkdir {}", cur.display()), e))?;
+                    if let Ok(m) = std::fs::metadata(ws.join(cur.strip_prefix(upper).unwrap_or(&cur))) {
+                        let _ = std::fs::set_permissions(&cur, std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o7777));
+                    }
+                    if let Some((u, g)) = chown_to {
+                        std::os::unix::fs::lchown(&cur, Some(u), Some(g)).map_err(|e| SandboxError::io(format!("chown {}", cur.display()), e))?;
+                    }
+                    created.push(cur.clone());
+                }
+            }
+            if dir {
+                std::fs::create_dir(&up).map_err(|e| SandboxError::io(format!("mkdir {}", up.display()), e))?;
+                let _ = std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o555));
+            } else {
+                std::fs::write(&up, b"").map_err(|e| SandboxError::io(format!("create {}", up.display()), e))?;
+                let _ = std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o444));
+            }
+            created.push(up);
+            created.reverse();
+            out.push((rel, created));
+        }
+    }
+    Ok(out)
+}
+
+/// Remove placeholders created by [`build`] (empty ones only).
+pub(crate) fn remove_placeholders(paths: &[PathBuf]) {
+    let mut paths = paths.to_vec();
+    paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in &paths {
+        let Ok(md) = std::fs::symlink_metadata(p) else { continue };
+        let r = if md.is_dir() { std::fs::remove_dir(p) } else if md.len() == 0 { std::fs::remove_file(p) } else { Ok(()) };
+        if let Err(e) = r {
+            tracing::debug!("placeholder {} left: {e}", p.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prot(p: &[&str]) -> airlock_fs::ProtectedPaths {
+        airlock_fs::ProtectedPaths { patterns: p.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn concrete() {
+        let c = concrete_patterns(&["**/.git/hooks".into(), "**/.git/config".into(), ".vscode/".into(), "*.rc".into(), ".mcp.json".into()]);
+        assert_eq!(
+            c,
+            vec![(".git/hooks".into(), true), (".git/config".into(), false), (".vscode".into(), true), (".mcp.json".into(), false)]
+        );
+    }
+
+    #[test]
+    fn fallback() {
+        let p: Vec<String> = vec!["**/.git/hooks".into(), ".vscode/".into()];
+        assert!(fallback_match(&p, ".git/hooks"));
+        assert!(fallback_match(&p, "sub/mod/.git/hooks"));
+        assert!(fallback_match(&p, ".vscode"));
+        assert!(!fallback_match(&p, "sub/.vscode"));
+        assert!(!fallback_match(&p, ".git/hooksx"));
+    }
+
+    #[test]
+    fn walk_finds_nested_repos_and_stops_descending() {
+        let t = tempfile::tempdir().unwrap();
+        let ws = t.path();
+        std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+        std::fs::write(ws.join(".git/hooks/pre-commit"), "x").unwrap();
+        std::fs::create_dir_all(ws.join("vendor/lib/.git/hooks")).unwrap();
+        std::fs::write(ws.join("vendor/lib/.git/config"), "x").unwrap();
+        let p = prot(&["**/.git/hooks", "**/.git/config"]);
+        let f = walk_protected(ws, None, &p).unwrap();
+        assert_eq!(f.existing, vec![".git/hooks".to_string(), "vendor/lib/.git/config".into(), "vendor/lib/.git/hooks".into()]);
+        assert!(f.repo_roots.contains(&"vendor/lib".to_string()));
+        assert!(f.repo_roots.contains(&String::new()));
+    }
+
+    #[test]
+    fn placeholders_are_created_and_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let ws = t.path().join("ws");
+        let upper = t.path().join("upper");
+        std::fs::create_dir_all(ws.join(".git")).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        let p = prot(&["**/.git/hooks", "**/.git/config", ".vscode/"]);
+        let f = walk_protected(&ws, Some(&upper), &p).unwrap();
+        let made = make_placeholders(&ws, &upper, &p, &f, None).unwrap();
+        let rels: Vec<&str> = made.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rels, vec![".git/hooks", ".git/config", ".vscode"]);
+        assert!(upper.join(".git/hooks").is_dir());
+        assert!(upper.join(".git/config").is_file());
+        let all: Vec<PathBuf> = made.into_iter().flat_map(|(_, c)| c).collect();
+        remove_placeholders(&all);
+        assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,208 @@
+//! The seccomp-bpf deny list, compiled with `seccompiler` once per process.
+//!
+//! Two filters are installed: the deny list (its matches are turned into
+//! `SECCOMP_RET_USER_NOTIF`, so the supervisor records each attempt and
+//! answers `EPERM`; or plain `EPERM` when notification is unavailable), and a
+//! one-rule filter answering `ENOSYS` to `clone3` (its flags live in memory
+//! a BPF filter cannot read, so libc falls back to `clone`, whose flags are
+//! checked). Before the syscall dispatch, the architecture is checked (any
+//! non-native ABI, e.g. i386 via `int 0x80`, gets `EPERM`) and x32 system
+//! call numbers (bit `0x40000000`) get `EPERM`.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+
+use crate::SandboxError;
+
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Namespace flags refused in `clone` and `unshare`.
+pub const NAMESPACE_FLAGS: &[(u64, &str)] = &[
+    (libc::CLONE_NEWNS as u64, "CLONE_NEWNS"),
+    (libc::CLONE_NEWUTS as u64, "CLONE_NEWUTS"),
+    (libc::CLONE_NEWIPC as u64, "CLONE_NEWIPC"),
+    (libc::CLONE_NEWUSER as u64, "CLONE_NEWUSER"),
+    (libc::CLONE_NEWPID as u64, "CLONE_NEWPID"),
+    (libc::CLONE_NEWNET as u64, "CLONE_NEWNET"),
+    (libc::CLONE_NEWCGROUP as u64, "CLONE_NEWCGROUP"),
+    (0x80, "CLONE_NEWTIME"),
+];
+
+/// System calls denied outright (number, name).
+pub const DENIED_SYSCALLS: &[(i64, &str)] = &[
+    (libc::SYS_io_uring_setup, "io_uring_setup"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
+    (libc::SYS_io_uring_register, "io_uring_register"),
+    (libc::SYS_ptrace, "ptrace"),
+    (libc::SYS_process_vm_readv, "process_vm_readv"),
+    (libc::SYS_process_vm_writev, "process_vm_writev"),
+    (libc::SYS_keyctl, "keyctl"),
+    (libc::SYS_add_key, "add_key"),
+    (libc::SYS_request_key, "request_key"),
+    (libc::SYS_bpf, "bpf"),
+    (libc::SYS_perf_event_open, "perf_event_open"),
+    (libc::SYS_userfaultfd, "userfaultfd"),
+    (libc::SYS_mount, "mount"),
+    (libc::SYS_umount2, "umount2"),
+    (libc::SYS_pivot_root, "pivot_root"),
+    (libc::SYS_move_mount, "move_mount"),
+    (libc::SYS_open_tree, "open_tree"),
+    (libc::SYS_fsopen, "fsopen"),
+    (libc::SYS_fsconfig, "fsconfig"),
+    (libc::SYS_fsmount, "fsmount"),
+    (libc::SYS_fspick, "fspick"),
+    (libc::SYS_mount_setattr, "mount_setattr"),
+    (libc::SYS_setns, "setns"),
+    (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+    (libc::SYS_kexec_load, "kexec_load"),
+    (libc::SYS_kexec_file_load, "kexec_file_load"),
+    (libc::SYS_init_module, "init_module"),
+    (libc::SYS_finit_module, "finit_module"),
+    (libc::SYS_delete_module, "delete_module"),
+    (libc::SYS_reboot, "reboot"),
+    (libc::SYS_swapon, "swapon"),
+    (libc::SYS_swapoff, "swapoff"),
+    (libc::SYS_acct, "acct"),
+];
+
+/// Socket families allowed; everything else is refused for `socket` and
+/// `socketpair`. AF_NETLINK is refused too (route reads included): nothing a
+/// build needs depends on it (glibc's `getaddrinfo` falls back when it
+/// fails), and it is a large kernel attack surface.
+pub const ALLOWED_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+
+/// Terminal ioctls refused (injecting input, Linux console control).
+#[allow(clippy::unnecessary_cast)] // the ioctl type differs between libcs
+pub const DENIED_IOCTLS: &[(u64, &str)] = &[(libc::TIOCSTI as u64, "TIOCSTI"), (libc::TIOCLINUX as u64, "TIOCLINUX")];
+
+/// The compiled programs.
+#[derive(Clone)]
+pub struct Programs {
+    /// The deny list (matches return EPERM).
+    pub deny: Vec<libc::sock_filter>,
+    /// `clone3` → ENOSYS.
+    pub clone3: Vec<libc::sock_filter>,
+}
+
+impl Programs {
+    /// The deny list with its `EPERM` returns turned into user notifications.
+    pub fn deny_notify(&self) -> Vec<libc::sock_filter> {
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let mut out = self.deny.clone();
+        for ins in out.iter_mut() {
+            if ins.code == (libc::BPF_RET | libc::BPF_K) as u16 && ins.k == eperm {
+                ins.k = RET_USER_NOTIF;
+            }
+        }
+        out
+    }
+}
+
+fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, val: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, len, op, val)
+}
+
+fn build(deny_udp: bool) -> Result<Programs, String> {
+    let e = |e: seccompiler::BackendError| e.to_string();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (nr, _) in DENIED_SYSCALLS {
+        rules.insert(*nr, vec![]);
+    }
+    // clone / unshare with any namespace flag (clone's flags are argument 0
+    // on x86_64 and aarch64; unshare's only argument is the flags).
+    let mut ns_rules = Vec::new();
+    for (flag, _) in NAMESPACE_FLAGS {
+        ns_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*flag), *flag).map_err(e)?]).map_err(e)?);
+    }
+    rules.insert(libc::SYS_clone, ns_rules.clone());
+    rules.insert(libc::SYS_unshare, ns_rules);
+    // socket families.
+    let mut fam_rules = Vec::new();
+    for fam in 0..=63i32 {
+        if !ALLOWED_FAMILIES.contains(&fam) {
+            fam_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fam as u64).map_err(e)?]).map_err(e)?);
+        }
+    }
+    fam_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, 64).map_err(e)?]).map_err(e)?);
+    let mut socket_rules = fam_rules.clone();
+    if deny_udp {
+        for fam in [libc::AF_INET, libc::AF_INET6] {
+            socket_rules.push(
+                SeccompRule::new(vec![
+                    cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fam as u64).map_err(e)?,
+                    cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64).map_err(e)?,
+                ])
+                .map_err(e)?,
+            );
+        }
+    }
+    rules.insert(libc::SYS_socket, socket_rules);
+    rules.insert(libc::SYS_socketpair, fam_rules);
+    // ioctl(fd, TIOCSTI/TIOCLINUX).
+    let mut ioctl_rules = Vec::new();
+    for (req, _) in DENIED_IOCTLS {
+        ioctl_rules.push(SeccompRule::new(vec![cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req).map_err(e)?]).map_err(e)?);
+    }
+    rules.insert(libc::SYS_ioctl, ioctl_rules);
+
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(|x: seccompiler::BackendError| x.to_string())?;
+    let deny_filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(e)?;
+    let deny: seccompiler::BpfProgram = deny_filter.try_into().map_err(e)?;
+    let mut clone3 = BTreeMap::new();
+    clone3.insert(libc::SYS_clone3, vec![]);
+    let clone3_filter = SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch).map_err(e)?;
+    let clone3: seccompiler::BpfProgram = clone3_filter.try_into().map_err(e)?;
+    Ok(Programs { deny: harden(deny), clone3: harden(clone3) })
+}
+
+/// Convert to libc's struct; answer EPERM (not kill) to foreign
+/// architectures and refuse x32 system call numbers.
+fn harden(p: seccompiler::BpfProgram) -> Vec<libc::sock_filter> {
+    let eperm = RET_ERRNO | libc::EPERM as u32;
+    let mut out: Vec<libc::sock_filter> =
+        p.into_iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+    // seccompiler starts with: ld arch; jeq ARCH, +1; ret KILL_PROCESS.
+    if out.len() > 3 && out[2].code == (libc::BPF_RET | libc::BPF_K) as u16 {
+        out[2].k = eperm;
+        let x32 = [
+            libc::sock_filter { code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, jt: 0, jf: 0, k: 0 },
+            libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
+            libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: eperm },
+        ];
+        out.splice(3..3, x32);
+    }
+    out
+}
+
+static PLAIN: OnceLock<Result<Programs, String>> = OnceLock::new();
+static NO_UDP: OnceLock<Result<Programs, String>> = OnceLock::new();
+
+/// The compiled programs (compiled on first use, then reused).
+pub fn programs(deny_udp: bool) -> Result<Programs, SandboxError> {
+    let cell = if deny_udp { &NO_UDP } else { &PLAIN };
+    cell.get_or_init(|| build(deny_udp))
+        .clone()
+        .map_err(|why| SandboxError::Layer { layer: crate::Layer::Seccomp, why, hint: "report this as a bug".into() })
+}
+
+/// Name of a system call in the deny list (for violation reports).
+pub fn syscall_name(nr: i64) -> String {
+    for (n, name) in DENIED_SYSCALLS {
+        if *n == nr {
+            return (*name).to_string();
+        }
+    }
+    match nr {
+        libc::SYS_clone => "clone(namespace flags)".into(),
+        libc::SYS_unshare => "unshare(namespace flags)".into(),
+        libc::SYS_socket => "socket".into(),
+        libc::SYS_socketpair => "socketpair".into(),
+        libc::SYS_ioctl => "ioctl".into(),
+        libc::SYS_clone3 => "clone3".into(),
+        n => format!("syscall {n}"),
+    }
+}

@@ -1,0 +1,893 @@
+//! The only module with `unsafe`: raw system calls, and the code that runs in
+//! the sandbox's init process between `clone3` and `execve`.
+//!
+//! Everything the child needs is prepared by the parent in a [`ChildPlan`]
+//! (C strings, pointer arrays, BPF programs, rule tables). The child only
+//! reads that plan and makes system calls: it never allocates, never takes a
+//! lock and never returns, so it is safe to start from a multi-threaded
+//! process (the broker runs on tokio).
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use libc::{c_char, c_int, c_ulong, c_void};
+
+// ---------------------------------------------------------------------------
+// Kernel ABI constants and structs not (reliably) exported by libc.
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_RECURSIVE: u32 = 0x8000;
+const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
+const LANDLOCK_RULE_NET_PORT: c_int = 2;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const SECCOMP_SET_MODE_FILTER: c_ulong = 1;
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: c_ulong = 1 << 3;
+
+/// `struct clone_args` (first 11 u64 fields, CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+#[repr(C, packed)]
+struct LandlockPathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+#[repr(C)]
+struct LandlockNetPortAttr {
+    allowed_access: u64,
+    port: u64,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+/// The kernel's `struct seccomp_notif_sizes`.
+#[repr(C)]
+#[derive(Default)]
+struct NotifSizes {
+    notif: u16,
+    resp: u16,
+    data: u16,
+}
+
+/// `struct seccomp_data`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct SeccompData {
+    pub nr: c_int,
+    pub arch: u32,
+    pub instruction_pointer: u64,
+    pub args: [u64; 6],
+}
+
+/// `struct seccomp_notif`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct SeccompNotif {
+    pub id: u64,
+    pub pid: u32,
+    pub flags: u32,
+    pub data: SeccompData,
+}
+
+/// `struct seccomp_notif_resp`.
+#[repr(C)]
+#[derive(Default)]
+struct SeccompNotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+// ioctl numbers for the seccomp notification fd: _IOWR('!', 0, struct
+// seccomp_notif) and _IOWR('!', 1, struct seccomp_notif_resp).
+const SECCOMP_IOCTL_NOTIF_RECV: c_ulong = 0xc050_2100;
+const SECCOMP_IOCTL_NOTIF_SEND: c_ulong = 0xc018_2101;
+const SECCOMP_GET_NOTIF_SIZES: c_ulong = 3;
+
+// ---------------------------------------------------------------------------
+// The plan the parent prepares for the child.
+
+/// One step of building the sandbox's root, run in the child.
+#[derive(Debug)]
+pub(crate) enum MountOp {
+    /// Make every mount private so nothing propagates back to the host.
+    MakePrivate,
+    /// Mount a tmpfs.
+    Tmpfs { target: CString, opts: CString, flags: c_ulong },
+    /// `mkdir`; an existing directory is fine.
+    Mkdir { path: CString, mode: u32 },
+    /// Create an empty file to mount over; an existing entry is fine.
+    Touch { path: CString },
+    /// Create a symbolic link.
+    Symlink { target: CString, link: CString },
+    /// Create a file with the given content.
+    WriteFile { path: CString, data: Vec<u8>, mode: u32 },
+    /// Bind mount (recursively).
+    Bind { src: CString, dst: CString },
+    /// Set mount attributes (read-only) with `mount_setattr`.
+    ReadOnly { path: CString, recursive: bool },
+    /// Add nosuid/nodev to a mount (and its submounts).
+    NoSuid { path: CString },
+    /// Fresh procfs for the new pid namespace.
+    Proc { target: CString },
+    /// A private devpts instance.
+    Devpts { target: CString },
+    /// The staged workspace.
+    Overlay { target: CString, opts: CString },
+    /// `pivot_root` into `newroot` and detach the old root.
+    PivotRoot { newroot: CString },
+}
+
+/// Landlock rules added in the child (paths as seen after `pivot_root`).
+pub(crate) struct LandlockPlan {
+    pub ruleset: OwnedFd,
+    pub paths: Vec<(CString, u64)>,
+    pub ports: Vec<(u64, u64)>,
+    pub restrict_flags: u32,
+}
+
+/// Everything the child needs, prepared before `clone3`.
+pub(crate) struct ChildPlan {
+    /// Host paths (canonical) of mount sources, opened by the child in its
+    /// own mount namespace with `RESOLVE_NO_SYMLINKS` and moved to
+    /// descriptors `src_base + i` (the ops refer to `/proc/self/fd/N`).
+    pub srcs: Vec<CString>,
+    pub src_base: c_int,
+    pub sync_rd: RawFd,
+    pub err_wr: RawFd,
+    pub status_wr: RawFd,
+    /// (uid, gid) to switch to inside, when started as root.
+    pub setid: Option<(u32, u32)>,
+    pub ops: Vec<MountOp>,
+    pub hostname: CString,
+    pub loopback: bool,
+    pub cwd: CString,
+    pub rlimits: Vec<(c_int, u64, u64)>,
+    pub landlock: Option<LandlockPlan>,
+    pub seccomp: Vec<Vec<libc::sock_filter>>,
+    /// Index in `seccomp` of the filter installed with a notification
+    /// listener, whose fd is sent to the parent over `notify_sock`.
+    pub notify_filter: Option<usize>,
+    pub notify_sock: RawFd,
+    pub exec_paths: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub argv_ptrs: Vec<*const c_char>,
+    pub envp: Vec<CString>,
+    pub envp_ptrs: Vec<*const c_char>,
+    /// Descriptors to install as 0, 1 and 2 (`-1`: leave as is).
+    pub stdio: [RawFd; 3],
+}
+
+impl ChildPlan {
+    /// Fill the NULL-terminated pointer arrays from `argv` and `envp`.
+    pub(crate) fn seal(&mut self) {
+        self.argv_ptrs = self.argv.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        self.envp_ptrs = self.envp.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    }
+}
+
+// Steps reported by the child when it fails (besides mount op indexes).
+pub(crate) const STEP_SYNC: u32 = 10_000;
+pub(crate) const STEP_SETID: u32 = 10_001;
+pub(crate) const STEP_HOSTNAME: u32 = 10_002;
+pub(crate) const STEP_LOOPBACK: u32 = 10_003;
+pub(crate) const STEP_CHDIR: u32 = 10_004;
+pub(crate) const STEP_RLIMIT: u32 = 10_005;
+pub(crate) const STEP_NNP: u32 = 10_006;
+pub(crate) const STEP_LANDLOCK_OPEN: u32 = 10_007;
+pub(crate) const STEP_LANDLOCK_RULE: u32 = 10_008;
+pub(crate) const STEP_LANDLOCK_RESTRICT: u32 = 10_009;
+pub(crate) const STEP_CAPS: u32 = 10_010;
+pub(crate) const STEP_SECCOMP: u32 = 10_011;
+pub(crate) const STEP_FORK: u32 = 10_012;
+pub(crate) const STEP_SETSID: u32 = 10_013;
+pub(crate) const STEP_STDIO: u32 = 10_014;
+pub(crate) const STEP_EXEC: u32 = 10_015;
+pub(crate) const STEP_NOTIFY: u32 = 10_016;
+/// Opening mount source `i` failed: step `STEP_SRC + i`.
+pub(crate) const STEP_SRC: u32 = 20_000;
+
+fn errno() -> c_int {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Report a failed step to the parent and exit. Async-signal-safe.
+fn fail(err_wr: RawFd, step: u32, err: c_int) -> ! {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&step.to_ne_bytes());
+    buf[4..].copy_from_slice(&err.to_ne_bytes());
+    // SAFETY: writes 8 bytes from a stack buffer to a descriptor we own; then
+    // exits without running any user-space cleanup (we are a forked copy).
+    unsafe {
+        libc::write(err_wr, buf.as_ptr() as *const c_void, buf.len());
+        libc::_exit(127)
+    }
+}
+
+/// Decode what [`fail`] wrote.
+pub(crate) fn decode_failure(buf: &[u8]) -> Option<(u32, i32)> {
+    if buf.len() < 8 {
+        return None;
+    }
+    let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let err = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Some((step, err))
+}
+
+// ---------------------------------------------------------------------------
+// Parent-side helpers.
+
+/// Start the sandbox's init process with `flags` (namespace flags). Returns
+/// its pid and a pidfd. The child runs [`child_main`] and never returns.
+pub(crate) fn spawn(flags: u64, plan: &ChildPlan) -> io::Result<(libc::pid_t, OwnedFd)> {
+    let mut pidfd: c_int = -1;
+    let args = CloneArgs {
+        flags: flags | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork:
+    // the child gets a copy of the address space and returns 0 here. The
+    // child then only runs `child_main`, which makes raw system calls on the
+    // prepared plan and never returns or allocates.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ret == 0 {
+        child_main(plan);
+    }
+    // SAFETY: the kernel stored a fresh pidfd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((ret as libc::pid_t, fd))
+}
+
+/// `pidfd_send_signal`.
+pub(crate) fn pidfd_signal(pidfd: RawFd, sig: c_int) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments and a NULL siginfo.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<c_void>(), 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Result of reaping the init process.
+pub(crate) struct Reaped {
+    pub code: c_int,
+    pub status: c_int,
+    pub rusage: libc::rusage,
+}
+
+/// `waitid(P_PIDFD)` with rusage (blocking).
+pub(crate) fn wait_pidfd(pidfd: RawFd) -> io::Result<Reaped> {
+    // SAFETY: both out-structs are zeroed plain data the kernel fills in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: raw waitid (the 5th argument is the rusage pointer).
+        let r = unsafe {
+            libc::syscall(libc::SYS_waitid, libc::P_PIDFD, pidfd, &mut info as *mut libc::siginfo_t, libc::WEXITED, &mut ru as *mut libc::rusage)
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        break;
+    }
+    // SAFETY: si_status is valid for CLD_* codes, which waitid(WEXITED) returns.
+    let status = unsafe { info.si_status() };
+    Ok(Reaped { code: info.si_code, status, rusage: ru })
+}
+
+/// `poll` one descriptor for readability, with a timeout in ms (-1: none).
+pub(crate) fn poll_in(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: p is a valid array of pollfd of the given length.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
+/// The Landlock ABI version of the running kernel (`None`: unsupported).
+pub(crate) fn landlock_abi() -> Option<i32> {
+    // SAFETY: querying the version passes NULL/0 and creates nothing.
+    let r = unsafe {
+        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<c_void>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+    };
+    if r > 0 {
+        Some(r as i32)
+    } else {
+        None
+    }
+}
+
+/// Whether seccomp filtering is available (`PR_GET_SECCOMP` answers).
+pub(crate) fn seccomp_available() -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointers.
+    let r = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    r >= 0
+}
+
+/// Make a pipe (both ends close-on-exec).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds is a 2-element array for the kernel to fill.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned two fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A connected pair of Unix datagram sockets (close-on-exec).
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds is a 2-element array for the kernel to fill.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned two fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Receive one descriptor sent with SCM_RIGHTS (blocking).
+pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr() as *mut c_void, iov_len: 1 };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; we point it at live stack buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: recvmsg into the buffers described by msg.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer the kernel filled.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const c_int);
+        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// Receive one seccomp notification (blocking).
+pub(crate) fn notif_recv(fd: RawFd) -> io::Result<SeccompNotif> {
+    let mut n = SeccompNotif::default();
+    // SAFETY: the ioctl fills a zeroed seccomp_notif of the kernel's size
+    // (checked against SECCOMP_GET_NOTIF_SIZES by `notif_sizes_ok`).
+    let r = unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV as _, &mut n as *mut SeccompNotif) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+/// Answer a seccomp notification with `-err`.
+pub(crate) fn notif_deny(fd: RawFd, id: u64, err: i32) -> io::Result<()> {
+    let mut resp = SeccompNotifResp { id, val: 0, error: -err, flags: 0 };
+    // SAFETY: passes a valid seccomp_notif_resp to the notification fd.
+    let r = unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND as _, &mut resp as *mut SeccompNotifResp) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the kernel's notification structs have the sizes compiled here.
+pub(crate) fn notif_sizes_ok() -> bool {
+    let mut s = NotifSizes::default();
+    // SAFETY: SECCOMP_GET_NOTIF_SIZES fills a seccomp_notif_sizes struct.
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &mut s as *mut NotifSizes) };
+    r == 0
+        && usize::from(s.notif) == std::mem::size_of::<SeccompNotif>()
+        && usize::from(s.resp) == std::mem::size_of::<SeccompNotifResp>()
+}
+
+// ---------------------------------------------------------------------------
+// The child.
+
+fn sys_mount(src: *const c_char, dst: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void) -> c_int {
+    // SAFETY: all pointers are NULL or point to NUL-terminated strings owned
+    // by the plan, which outlives the call.
+    unsafe { libc::mount(src, dst, fstype, flags, data) }
+}
+
+fn setattr(path: &CStr, set: u64, recursive: bool) -> c_int {
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: mount_setattr with a NUL-terminated path and a stack struct of
+    // the size passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as c_int
+    }
+}
+
+fn run_op(op: &MountOp) -> Result<(), c_int> {
+    let null = std::ptr::null::<c_char>();
+    let r: c_int = match op {
+        MountOp::MakePrivate => {
+            sys_mount(null, c"/".as_ptr(), null, (libc::MS_REC | libc::MS_PRIVATE) as c_ulong, std::ptr::null())
+        }
+        MountOp::Tmpfs { target, opts, flags } => {
+            sys_mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), *flags, opts.as_ptr() as *const c_void)
+        }
+        MountOp::Mkdir { path, mode } => {
+            // SAFETY: NUL-terminated path owned by the plan.
+            let r = unsafe { libc::mkdir(path.as_ptr(), *mode) };
+            if r < 0 && errno() == libc::EEXIST {
+                0
+            } else {
+                r
+            }
+        }
+        MountOp::Touch { path } => {
+            // SAFETY: stat buffer is plain data; path is NUL-terminated.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            if unsafe { libc::lstat(path.as_ptr(), &mut st) } == 0 {
+                0
+            } else {
+                // SAFETY: NUL-terminated path; the fd is closed right away.
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o444) };
+                if fd >= 0 {
+                    // SAFETY: closing the descriptor we just opened.
+                    unsafe { libc::close(fd) };
+                    0
+                } else {
+                    -1
+                }
+            }
+        }
+        MountOp::Symlink { target, link } => {
+            // SAFETY: NUL-terminated strings owned by the plan.
+            unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }
+        }
+        MountOp::WriteFile { path, data, mode } => {
+            // SAFETY: NUL-terminated path; data is a live byte buffer.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC, *mode);
+                if fd < 0 {
+                    -1
+                } else {
+                    let n = libc::write(fd, data.as_ptr() as *const c_void, data.len());
+                    libc::close(fd);
+                    if n < 0 || n as usize != data.len() {
+                        -1
+                    } else {
+                        0
+                    }
+                }
+            }
+        }
+        MountOp::Bind { src, dst } => {
+            sys_mount(src.as_ptr(), dst.as_ptr(), null, (libc::MS_BIND | libc::MS_REC) as c_ulong, std::ptr::null())
+        }
+        MountOp::ReadOnly { path, recursive } => setattr(path, MOUNT_ATTR_RDONLY, *recursive),
+        MountOp::NoSuid { path } => setattr(path, 0x2 | 0x4, true),
+        MountOp::Proc { target } => sys_mount(
+            c"proc".as_ptr(),
+            target.as_ptr(),
+            c"proc".as_ptr(),
+            (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as c_ulong,
+            std::ptr::null(),
+        ),
+        MountOp::Devpts { target } => sys_mount(
+            c"devpts".as_ptr(),
+            target.as_ptr(),
+            c"devpts".as_ptr(),
+            (libc::MS_NOSUID | libc::MS_NOEXEC) as c_ulong,
+            c"newinstance,ptmxmode=0666,mode=0620".as_ptr() as *const c_void,
+        ),
+        MountOp::Overlay { target, opts } => sys_mount(
+            c"overlay".as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            (libc::MS_NOSUID | libc::MS_NODEV) as c_ulong,
+            opts.as_ptr() as *const c_void,
+        ),
+        MountOp::PivotRoot { newroot } => {
+            // SAFETY: chdir/pivot_root/umount2 with NUL-terminated strings.
+            unsafe {
+                if libc::chdir(newroot.as_ptr()) < 0 {
+                    return Err(errno());
+                }
+                if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0 {
+                    return Err(errno());
+                }
+                if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0 {
+                    return Err(errno());
+                }
+                libc::chdir(c"/".as_ptr())
+            }
+        }
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn set_full_effective_caps() -> c_int {
+    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget/capset with a v3 header and a 2-element data array.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) < 0 {
+            return -1;
+        }
+        for d in data.iter_mut() {
+            d.effective = d.permitted;
+        }
+        libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) as c_int
+    }
+}
+
+fn drop_all_caps() -> c_int {
+    // SAFETY: prctl and capset with integer arguments / stack structs.
+    unsafe {
+        for cap in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0);
+        }
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0, 0, 0);
+        let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let data = [CapData::default(); 2];
+        libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) as c_int
+    }
+}
+
+fn loopback_up() -> c_int {
+    // SAFETY: a datagram socket and two ioctls on a stack ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return -1;
+        }
+        let mut ifr = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
+        ifr.name[0] = b'l';
+        ifr.name[1] = b'o';
+        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut ifr as *mut IfReq);
+        if r >= 0 {
+            ifr.flags |= libc::IFF_UP as i16;
+            r = libc::ioctl(s, libc::SIOCSIFFLAGS as _, &mut ifr as *mut IfReq);
+        }
+        let e = errno();
+        libc::close(s);
+        if r < 0 {
+            *libc::__errno_location() = e;
+        }
+        r
+    }
+}
+
+fn send_fd(sock: RawFd, fd: RawFd) -> c_int {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr() as *mut c_void, iov_len: 1 };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: builds an SCM_RIGHTS control message in a stack buffer large
+    // enough for one descriptor, then sendmsg.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut c_int, fd);
+        libc::sendmsg(sock, &msg, 0) as c_int
+    }
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+fn open_srcs(p: &ChildPlan, last_try: bool) {
+    for (i, path) in p.srcs.iter().enumerate() {
+        let target = p.src_base + i as c_int;
+        // SAFETY: fcntl/openat2/dup3/close on integers and a stack struct;
+        // path is NUL-terminated and owned by the plan.
+        unsafe {
+            // First pass: every target ends up ours or closed. Second pass:
+            // retry the closed ones.
+            if last_try && libc::fcntl(target, libc::F_GETFD) >= 0 {
+                continue;
+            }
+            let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_NO_SYMLINKS };
+            let fd = libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) as c_int;
+            if fd < 0 {
+                if last_try {
+                    fail(p.err_wr, STEP_SRC + i as u32, errno());
+                }
+                libc::close(target);
+                continue;
+            }
+            if libc::dup3(fd, target, libc::O_CLOEXEC) < 0 {
+                fail(p.err_wr, STEP_SRC + i as u32, errno());
+            }
+            libc::close(fd);
+        }
+    }
+}
+
+/// The sandbox's init: sets everything up, forks the command, then reaps
+/// and forwards signals until the command exits.
+fn child_main(p: &ChildPlan) -> ! {
+    let ew = p.err_wr;
+    // SAFETY: each call below is a raw system call on data owned by the plan
+    // or on the stack; nothing allocates and nothing returns to Rust code
+    // that could observe the forked state.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
+        let mut b = [0u8; 1];
+        if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
+            libc::_exit(1);
+        }
+        libc::close(p.sync_rd);
+
+        // Mount sources: first with the credentials we were cloned with (as
+        // root: still the host uid 0 as owner, without capabilities), then,
+        // for those that failed, as the inside user.
+        open_srcs(p, false);
+
+        if let Some((uid, gid)) = p.setid {
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setresgid(gid, gid, gid) < 0
+                || libc::prctl(libc::PR_SET_KEEPCAPS, 1 as c_ulong, 0, 0, 0) < 0
+                || libc::setresuid(uid, uid, uid) < 0
+                || set_full_effective_caps() < 0
+            {
+                fail(ew, STEP_SETID, errno());
+            }
+        }
+
+        open_srcs(p, true);
+
+        for (i, op) in p.ops.iter().enumerate() {
+            if let Err(e) = run_op(op) {
+                fail(ew, i as u32, e);
+            }
+        }
+
+        if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) < 0 {
+            fail(ew, STEP_HOSTNAME, errno());
+        }
+        if p.loopback && loopback_up() < 0 {
+            fail(ew, STEP_LOOPBACK, errno());
+        }
+        if libc::chdir(p.cwd.as_ptr()) < 0 {
+            fail(ew, STEP_CHDIR, errno());
+        }
+        for &(res, cur, max) in &p.rlimits {
+            let rl = libc::rlimit { rlim_cur: cur, rlim_max: max };
+            if libc::setrlimit(res as _, &rl) < 0 {
+                fail(ew, STEP_RLIMIT, errno());
+            }
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as c_ulong, 0, 0, 0) < 0 {
+            fail(ew, STEP_NNP, errno());
+        }
+        if let Some(ll) = &p.landlock {
+            use std::os::fd::AsRawFd;
+            let rs = ll.ruleset.as_raw_fd();
+            for (path, access) in &ll.paths {
+                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                if fd < 0 {
+                    fail(ew, STEP_LANDLOCK_OPEN, errno());
+                }
+                let attr = LandlockPathBeneathAttr { allowed_access: *access, parent_fd: fd };
+                if libc::syscall(libc::SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &attr as *const _ as *const c_void, 0) < 0 {
+                    fail(ew, STEP_LANDLOCK_RULE, errno());
+                }
+                libc::close(fd);
+            }
+            for &(access, port) in &ll.ports {
+                let attr = LandlockNetPortAttr { allowed_access: access, port };
+                if libc::syscall(libc::SYS_landlock_add_rule, rs, LANDLOCK_RULE_NET_PORT, &attr as *const _ as *const c_void, 0) < 0 {
+                    fail(ew, STEP_LANDLOCK_RULE, errno());
+                }
+            }
+            if libc::syscall(libc::SYS_landlock_restrict_self, rs, ll.restrict_flags) < 0 {
+                fail(ew, STEP_LANDLOCK_RESTRICT, errno());
+            }
+        }
+        if drop_all_caps() < 0 {
+            fail(ew, STEP_CAPS, errno());
+        }
+        for (i, f) in p.seccomp.iter().enumerate() {
+            let prog = libc::sock_fprog { len: f.len() as u16, filter: f.as_ptr() as *mut libc::sock_filter };
+            let listen = p.notify_filter == Some(i);
+            let flags = if listen { SECCOMP_FILTER_FLAG_NEW_LISTENER } else { 0 };
+            let r = libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog);
+            if r < 0 {
+                fail(ew, STEP_SECCOMP, errno());
+            }
+            if listen {
+                if send_fd(p.notify_sock, r as c_int) < 0 {
+                    fail(ew, STEP_NOTIFY, errno());
+                }
+                libc::close(r as c_int);
+            }
+        }
+        if p.notify_sock >= 0 {
+            libc::close(p.notify_sock);
+        }
+
+        // Block every signal in init; they are collected with sigwaitinfo and
+        // forwarded to the command's process group.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+
+        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong);
+        if pid < 0 {
+            fail(ew, STEP_FORK, errno());
+        }
+        if pid == 0 {
+            command_main(p);
+        }
+        let pid = pid as libc::pid_t;
+
+        // Init keeps only the status pipe: the command must not be able to
+        // reach host descriptors through /proc/1/fd.
+        let sw = p.status_wr;
+        let max = c_int::MAX as u32;
+        if sw > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (sw - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (sw + 1) as u32, max, 0u32);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0 as c_ulong, 0, 0, 0);
+
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&all, &mut info);
+            if sig < 0 {
+                continue;
+            }
+            if sig == libc::SIGCHLD {
+                loop {
+                    let mut st: c_int = 0;
+                    let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                    if r <= 0 {
+                        break;
+                    }
+                    if r == pid {
+                        let b = st.to_ne_bytes();
+                        libc::write(sw, b.as_ptr() as *const c_void, 4);
+                        libc::_exit(0);
+                    }
+                }
+            } else if libc::kill(-pid, sig) < 0 {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// The command process: default signal state, new session, stdio, exec.
+fn command_main(p: &ChildPlan) -> ! {
+    let ew = p.err_wr;
+    // SAFETY: raw system calls on plan-owned data; ends in execve or _exit.
+    unsafe {
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let empty: libc::sigset_t = {
+            let mut s: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut s);
+            s
+        };
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if libc::setsid() < 0 {
+            fail(ew, STEP_SETSID, errno());
+        }
+        for (i, &fd) in p.stdio.iter().enumerate() {
+            if fd >= 0 && fd != i as c_int && libc::dup2(fd, i as c_int) < 0 {
+                fail(ew, STEP_STDIO, errno());
+            }
+        }
+        // Everything but 0/1/2 is closed at exec (the error pipe included,
+        // which tells the parent the exec happened).
+        libc::syscall(libc::SYS_close_range, 3u32, c_int::MAX as u32, CLOSE_RANGE_CLOEXEC);
+        let mut last = libc::ENOENT;
+        for path in &p.exec_paths {
+            libc::execve(path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+            let e = errno();
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                last = e;
+            }
+        }
+        fail(ew, STEP_EXEC, last)
+    }
+}
+
