@@ -5,12 +5,14 @@
 //! This crate is pure: no I/O, no clocks, no globals.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod decision;
 pub mod error;
 pub mod hash;
 pub mod manifest;
 pub mod path;
 
+pub use api::{decode, ApiRequest, DecisionResponse, Encoding, Route};
 pub use decision::{Decision, DecisionKind};
 pub use error::{ApiError, ErrorCode};
 pub use hash::{canonical_json, sha256_hex};
