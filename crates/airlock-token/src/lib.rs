@@ -120,9 +120,16 @@ pub struct Capability {
     session: String,
     verb: Verb,
     expires_at: u64,
+    grant_root: Option<String>,
 }
 
 impl Capability {
+    /// The granted path (from the authority block) under which this access's
+    /// path lies; the longest one when grants nest. `None` for accesses
+    /// without a path. Resolution on disk must stay beneath it.
+    pub fn grant_root(&self) -> Option<&str> {
+        self.grant_root.as_deref()
+    }
     pub fn token_id(&self) -> &str {
         &self.token_id
     }
@@ -219,6 +226,8 @@ struct Parsed {
     meta: AuthorityMeta,
     /// Earliest expiry declared by attenuation blocks, if any.
     attenuated_expiry: Option<u64>,
+    /// Paths granted by the authority block (not by attenuations).
+    grant_paths: Vec<String>,
 }
 
 impl Parsed {
@@ -533,6 +542,7 @@ impl TokenAuthority {
             revocation_ids: ids,
             meta,
             attenuated_expiry: None,
+            grant_paths: grant.paths.clone(),
         });
         lock(&self.cache).put(cache_key(&token), parsed);
 
@@ -605,11 +615,13 @@ impl TokenAuthority {
             .iter()
             .map(hex::encode)
             .collect();
+        let grant_paths = authority_paths(&biscuit, &self.limits)?;
         Ok(Parsed {
             biscuit,
             revocation_ids,
             meta,
             attenuated_expiry,
+            grant_paths,
         })
     }
 
@@ -703,6 +715,14 @@ impl TokenAuthority {
             expires_at: parsed
                 .attenuated_expiry
                 .map_or(parsed.meta.expires, |e| e.min(parsed.meta.expires)),
+            grant_root: access.path.and_then(|p| {
+                parsed
+                    .grant_paths
+                    .iter()
+                    .filter(|g| airlock_core::path::is_within(p, g))
+                    .max_by_key(|g| g.len())
+                    .cloned()
+            }),
         })
     }
 
@@ -872,6 +892,19 @@ impl TokenAuthority {
         out.sort_by(|a, b| a.issued_at.cmp(&b.issued_at).then_with(|| a.id.cmp(&b.id)));
         out
     }
+}
+
+/// The paths the authority block grants (`subtree` facts); attenuation
+/// blocks cannot add to them, since the query trusts only the authority.
+fn authority_paths(biscuit: &Biscuit, limits: &AuthorizerLimits) -> Result<Vec<String>, TokenError> {
+    let mut authorizer = biscuit.authorizer().map_err(|_| TokenError::Invalid)?;
+    let rows: Vec<(String,)> = authorizer
+        .query_with_limits("data($p) <- subtree($p, $q)", limits.clone())
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the grant paths of a token; refused");
+            TokenError::Invalid
+        })?;
+    Ok(rows.into_iter().map(|(p,)| p).collect())
 }
 
 fn is_revoked(r: &Revocations, t: &TokenInfo) -> bool {

@@ -229,3 +229,33 @@ fn attenuate_checks_its_inputs() {
     )
     .is_ok());
 }
+
+#[test]
+fn grant_root_comes_from_the_authority_block_only() {
+    let auth = TokenAuthority::ephemeral();
+    let t = auth
+        .mint(&grant(&[Verb::Read], &["/home/u", "/home/u/proj"]))
+        .unwrap();
+    // The minted token is served from the cache warmed at mint time; the
+    // attenuated one below is parsed afresh and its root read from the token.
+    let cap = auth
+        .verify(&t.token, &file_access(Verb::Read, "/home/u/proj/a.rs"))
+        .unwrap();
+    assert_eq!(cap.grant_root(), Some("/home/u/proj"));
+    let cap = auth
+        .verify(&t.token, &file_access(Verb::Read, "/home/u/notes.txt"))
+        .unwrap();
+    assert_eq!(cap.grant_root(), Some("/home/u"));
+    // An attenuation narrows the access but cannot move the root it is
+    // resolved beneath to a path the authority never granted.
+    let a = attenuate(
+        &t.token,
+        &auth.public_key_hex(),
+        &att(Some(&["/home/u/proj/src"]), None, None),
+    )
+    .unwrap();
+    let cap = auth
+        .verify(&a, &file_access(Verb::Read, "/home/u/proj/src/x.rs"))
+        .unwrap();
+    assert_eq!(cap.grant_root(), Some("/home/u/proj"));
+}
