@@ -16,7 +16,9 @@ use crate::manifest::{Manifest, ManifestLimits};
 use crate::path::check_abs_normalised;
 
 /// How file content travels in JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
     /// UTF-8 text, as a JSON string.
@@ -87,9 +89,6 @@ pub struct ExecRequest {
     /// passed only when listed here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
-    /// Bytes of stdin to feed the command. Default none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<String>,
     /// Wall-clock limit in seconds (capped by the broker's maximum).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
@@ -208,9 +207,12 @@ pub fn decode(route: Route, body: &[u8], limits: &ManifestLimits) -> Result<ApiR
             check_path("path", &r.path)?;
             if let Some(m) = r.mode {
                 if m > 0o7777 {
-                    return Err(ApiError::new(ErrorCode::InvalidValue, format!("mode {m:#o} is not a permission mode"))
-                        .field("mode")
-                        .hint("give permission bits as a number, e.g. 420 for 0644"));
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidValue,
+                        format!("mode {m:#o} is not a permission mode"),
+                    )
+                    .field("mode")
+                    .hint("give permission bits as a number, e.g. 420 for 0644"));
                 }
             }
             ApiRequest::Write(r)
@@ -224,13 +226,18 @@ pub fn decode(route: Route, body: &[u8], limits: &ManifestLimits) -> Result<ApiR
         Route::Exec => {
             let r: ExecRequest = decode_json(body)?;
             if r.argv.is_empty() || r.argv[0].is_empty() {
-                return Err(ApiError::new(ErrorCode::MissingField, "argv must name a program")
-                    .field("argv")
-                    .hint("e.g. \"argv\": [\"make\", \"test\"]"));
+                return Err(
+                    ApiError::new(ErrorCode::MissingField, "argv must name a program")
+                        .field("argv")
+                        .hint("e.g. \"argv\": [\"make\", \"test\"]"),
+                );
             }
             if let Some(i) = r.argv.iter().position(|a| a.contains('\0')) {
-                return Err(ApiError::new(ErrorCode::InvalidValue, format!("argv[{i}] contains a NUL byte"))
-                    .field(format!("argv[{i}]")));
+                return Err(ApiError::new(
+                    ErrorCode::InvalidValue,
+                    format!("argv[{i}] contains a NUL byte"),
+                )
+                .field(format!("argv[{i}]")));
             }
             check_path("cwd", &r.cwd)?;
             for (i, e) in r.env.iter().enumerate() {
@@ -238,9 +245,12 @@ pub fn decode(route: Route, body: &[u8], limits: &ManifestLimits) -> Result<ApiR
                     !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 }) && !e.contains('\0');
                 if !ok {
-                    return Err(ApiError::new(ErrorCode::InvalidValue, format!("env[{i}] is not NAME=VALUE"))
-                        .field(format!("env[{i}]"))
-                        .hint("pass variables as \"NAME=VALUE\" with NAME of letters, digits and _"));
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidValue,
+                        format!("env[{i}] is not NAME=VALUE"),
+                    )
+                    .field(format!("env[{i}]"))
+                    .hint("pass variables as \"NAME=VALUE\" with NAME of letters, digits and _"));
                 }
             }
             ApiRequest::Exec(r)
@@ -257,22 +267,30 @@ fn path_request(body: &[u8]) -> Result<PathRequest, ApiError> {
 /// Lexical check of one path field.
 pub fn check_path(field: &str, p: &str) -> Result<(), ApiError> {
     check_abs_normalised(p).map_err(|prob| {
-        ApiError::new(ErrorCode::InvalidPath, format!("{field}: {}", prob.describe()))
-            .field(field)
-            .hint("give absolute, normalised paths such as /home/alice/project/src/main.rs")
+        ApiError::new(
+            ErrorCode::InvalidPath,
+            format!("{field}: {}", prob.describe()),
+        )
+        .field(field)
+        .hint("give absolute, normalised paths such as /home/alice/project/src/main.rs")
     })
 }
 
 /// Decode a JSON body into `T` (which denies unknown fields), mapping serde's
 /// errors onto the field that caused them.
-pub fn decode_json<T: DeserializeOwned + schemars::JsonSchema>(body: &[u8]) -> Result<T, ApiError> {
+pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}"))
-            .hint("send one JSON object with the fields this route documents")
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )
+        .hint("send one JSON object with the fields this route documents")
     })?;
     if !v.is_object() {
-        return Err(ApiError::new(ErrorCode::InvalidType, "request body must be a JSON object")
-            .hint("send one JSON object with the fields this route documents"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidType, "request body must be a JSON object")
+                .hint("send one JSON object with the fields this route documents"),
+        );
     }
     serde_json::from_value(v).map_err(|e| serde_error(&e.to_string()))
 }
@@ -281,13 +299,27 @@ pub fn decode_json<T: DeserializeOwned + schemars::JsonSchema>(body: &[u8]) -> R
 fn serde_error(msg: &str) -> ApiError {
     let quoted = msg.split('`').nth(1).map(str::to_owned);
     let (code, hint) = if msg.starts_with("unknown field") {
-        (ErrorCode::UnknownField, Some(msg.split_once(", expected").map(|(_, rest)| format!("expected{rest}")).unwrap_or_default()))
+        (
+            ErrorCode::UnknownField,
+            Some(
+                msg.split_once(", expected")
+                    .map(|(_, rest)| format!("expected{rest}"))
+                    .unwrap_or_default(),
+            ),
+        )
     } else if msg.starts_with("missing field") {
         (ErrorCode::MissingField, None)
     } else if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
         (ErrorCode::InvalidType, None)
     } else if msg.starts_with("unknown variant") {
-        (ErrorCode::InvalidValue, Some(msg.split_once(", expected").map(|(_, rest)| format!("expected{rest}")).unwrap_or_default()))
+        (
+            ErrorCode::InvalidValue,
+            Some(
+                msg.split_once(", expected")
+                    .map(|(_, rest)| format!("expected{rest}"))
+                    .unwrap_or_default(),
+            ),
+        )
     } else {
         (ErrorCode::InvalidValue, None)
     };
@@ -314,13 +346,29 @@ mod tests {
     #[test]
     fn read_defaults_and_errors() {
         let r = dec(Route::FsRead, r#"{"path":"/a/b"}"#).unwrap();
-        assert_eq!(r, ApiRequest::Read(ReadRequest { path: "/a/b".into(), offset: 0, length: None }));
+        assert_eq!(
+            r,
+            ApiRequest::Read(ReadRequest {
+                path: "/a/b".into(),
+                offset: 0,
+                length: None
+            })
+        );
         let e = dec(Route::FsRead, r#"{"path":"/a/b","bogus":1}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::UnknownField, Some("bogus")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::UnknownField, Some("bogus"))
+        );
         let e = dec(Route::FsRead, r#"{}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::MissingField, Some("path")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::MissingField, Some("path"))
+        );
         let e = dec(Route::FsRead, r#"{"path":"a/b"}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidPath, Some("path")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidPath, Some("path"))
+        );
         let e = dec(Route::FsRead, r#"{"path":"/a","offset":-1}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidType);
         let e = dec(Route::FsRead, r#"[1]"#).unwrap_err();
@@ -331,12 +379,26 @@ mod tests {
 
     #[test]
     fn write_and_rename() {
-        let e = dec(Route::FsWrite, r#"{"path":"/a","content":"x","encoding":"hex"}"#).unwrap_err();
+        let e = dec(
+            Route::FsWrite,
+            r#"{"path":"/a","content":"x","encoding":"hex"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidValue);
-        let e = dec(Route::FsWrite, r#"{"path":"/a","content":"x","mode":99999}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidValue, Some("mode")));
+        let e = dec(
+            Route::FsWrite,
+            r#"{"path":"/a","content":"x","mode":99999}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidValue, Some("mode"))
+        );
         let e = dec(Route::FsRename, r#"{"from":"/a","to":"/b/../c"}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidPath, Some("to")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidPath, Some("to"))
+        );
         assert!(dec(Route::FsRename, r#"{"from":"/a","to":"/b"}"#).is_ok());
     }
 

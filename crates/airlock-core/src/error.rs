@@ -153,7 +153,9 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// The structured error body: `{"error": {"code", "message", "field", "hint"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, thiserror::Error,
+)]
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -169,7 +171,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), field: None, hint: None, retry_after: None }
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+            hint: None,
+            retry_after: None,
+        }
     }
     pub fn field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());

@@ -29,11 +29,14 @@ mod tests {
     use super::*;
     #[test]
     fn key_order_does_not_change_hash() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[1,{"y":2,"x":1}]}"#).unwrap();
-        let b: serde_json::Value = serde_json::from_str(r#"{ "a":[1,{"x":1,"y":2}], "b":1 }"#).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":[1,{"y":2,"x":1}]}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{ "a":[1,{"x":1,"y":2}], "b":1 }"#).unwrap();
         assert_eq!(canonical_json(&a), canonical_json(&b));
         assert_eq!(canonical_hash(&a), canonical_hash(&b));
-        let c: serde_json::Value = serde_json::from_str(r#"{"b":2,"a":[1,{"x":1,"y":2}]}"#).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_str(r#"{"b":2,"a":[1,{"x":1,"y":2}]}"#).unwrap();
         assert_ne!(canonical_hash(&a), canonical_hash(&c));
     }
 }

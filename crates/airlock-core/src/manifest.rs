@@ -30,8 +30,13 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 5] =
-        [Action::ReadFiles, Action::ListFiles, Action::EditFiles, Action::Exec, Action::Network];
+    pub const ALL: [Action; 5] = [
+        Action::ReadFiles,
+        Action::ListFiles,
+        Action::EditFiles,
+        Action::Exec,
+        Action::Network,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,7 +57,13 @@ impl Action {
         match self {
             Action::ReadFiles => &[Verb::Read, Verb::List, Verb::Stat],
             Action::ListFiles => &[Verb::List, Verb::Stat],
-            Action::EditFiles => &[Verb::Read, Verb::List, Verb::Stat, Verb::Write, Verb::Delete],
+            Action::EditFiles => &[
+                Verb::Read,
+                Verb::List,
+                Verb::Stat,
+                Verb::Write,
+                Verb::Delete,
+            ],
             Action::Exec => &[Verb::Exec],
             Action::Network => &[Verb::Connect],
         }
@@ -60,7 +71,10 @@ impl Action {
 
     /// Whether the action names filesystem paths.
     pub fn uses_paths(self) -> bool {
-        matches!(self, Action::ReadFiles | Action::ListFiles | Action::EditFiles | Action::Exec)
+        matches!(
+            self,
+            Action::ReadFiles | Action::ListFiles | Action::EditFiles | Action::Exec
+        )
     }
 }
 
@@ -71,7 +85,19 @@ impl std::fmt::Display for Action {
 }
 
 /// An operation a capability token authorises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Verb {
     Read,
@@ -84,8 +110,15 @@ pub enum Verb {
 }
 
 impl Verb {
-    pub const ALL: [Verb; 7] =
-        [Verb::Read, Verb::List, Verb::Stat, Verb::Write, Verb::Delete, Verb::Exec, Verb::Connect];
+    pub const ALL: [Verb; 7] = [
+        Verb::Read,
+        Verb::List,
+        Verb::Stat,
+        Verb::Write,
+        Verb::Delete,
+        Verb::Exec,
+        Verb::Connect,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Verb::Read => "read",
@@ -183,7 +216,11 @@ const FIELDS: &[&str] = &[
 ];
 
 fn actions_list() -> String {
-    Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+    Action::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Manifest {
@@ -203,9 +240,11 @@ impl Manifest {
                 .hint("send {\"action\": ..., \"paths\": [...], \"duration_seconds\": N, \"justification\": \"...\"}")
         })?;
         if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(ApiError::new(ErrorCode::UnknownField, format!("unknown field `{k}`"))
-                .field(k.clone())
-                .hint(format!("manifest fields are: {}", FIELDS.join(", "))));
+            return Err(
+                ApiError::new(ErrorCode::UnknownField, format!("unknown field `{k}`"))
+                    .field(k.clone())
+                    .hint(format!("manifest fields are: {}", FIELDS.join(", "))),
+            );
         }
 
         let action_s = req_str(obj, "action")?;
@@ -222,9 +261,12 @@ impl Manifest {
         for (i, p) in paths.iter().enumerate() {
             let field = format!("paths[{i}]");
             check_abs_normalised(p).map_err(|prob| {
-                ApiError::new(ErrorCode::InvalidPath, format!("{field}: {}", prob.describe()))
-                    .field(field.clone())
-                    .hint("give absolute, normalised paths such as /home/alice/project/src/main.rs")
+                ApiError::new(
+                    ErrorCode::InvalidPath,
+                    format!("{field}: {}", prob.describe()),
+                )
+                .field(field.clone())
+                .hint("give absolute, normalised paths such as /home/alice/project/src/main.rs")
             })?;
             if !limits.path_allowlist.is_empty()
                 && !limits.path_allowlist.iter().any(|root| is_within(p, root))
@@ -234,10 +276,17 @@ impl Manifest {
                     format!("{field}: `{p}` is outside the paths this broker mediates"),
                 )
                 .field(field)
-                .hint(format!("ask only for paths under: {}", limits.path_allowlist.join(", "))));
+                .hint(format!(
+                    "ask only for paths under: {}",
+                    limits.path_allowlist.join(", ")
+                )));
             }
         }
-        if matches!(action, Action::ReadFiles | Action::ListFiles | Action::EditFiles) && paths.is_empty() {
+        if matches!(
+            action,
+            Action::ReadFiles | Action::ListFiles | Action::EditFiles
+        ) && paths.is_empty()
+        {
             return Err(ApiError::new(
                 ErrorCode::MissingField,
                 format!("action `{}` needs at least one path", action.as_str()),
@@ -248,9 +297,15 @@ impl Manifest {
 
         let duration_seconds = match obj.get("duration_seconds") {
             None => {
-                return Err(ApiError::new(ErrorCode::MissingField, "`duration_seconds` is required")
-                    .field("duration_seconds")
-                    .hint(format!("ask for the shortest time the task needs, 1..={} seconds", limits.max_duration_seconds)))
+                return Err(ApiError::new(
+                    ErrorCode::MissingField,
+                    "`duration_seconds` is required",
+                )
+                .field("duration_seconds")
+                .hint(format!(
+                    "ask for the shortest time the task needs, 1..={} seconds",
+                    limits.max_duration_seconds
+                )))
             }
             Some(d) => {
                 let bad = |msg: String| {
@@ -271,7 +326,9 @@ impl Manifest {
                     }
                     Some(n) => n,
                     None if d.is_number() => {
-                        return Err(bad(format!("duration_seconds must be a positive whole number, got {d}")))
+                        return Err(bad(format!(
+                            "duration_seconds must be a positive whole number, got {d}"
+                        )))
                     }
                     None => {
                         return Err(ApiError::new(
@@ -287,14 +344,21 @@ impl Manifest {
 
         let justification = req_str(obj, "justification")?.to_string();
         if justification.trim().is_empty() {
-            return Err(ApiError::new(ErrorCode::InvalidValue, "justification must not be empty")
-                .field("justification")
-                .hint("say in one sentence why the task needs this access; a human may read it"));
+            return Err(
+                ApiError::new(ErrorCode::InvalidValue, "justification must not be empty")
+                    .field("justification")
+                    .hint(
+                        "say in one sentence why the task needs this access; a human may read it",
+                    ),
+            );
         }
         if justification.len() > limits.max_justification_bytes {
             return Err(ApiError::new(
                 ErrorCode::InvalidValue,
-                format!("justification is longer than {} bytes", limits.max_justification_bytes),
+                format!(
+                    "justification is longer than {} bytes",
+                    limits.max_justification_bytes
+                ),
             )
             .field("justification")
             .hint("keep the justification to one or two sentences"));
@@ -303,35 +367,57 @@ impl Manifest {
         let hosts = str_array(obj, "hosts", limits.max_hosts)?;
         for (i, h) in hosts.iter().enumerate() {
             if !valid_host(h) {
-                return Err(ApiError::new(ErrorCode::InvalidValue, format!("hosts[{i}]: `{h}` is not HOST or HOST:PORT"))
-                    .field(format!("hosts[{i}]"))
-                    .hint("name hosts as example.com, example.com:443, 10.0.0.5:22 or [::1]:8080"));
+                return Err(ApiError::new(
+                    ErrorCode::InvalidValue,
+                    format!("hosts[{i}]: `{h}` is not HOST or HOST:PORT"),
+                )
+                .field(format!("hosts[{i}]"))
+                .hint("name hosts as example.com, example.com:443, 10.0.0.5:22 or [::1]:8080"));
             }
         }
         if action == Action::Network && hosts.is_empty() {
-            return Err(ApiError::new(ErrorCode::MissingField, "action `network` needs at least one host")
-                .field("hosts")
-                .hint("list the hosts the task must reach, e.g. [\"api.example.com:443\"]"));
+            return Err(ApiError::new(
+                ErrorCode::MissingField,
+                "action `network` needs at least one host",
+            )
+            .field("hosts")
+            .hint("list the hosts the task must reach, e.g. [\"api.example.com:443\"]"));
         }
         let commands = str_array(obj, "commands", limits.max_commands)?;
         for (i, c) in commands.iter().enumerate() {
             if c.is_empty() || c.contains('\0') || c.len() > crate::path::MAX_PATH_LEN {
-                return Err(ApiError::new(ErrorCode::InvalidValue, format!("commands[{i}] is empty, too long or contains NUL"))
-                    .field(format!("commands[{i}]"))
-                    .hint("name each program, e.g. \"cargo\" or \"/usr/bin/make\""));
+                return Err(ApiError::new(
+                    ErrorCode::InvalidValue,
+                    format!("commands[{i}] is empty, too long or contains NUL"),
+                )
+                .field(format!("commands[{i}]"))
+                .hint("name each program, e.g. \"cargo\" or \"/usr/bin/make\""));
             }
         }
         if action == Action::Exec && commands.is_empty() {
-            return Err(ApiError::new(ErrorCode::MissingField, "action `exec` needs at least one command")
-                .field("commands")
-                .hint("list the programs the task runs, e.g. [\"cargo\"]"));
+            return Err(ApiError::new(
+                ErrorCode::MissingField,
+                "action `exec` needs at least one command",
+            )
+            .field("commands")
+            .hint("list the programs the task runs, e.g. [\"cargo\"]"));
         }
 
         let agent = opt_label(obj, "agent", limits.max_label_bytes)?;
         let model = opt_label(obj, "model", limits.max_label_bytes)?;
         let session = opt_label(obj, "session", limits.max_label_bytes)?;
 
-        Ok(Manifest { action, paths, duration_seconds, justification, hosts, commands, agent, model, session })
+        Ok(Manifest {
+            action,
+            paths,
+            duration_seconds,
+            justification,
+            hosts,
+            commands,
+            agent,
+            model,
+            session,
+        })
     }
 
     /// SHA-256 over the canonical JSON form; binds approvals to this exact manifest.
@@ -347,16 +433,30 @@ impl Manifest {
 
 fn req_str<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, ApiError> {
     match obj.get(key) {
-        None => Err(ApiError::new(ErrorCode::MissingField, format!("`{key}` is required")).field(key)),
+        None => {
+            Err(ApiError::new(ErrorCode::MissingField, format!("`{key}` is required")).field(key))
+        }
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ApiError::new(ErrorCode::InvalidType, format!("`{key}` must be a string")).field(key)),
+        Some(_) => Err(
+            ApiError::new(ErrorCode::InvalidType, format!("`{key}` must be a string")).field(key),
+        ),
     }
 }
 
-fn str_array(obj: &serde_json::Map<String, Value>, key: &str, max: usize) -> Result<Vec<String>, ApiError> {
-    let Some(v) = obj.get(key) else { return Ok(Vec::new()) };
+fn str_array(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    max: usize,
+) -> Result<Vec<String>, ApiError> {
+    let Some(v) = obj.get(key) else {
+        return Ok(Vec::new());
+    };
     let Some(arr) = v.as_array() else {
-        return Err(ApiError::new(ErrorCode::InvalidType, format!("`{key}` must be an array of strings")).field(key));
+        return Err(ApiError::new(
+            ErrorCode::InvalidType,
+            format!("`{key}` must be an array of strings"),
+        )
+        .field(key));
     };
     if arr.len() > max {
         return Err(ApiError::new(
@@ -370,22 +470,34 @@ fn str_array(obj: &serde_json::Map<String, Value>, key: &str, max: usize) -> Res
         .enumerate()
         .map(|(i, e)| {
             e.as_str().map(str::to_owned).ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidType, format!("`{key}[{i}]` must be a string")).field(format!("{key}[{i}]"))
+                ApiError::new(
+                    ErrorCode::InvalidType,
+                    format!("`{key}[{i}]` must be a string"),
+                )
+                .field(format!("{key}[{i}]"))
             })
         })
         .collect()
 }
 
-fn opt_label(obj: &serde_json::Map<String, Value>, key: &str, max: usize) -> Result<Option<String>, ApiError> {
+fn opt_label(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= max && !s.chars().any(char::is_control) => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.len() <= max && !s.chars().any(char::is_control) => {
+            Ok(Some(s.clone()))
+        }
         Some(Value::String(_)) => Err(ApiError::new(
             ErrorCode::InvalidValue,
             format!("`{key}` is longer than {max} bytes or contains control characters"),
         )
         .field(key)),
-        Some(_) => Err(ApiError::new(ErrorCode::InvalidType, format!("`{key}` must be a string")).field(key)),
+        Some(_) => Err(
+            ApiError::new(ErrorCode::InvalidType, format!("`{key}` must be a string")).field(key),
+        ),
     }
 }
 
@@ -420,7 +532,8 @@ pub fn parse_host(h: &str) -> Option<(String, Option<u16>)> {
         let ok = host.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
                 && !l.starts_with('-')
         });
         if !ok {
@@ -447,31 +560,52 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = parse(r#"{"action":"read_files","paths":["rel"],"duration_seconds":5,"justification":"x"}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidPath, Some("paths[0]")));
-        let e = parse(r#"{"action":"nuke","paths":["/a"],"duration_seconds":5,"justification":"x"}"#).unwrap_err();
+        let e = parse(
+            r#"{"action":"read_files","paths":["rel"],"duration_seconds":5,"justification":"x"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidPath, Some("paths[0]"))
+        );
+        let e =
+            parse(r#"{"action":"nuke","paths":["/a"],"duration_seconds":5,"justification":"x"}"#)
+                .unwrap_err();
         assert_eq!(e.code, ErrorCode::UnknownAction);
         assert!(e.hint.unwrap().contains("read_files"));
         let e = parse(r#"{"action":"read_files","paths":["/a"],"duration_seconds":5,"justification":"x","extra":1}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::UnknownField, Some("extra")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::UnknownField, Some("extra"))
+        );
         for d in ["0", "-5", "1.5", "31536000", "1e30"] {
             let e = parse(&format!(r#"{{"action":"read_files","paths":["/a"],"duration_seconds":{d},"justification":"x"}}"#)).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidDuration, "duration {d}");
         }
-        let e = parse(r#"{"action":"read_files","paths":["/a"],"duration_seconds":"5","justification":"x"}"#).unwrap_err();
+        let e = parse(
+            r#"{"action":"read_files","paths":["/a"],"duration_seconds":"5","justification":"x"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidType);
         let e = parse("{\"action\":\"read_files\",\"paths\":[\"/a\\u0000b\"],\"duration_seconds\":5,\"justification\":\"x\"}").unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidPath);
         let e = parse(r#"{"action":"read_files","paths":["/a"],"duration_seconds":5"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidJson);
         let many: Vec<String> = (0..10_000).map(|i| format!("\"/f{i}\"")).collect();
-        let e = parse(&format!(r#"{{"action":"read_files","paths":[{}],"duration_seconds":5,"justification":"x"}}"#, many.join(","))).unwrap_err();
+        let e = parse(&format!(
+            r#"{{"action":"read_files","paths":[{}],"duration_seconds":5,"justification":"x"}}"#,
+            many.join(",")
+        ))
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::TooManyItems);
     }
 
     #[test]
     fn allowlist_is_component_wise() {
-        let limits = ManifestLimits { path_allowlist: vec!["/home/u/proj".into()], ..Default::default() };
+        let limits = ManifestLimits {
+            path_allowlist: vec!["/home/u/proj".into()],
+            ..Default::default()
+        };
         let ok = Manifest::parse(br#"{"action":"read_files","paths":["/home/u/proj/a"],"duration_seconds":5,"justification":"x"}"#, &limits);
         assert!(ok.is_ok());
         let e = Manifest::parse(br#"{"action":"read_files","paths":["/home/u/proj-evil/a"],"duration_seconds":5,"justification":"x"}"#, &limits).unwrap_err();
@@ -480,19 +614,42 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in ["example.com", "example.com:443", "10.0.0.5:22", "[::1]:8080", "[::1]", "localhost"] {
+        for ok in [
+            "example.com",
+            "example.com:443",
+            "10.0.0.5:22",
+            "[::1]:8080",
+            "[::1]",
+            "localhost",
+        ] {
             assert!(valid_host(ok), "{ok}");
         }
-        for bad in ["", "a b", "example.com:99999", "[::1", "http://x", "-bad.com"] {
+        for bad in [
+            "",
+            "a b",
+            "example.com:99999",
+            "[::1",
+            "http://x",
+            "-bad.com",
+        ] {
             assert!(!valid_host(bad), "{bad}");
         }
     }
 
     #[test]
     fn hash_binds_exact_manifest() {
-        let a = parse(r#"{"action":"read_files","paths":["/a"],"duration_seconds":5,"justification":"x"}"#).unwrap();
-        let b = parse(r#"{"justification":"x","duration_seconds":5,"paths":["/a"],"action":"read_files"}"#).unwrap();
-        let c = parse(r#"{"action":"read_files","paths":["/b"],"duration_seconds":5,"justification":"x"}"#).unwrap();
+        let a = parse(
+            r#"{"action":"read_files","paths":["/a"],"duration_seconds":5,"justification":"x"}"#,
+        )
+        .unwrap();
+        let b = parse(
+            r#"{"justification":"x","duration_seconds":5,"paths":["/a"],"action":"read_files"}"#,
+        )
+        .unwrap();
+        let c = parse(
+            r#"{"action":"read_files","paths":["/b"],"duration_seconds":5,"justification":"x"}"#,
+        )
+        .unwrap();
         assert_eq!(a.canonical_hash(), b.canonical_hash());
         assert_ne!(a.canonical_hash(), c.canonical_hash());
     }

@@ -75,13 +75,25 @@ mod tests {
         assert!(check_abs_normalised("/home/u/a.txt").is_ok());
         assert!(check_abs_normalised("/").is_ok());
         assert_eq!(check_abs_normalised("rel/a"), Err(PathProblem::NotAbsolute));
-        assert_eq!(check_abs_normalised("/a/../b"), Err(PathProblem::NotNormalised));
-        assert_eq!(check_abs_normalised("/a/./b"), Err(PathProblem::NotNormalised));
-        assert_eq!(check_abs_normalised("/a//b"), Err(PathProblem::NotNormalised));
+        assert_eq!(
+            check_abs_normalised("/a/../b"),
+            Err(PathProblem::NotNormalised)
+        );
+        assert_eq!(
+            check_abs_normalised("/a/./b"),
+            Err(PathProblem::NotNormalised)
+        );
+        assert_eq!(
+            check_abs_normalised("/a//b"),
+            Err(PathProblem::NotNormalised)
+        );
         assert_eq!(check_abs_normalised("/a/"), Err(PathProblem::NotNormalised));
         assert_eq!(check_abs_normalised("/a\0b"), Err(PathProblem::Nul));
         assert_eq!(check_abs_normalised(""), Err(PathProblem::Empty));
-        assert!(matches!(check_abs_normalised(&format!("/{}", "a".repeat(5000))), Err(PathProblem::TooLong(_))));
+        assert!(matches!(
+            check_abs_normalised(&format!("/{}", "a".repeat(5000))),
+            Err(PathProblem::TooLong(_))
+        ));
     }
     #[test]
     fn sibling_prefix_is_not_within() {

@@ -3,8 +3,14 @@
 
 use clap::{Parser, Subcommand};
 
+mod cmd_agent;
+mod cmd_audit;
 mod cmd_doctor;
+mod cmd_operator;
+mod cmd_policy;
 mod cmd_run;
+mod cmd_serve;
+mod output;
 
 /// Airlock: a local capability broker and sandbox for desktop LLM agents.
 #[derive(Parser)]
@@ -16,6 +22,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the broker (agent and operator sockets) until SIGTERM/SIGINT.
+    Serve(cmd_serve::ServeArgs),
+    /// Show the broker, sockets, policy, sessions, approvals, tokens, staged changes, audit head.
+    Status(cmd_operator::StatusArgs),
+    /// Review and decide pending approvals.
+    #[command(subcommand)]
+    Approvals(cmd_operator::ApprovalsCmd),
+    /// List and revoke capability tokens.
+    #[command(subcommand)]
+    Tokens(cmd_operator::TokensCmd),
+    /// List agent sessions; quarantine one.
+    #[command(subcommand)]
+    Sessions(cmd_operator::SessionsCmd),
+    /// Review, commit or discard staged file changes.
+    #[command(subcommand)]
+    Staged(cmd_operator::StagedCmd),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(cmd_audit::AuditCmd),
+    /// Test, evaluate and reload policy.
+    #[command(subcommand)]
+    Policy(cmd_policy::PolicyCmd),
+    /// Agent side: ask the broker for a capability with a permission manifest.
+    Request(cmd_agent::RequestArgs),
+    /// Agent side: brokered file operations with a capability token.
+    #[command(subcommand)]
+    Fs(cmd_agent::FsCmd),
+    /// Agent side: run a command in the broker's sandbox with an exec token.
+    Exec(cmd_agent::ExecArgs),
+    /// Start a program (an agent) as an Airlock session: it and everything
+    /// it starts are bound to one session and kept off the operator socket.
+    Session(cmd_agent::SessionArgs),
     /// Run a command in the sandbox (no broker needed).
     Run(cmd_run::RunArgs),
     /// Check which sandbox layers work on this machine.
@@ -23,14 +61,32 @@ enum Cmd {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.cmd, Cmd::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let code = match cli.cmd {
+        Cmd::Serve(a) => cmd_serve::serve(a),
+        Cmd::Status(a) => cmd_operator::status(a),
+        Cmd::Approvals(c) => cmd_operator::approvals(c),
+        Cmd::Tokens(c) => cmd_operator::tokens(c),
+        Cmd::Sessions(c) => cmd_operator::sessions(c),
+        Cmd::Staged(c) => cmd_operator::staged(c),
+        Cmd::Audit(c) => cmd_audit::audit(c),
+        Cmd::Policy(c) => cmd_policy::policy(c),
+        Cmd::Request(a) => cmd_agent::request(a),
+        Cmd::Fs(c) => cmd_agent::fs(c),
+        Cmd::Exec(a) => cmd_agent::exec(a),
+        Cmd::Session(a) => cmd_agent::session(a),
         Cmd::Run(a) => cmd_run::run(a),
         Cmd::Doctor(a) => cmd_doctor::doctor(a),
     };

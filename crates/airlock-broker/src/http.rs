@@ -1,0 +1,599 @@
+//! HTTP/1.1 + JSON over the two Unix sockets.
+//!
+//! Each accepted connection is identified once (SO_PEERCRED, pidfd, start
+//! time, ancestry) and served by hyper with a header-read timeout; bodies
+//! are read with a size cap and a time limit. Every failure is a JSON
+//! `{"error": {...}}` body; the broker keeps serving.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::api::{decode, ApiRequest, Route};
+use airlock_core::{ApiError, ErrorCode, Manifest};
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+use crate::peer::Peer;
+use crate::{Broker, BrokerError};
+
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketKind {
+    Agent,
+    Operator,
+}
+
+/// Per-connection facts, attached to every request.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    pub peer: Arc<Peer>,
+}
+
+/// A JSON response.
+pub(crate) fn json_response(status: u16, body: &impl serde::Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The structured error response.
+pub(crate) fn error_response(e: &ApiError) -> Response {
+    let mut r = json_response(e.code.http_status(), &e.to_body());
+    if let Some(s) = e.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    if e.code == ErrorCode::BodyTooLarge {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+pub(crate) fn result_response(r: Result<(u16, serde_json::Value), ApiError>) -> Response {
+    match r {
+        Ok((s, v)) => json_response(s, &v),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Read a whole body, refusing more than `limit` bytes or slower than `timeout`.
+pub(crate) async fn read_body(
+    b: &Broker,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, ApiError> {
+    let limit = b.inner.cfg.server.max_body_bytes;
+    let too_large = || {
+        ApiError::new(ErrorCode::BodyTooLarge, format!("request body is larger than {limit} bytes"))
+            .hint("send smaller requests: read files with offset/length, write large files in a sandboxed command")
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let limited = http_body_util::Limited::new(body, limit as usize);
+    let timeout = Duration::from_millis(b.inner.cfg.server.body_timeout_ms);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "request body did not arrive in time",
+        )
+        .hint("send the whole body promptly after the headers")),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(too_large())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+        }
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                ApiError::new(ErrorCode::TokenInvalid, "Authorization header is not ASCII")
+            })?;
+            match s
+                .strip_prefix("Bearer ")
+                .or_else(|| s.strip_prefix("bearer "))
+            {
+                Some(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+                _ => Err(ApiError::new(
+                    ErrorCode::TokenInvalid,
+                    "Authorization header is not `Bearer <token>`",
+                )
+                .hint("send `Authorization: Bearer <token>`")),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Agent routes
+// ---------------------------------------------------------------------------
+
+async fn health(State(b): State<Broker>) -> Response {
+    json_response(
+        200,
+        &serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "policy_revision": b.inner.policy.revision(),
+        }),
+    )
+}
+
+async fn requests(
+    State(b): State<Broker>,
+    Extension(c): Extension<Conn>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body(&b, &parts.headers, body).await {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let m = match Manifest::parse(&bytes, &b.inner.cfg.limits) {
+        Ok(m) => m,
+        Err(e) => {
+            b.record_invalid(&c.peer, &e, &bytes).await;
+            return error_response(&e);
+        }
+    };
+    match b.request(&c.peer, m).await {
+        Ok(a) => json_response(a.status, &a.body),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn parse_wait(q: Option<&str>) -> Result<u64, ApiError> {
+    let Some(q) = q else { return Ok(0) };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix("wait=") {
+            return v.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidValue,
+                    format!("wait must be a whole number of seconds, got {v:?}"),
+                )
+                .field("wait")
+                .hint("e.g. ?wait=60")
+            });
+        }
+    }
+    Ok(0)
+}
+
+async fn approval_poll(
+    State(b): State<Broker>,
+    Extension(c): Extension<Conn>,
+    UrlPath(id): UrlPath<String>,
+    req: Request,
+) -> Response {
+    let wait = match parse_wait(req.uri().query()) {
+        Ok(w) => w,
+        Err(e) => return error_response(&e),
+    };
+    match b.poll_approval(&c.peer, &id, wait).await {
+        Ok(a) => json_response(a.status, &a.body),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn fs_op(b: Broker, c: Conn, route: Route, op: &'static str, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let token = match bearer(&parts.headers) {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let bytes = match read_body(&b, &parts.headers, body).await {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let decoded = match decode(route, &bytes, &b.inner.cfg.limits) {
+        Ok(d) => d,
+        Err(e) => return error_response(&e),
+    };
+    let res = match decoded {
+        ApiRequest::Exec(x) => b.exec(&c.peer, token.as_deref(), x).await,
+        other => b.fs(&c.peer, token.as_deref(), op, other).await,
+    };
+    result_response(res.map(|v| (200, v)))
+}
+
+macro_rules! fs_route {
+    ($name:ident, $route:expr, $op:literal) => {
+        async fn $name(
+            State(b): State<Broker>,
+            Extension(c): Extension<Conn>,
+            req: Request,
+        ) -> Response {
+            fs_op(b, c, $route, $op, req).await
+        }
+    };
+}
+fs_route!(fs_read, Route::FsRead, "read");
+fs_route!(fs_list, Route::FsList, "list");
+fs_route!(fs_stat, Route::FsStat, "stat");
+fs_route!(fs_write, Route::FsWrite, "write");
+fs_route!(fs_delete, Route::FsDelete, "delete");
+fs_route!(fs_rename, Route::FsRename, "rename");
+fs_route!(exec_route, Route::Exec, "exec");
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionRegister {
+    /// `self` (default) or `parent`: which process holds the session.
+    #[serde(default)]
+    holder: Option<String>,
+    /// A label shown to the human.
+    #[serde(default)]
+    label: Option<String>,
+}
+
+async fn session_register(
+    State(b): State<Broker>,
+    Extension(c): Extension<Conn>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body(&b, &parts.headers, body).await {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let bytes = if bytes.is_empty() {
+        bytes::Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    let r: SessionRegister = match airlock_core::api::decode_json(&bytes) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    if r.label
+        .as_deref()
+        .is_some_and(|l| l.len() > 256 || l.chars().any(char::is_control))
+    {
+        return error_response(
+            &ApiError::new(
+                ErrorCode::InvalidValue,
+                "label is longer than 256 bytes or has control characters",
+            )
+            .field("label"),
+        );
+    }
+    let peer = &c.peer;
+    let holder = match r.holder.as_deref().unwrap_or("self") {
+        "self" => peer.id(),
+        "parent" => match peer.ancestry.get(1) {
+            Some(p) => *p,
+            None => {
+                return error_response(
+                    &ApiError::new(
+                        ErrorCode::InvalidValue,
+                        "this process has no parent to register",
+                    )
+                    .field("holder"),
+                )
+            }
+        },
+        other => {
+            return error_response(
+                &ApiError::new(
+                    ErrorCode::InvalidValue,
+                    format!("holder must be `self` or `parent`, got {other:?}"),
+                )
+                .field("holder"),
+            )
+        }
+    };
+    // An existing session among the holder's ancestors already covers it.
+    let s = match b.inner.sessions.find(peer).filter(|s| {
+        peer.ancestry
+            .iter()
+            .skip_while(|p| **p != holder)
+            .any(|p| *p == s.holder)
+    }) {
+        Some(s) => s,
+        None => {
+            let exe = std::fs::read_link(format!("/proc/{}/exe", holder.pid))
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_owned));
+            b.inner
+                .sessions
+                .register(holder, peer.uid, exe, r.label.as_deref(), true)
+        }
+    };
+    json_response(200, &*s)
+}
+
+async fn session_current(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
+    match b.inner.sessions.find(&c.peer) {
+        Some(s) => json_response(200, &*s),
+        None => error_response(
+            &ApiError::new(ErrorCode::NotFound, "this process holds no session yet").hint(
+                "a session starts with your first request, or register one with POST /v1/sessions",
+            ),
+        ),
+    }
+}
+
+async fn manifest_schema() -> Response {
+    json_response(200, &Manifest::json_schema())
+}
+
+pub(crate) async fn no_route(req: Request) -> Response {
+    error_response(
+        &ApiError::new(
+            ErrorCode::NotFoundRoute,
+            format!("no route {} {}", req.method(), req.uri().path()),
+        )
+        .hint("see docs/openapi.yaml for the routes this socket serves"),
+    )
+}
+
+pub(crate) async fn bad_method(req: Request) -> Response {
+    error_response(
+        &ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        )
+        .hint("see docs/openapi.yaml for each route's method"),
+    )
+}
+
+fn agent_router(b: Broker) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/requests", post(requests))
+        .route("/v1/approvals/{id}", get(approval_poll))
+        .route("/v1/fs/read", post(fs_read))
+        .route("/v1/fs/list", post(fs_list))
+        .route("/v1/fs/stat", post(fs_stat))
+        .route("/v1/fs/write", post(fs_write))
+        .route("/v1/fs/delete", post(fs_delete))
+        .route("/v1/fs/rename", post(fs_rename))
+        .route("/v1/exec", post(exec_route))
+        .route("/v1/sessions", post(session_register))
+        .route("/v1/session", get(session_current))
+        .route("/v1/schema/manifest", get(manifest_schema))
+        .fallback(no_route)
+        .method_not_allowed_fallback(bad_method)
+        .with_state(b)
+}
+
+/// A router answering every request with `peer_refused`.
+fn refused_router(why: String) -> Router {
+    Router::new().fallback(move || {
+        let why = why.clone();
+        async move {
+            error_response(
+                &ApiError::new(ErrorCode::PeerRefused, why)
+                    .hint("connect as the user the broker runs as"),
+            )
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Sockets
+// ---------------------------------------------------------------------------
+
+/// Running listeners; stop them with [`ServeHandle::shutdown`].
+pub struct ServeHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    graceful: Arc<tokio::sync::Mutex<Option<GracefulShutdown>>>,
+    sockets: Vec<PathBuf>,
+}
+
+impl ServeHandle {
+    /// Stop accepting, wait up to `grace` for open requests, remove the sockets.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(g) = self.graceful.lock().await.take() {
+            if tokio::time::timeout(grace, g.shutdown()).await.is_err() {
+                tracing::warn!("connections still open after {grace:?}; closing them");
+            }
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixListener, BrokerError> {
+    if let Some(dir) = path.parent() {
+        crate::private_dir(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(BrokerError::AlreadyRunning(format!(
+                    "another broker is already listening on {}; stop it first or choose another socket (AIRLOCK_SOCKET)",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                BrokerError::io(format!("cannot remove stale socket {}", path.display()), e)
+            })?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(BrokerError::io(format!("{}", path.display()), e)),
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| BrokerError::io(format!("cannot listen on {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| BrokerError::io(format!("cannot chmod {}", path.display()), e))?;
+    Ok(l)
+}
+
+/// Many concurrent clients need many descriptors: raise the soft limit to the hard one.
+fn raise_nofile() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if lim.current < lim.maximum {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
+    }
+}
+
+pub(crate) async fn start(b: Broker) -> Result<ServeHandle, BrokerError> {
+    raise_nofile();
+    let agent = bind(&b.inner.paths.socket)?;
+    let operator = match bind(&b.inner.paths.operator_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&b.inner.paths.socket);
+            return Err(e);
+        }
+    };
+    let (stop, _) = watch::channel(false);
+    let graceful = Arc::new(tokio::sync::Mutex::new(Some(GracefulShutdown::new())));
+    let tasks = vec![
+        tokio::spawn(accept_loop(
+            agent,
+            SocketKind::Agent,
+            b.clone(),
+            stop.subscribe(),
+            graceful.clone(),
+        )),
+        tokio::spawn(accept_loop(
+            operator,
+            SocketKind::Operator,
+            b.clone(),
+            stop.subscribe(),
+            graceful.clone(),
+        )),
+    ];
+    Ok(ServeHandle {
+        stop,
+        tasks,
+        graceful,
+        sockets: vec![
+            b.inner.paths.socket.clone(),
+            b.inner.paths.operator_socket.clone(),
+        ],
+    })
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    kind: SocketKind,
+    b: Broker,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<tokio::sync::Mutex<Option<GracefulShutdown>>>,
+) {
+    let router = match kind {
+        SocketKind::Agent => agent_router(b.clone()),
+        SocketKind::Operator => crate::operator::router(b.clone()),
+    };
+    let sem = Arc::new(Semaphore::new(b.inner.cfg.server.max_connections.max(1)));
+    let own_uid = rustix::process::getuid().as_raw();
+    let header_timeout = Duration::from_millis(b.inner.cfg.server.header_timeout_ms);
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = match Peer::of_socket(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot identify the peer; closing the connection");
+                continue;
+            }
+        };
+        let allowed = peer.uid == own_uid
+            || (kind == SocketKind::Agent && b.inner.cfg.allow_uids.contains(&peer.uid));
+        let svc_router = if allowed {
+            router.clone()
+        } else {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                ?kind,
+                "refusing a peer running as another user"
+            );
+            refused_router(format!(
+                "uid {} may not use this socket (the broker runs as uid {own_uid})",
+                peer.uid
+            ))
+        };
+        let conn = Conn {
+            peer: Arc::new(peer),
+        };
+        let svc = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(conn.clone());
+            svc_router.clone().oneshot(req.map(Body::new))
+        });
+        let http = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        let fut = {
+            let g = graceful.lock().await;
+            match g.as_ref() {
+                Some(g) => g.watch(http),
+                None => break,
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
