@@ -36,7 +36,10 @@ fn cpu_time() -> Duration {
     // Fields after the `)` that ends the command name; utime and stime are
     // fields 14 and 15 of the whole line, in clock ticks (100 per second).
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     Duration::from_millis(ticks * 10)
 }
@@ -76,7 +79,11 @@ fn append_one(dir: &Path, n: usize) {
 
 fn append_concurrent(dir: &Path, clients: usize, per_client: usize) {
     let log = AuditLog::open(dir, 64 << 20).expect("open");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let start = Instant::now();
     let lat = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
@@ -86,7 +93,9 @@ fn append_concurrent(dir: &Path, clients: usize, per_client: usize) {
                 let mut lat = Vec::with_capacity(per_client);
                 for i in 0..per_client {
                     let t = Instant::now();
-                    log.append(body((c * per_client + i) as u64)).await.expect("append");
+                    log.append(body((c * per_client + i) as u64))
+                        .await
+                        .expect("append");
                     lat.push(t.elapsed());
                 }
                 lat
@@ -101,7 +110,12 @@ fn append_concurrent(dir: &Path, clients: usize, per_client: usize) {
     let wall = start.elapsed();
     let stats = log.stats();
     log.close();
-    report(&format!("append, {clients} concurrent appenders (async append)"), clients * per_client, wall, lat);
+    report(
+        &format!("append, {clients} concurrent appenders (async append)"),
+        clients * per_client,
+        wall,
+        lat,
+    );
     println!(
         "  {} records in {} fdatasyncs = {:.1} records per fdatasync",
         stats.records,
@@ -113,7 +127,11 @@ fn append_concurrent(dir: &Path, clients: usize, per_client: usize) {
 /// Build a log of `n` records quickly: many appenders, large group commits.
 fn build_log(dir: &Path, n: usize) {
     let log = AuditLog::open(dir, 64 << 20).expect("open");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let clients = 1024;
     rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
@@ -135,7 +153,10 @@ fn build_log(dir: &Path, n: usize) {
 fn verify_big(dir: &Path, n: usize) {
     let t = Instant::now();
     build_log(dir, n);
-    println!("built a {n}-record log in {:.2?} (1024 concurrent appenders)", t.elapsed());
+    println!(
+        "built a {n}-record log in {:.2?} (1024 concurrent appenders)",
+        t.elapsed()
+    );
     let bytes: u64 = std::fs::read_dir(dir)
         .expect("dir")
         .filter_map(|e| e.ok()?.metadata().ok())
@@ -159,7 +180,9 @@ fn verify_big(dir: &Path, n: usize) {
         bytes as f64 / (1 << 20) as f64 / wall.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     println!(
         "  verify CPU time {:.2?} = {:.0} records per CPU-second; {:.0} records/s on {cores} otherwise idle cores",
         cpu,

@@ -6,7 +6,8 @@ use serde_json::json;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (Some(dir), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u64>().ok())) else {
+    let (Some(dir), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u64>().ok()))
+    else {
         eprintln!("usage: fill DIR N");
         std::process::exit(2);
     };

@@ -10,7 +10,10 @@ fn main() {
     match airlock_audit::verify(std::path::Path::new(&dir)) {
         Ok(r) => {
             let secs = start.elapsed().as_secs_f64();
-            println!("ok: {} records in {} segments, head {:?}", r.records, r.segments, r.head_hash);
+            println!(
+                "ok: {} records in {} segments, head {:?}",
+                r.records, r.segments, r.head_hash
+            );
             println!("{:.3}s, {:.0} records/s", secs, r.records as f64 / secs);
         }
         Err(f) => {

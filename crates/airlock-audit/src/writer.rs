@@ -4,8 +4,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use crate::format::{
@@ -545,7 +545,9 @@ impl Writer {
             Some((seq, String::from_utf8_lossy(&hash).into_owned()));
         self.anchor_dirty = true;
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.counters.records.fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        self.counters
+            .records
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         for (reply, seq, hash) in waiting.drain(..) {
             reply.send(Ok(AuditReceipt {
                 seq: AuditSeq(seq),

@@ -18,7 +18,11 @@ struct Tree {
 
 fn tree() -> Tree {
     let t = tempfile::tempdir().expect("tempdir");
-    let root = std::fs::canonicalize(t.path()).expect("canonicalize").to_str().expect("utf-8").to_string();
+    let root = std::fs::canonicalize(t.path())
+        .expect("canonicalize")
+        .to_str()
+        .expect("utf-8")
+        .to_string();
     std::fs::create_dir_all(format!("{root}/src/module")).expect("mkdir");
     let file = format!("{root}/src/module/small.rs");
     std::fs::write(&file, [b'x'; 512]).expect("write");
@@ -33,9 +37,15 @@ fn checked(g: &GrantRoot, path: &str) -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let t = tree();
     let g = GrantRoot::open(&t.root).expect("grant");
-    c.bench_function("resolve+read 512B (depth 3)", |b| b.iter(|| checked(&g, &t.file)));
-    c.bench_function("std::fs::read 512B (peer)", |b| b.iter(|| std::fs::read(&t.file).expect("read")));
-    c.bench_function("GrantRoot::open", |b| b.iter(|| GrantRoot::open(&t.root).expect("grant")));
+    c.bench_function("resolve+read 512B (depth 3)", |b| {
+        b.iter(|| checked(&g, &t.file))
+    });
+    c.bench_function("std::fs::read 512B (peer)", |b| {
+        b.iter(|| std::fs::read(&t.file).expect("read"))
+    });
+    c.bench_function("GrantRoot::open", |b| {
+        b.iter(|| GrantRoot::open(&t.root).expect("grant"))
+    });
 }
 
 fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
@@ -68,7 +78,10 @@ fn summary() {
     }));
     println!("\nresolve+read 512B: p50 {c50:?}  p99 {c99:?}  ({n} samples)");
     println!("std::fs::read 512B: p50 {s50:?}  p99 {s99:?}");
-    println!("ratio p50 checked/plain: {:.2}x", c50.as_secs_f64() / s50.as_secs_f64());
+    println!(
+        "ratio p50 checked/plain: {:.2}x",
+        c50.as_secs_f64() / s50.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, bench);

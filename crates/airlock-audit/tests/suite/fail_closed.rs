@@ -10,7 +10,10 @@ use super::common::{body, root_or_skip, segment, MountGuard};
 
 /// A body of roughly `kib` KiB so a few of them fill a page.
 fn fat_body(i: u64, kib: usize) -> RecordBody {
-    RecordBody { outcome: serde_json::json!({"note": "x".repeat(kib * 1024)}), ..body(i) }
+    RecordBody {
+        outcome: serde_json::json!({"note": "x".repeat(kib * 1024)}),
+        ..body(i)
+    }
 }
 
 /// Fill the file system under `path` until it reports ENOSPC.
@@ -21,7 +24,11 @@ fn fill(path: &std::path::Path) {
         match f.write_all(&chunk) {
             Ok(()) => {}
             Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(28), "expected ENOSPC while filling, got {e}");
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(28),
+                    "expected ENOSPC while filling, got {e}"
+                );
                 break;
             }
         }
@@ -46,7 +53,9 @@ fn full_disk_fails_every_record_of_the_batch_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let Some(_guard) = mount_or_skip("full_disk", &mnt, "size=64k") else { return };
+    let Some(_guard) = mount_or_skip("full_disk", &mnt, "size=64k") else {
+        return;
+    };
     let dir = mnt.join("audit");
     let log = AuditLog::open(&dir, 1 << 20).unwrap();
     for i in 1..=3 {
@@ -69,21 +78,30 @@ fn full_disk_fails_every_record_of_the_batch_and_recovers() {
             Err(e) => panic!("unexpected error {e}"),
         }
     }
-    assert!(first_failure.is_some(), "the full file system never refused a write");
+    assert!(
+        first_failure.is_some(),
+        "the full file system never refused a write"
+    );
     let head = log.head().unwrap();
 
     // A concurrent burst while full: every waiter gets Write, none is acked.
     let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..8).map(|i| {
-            let log = log.clone();
-            s.spawn(move || log.append_blocking(fat_body(1000 + i, 1)))
-        }).collect();
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let log = log.clone();
+                s.spawn(move || log.append_blocking(fat_body(1000 + i, 1)))
+            })
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for r in &results {
         assert!(matches!(r, Err(AuditError::Write { .. })), "{r:?}");
     }
-    assert_eq!(log.head().unwrap(), head, "head moved although nothing was durable");
+    assert_eq!(
+        log.head().unwrap(),
+        head,
+        "head moved although nothing was durable"
+    );
     assert!(log.stats().failed_syncs >= 2);
     // Rolled back: the file holds exactly the acknowledged records.
     let report = verify(&dir).unwrap();
@@ -105,7 +123,9 @@ fn rotation_without_inodes_fails_and_recovers() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     // Inodes: root, audit dir, lock, head.json, segment 1, spare.
-    let Some(_guard) = mount_or_skip("rotation_without_inodes", &mnt, "size=1m,nr_inodes=6") else { return };
+    let Some(_guard) = mount_or_skip("rotation_without_inodes", &mnt, "size=1m,nr_inodes=6") else {
+        return;
+    };
     let dir = mnt.join("audit");
     let log = AuditLog::open(&dir, 4096).unwrap();
     log.append_blocking(body(1)).unwrap();
@@ -116,7 +136,11 @@ fn rotation_without_inodes_fails_and_recovers() {
         match log.append_blocking(body(i)) {
             Ok(_) => {}
             Err(AuditError::Write { path, source }) => {
-                assert_eq!(path, segment(&dir, 2), "error should name the segment being created");
+                assert_eq!(
+                    path,
+                    segment(&dir, 2),
+                    "error should name the segment being created"
+                );
                 assert_eq!(source.raw_os_error(), Some(28), "{source}");
                 failed = true;
                 break;
@@ -140,7 +164,9 @@ fn read_only_file_system_at_rotation_fails_with_erofs_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let Some(_guard) = mount_or_skip("read_only_rotation", &mnt, "size=1m") else { return };
+    let Some(_guard) = mount_or_skip("read_only_rotation", &mnt, "size=1m") else {
+        return;
+    };
     let dir = mnt.join("audit");
     let log = AuditLog::open(&dir, 4096).unwrap();
     log.append_blocking(body(1)).unwrap();
@@ -160,7 +186,11 @@ fn read_only_file_system_at_rotation_fails_with_erofs_and_recovers() {
             Ok(_) => {}
             Err(AuditError::Write { path, source }) => {
                 assert_eq!(path, segment(&dir, 2));
-                assert_eq!(source.raw_os_error(), Some(30), "expected EROFS, got {source}");
+                assert_eq!(
+                    source.raw_os_error(),
+                    Some(30),
+                    "expected EROFS, got {source}"
+                );
                 failed = true;
                 break;
             }
@@ -170,7 +200,10 @@ fn read_only_file_system_at_rotation_fails_with_erofs_and_recovers() {
     assert!(failed, "rotation never happened");
     let head = log.head().unwrap();
     // A second attempt fails the same way; the head stays.
-    assert!(matches!(log.append_blocking(body(200)), Err(AuditError::Write { .. })));
+    assert!(matches!(
+        log.append_blocking(body(200)),
+        Err(AuditError::Write { .. })
+    ));
     assert_eq!(log.head().unwrap(), head);
     drop(ro);
     let r = log.append_blocking(body(300)).unwrap();
@@ -184,7 +217,9 @@ fn read_only_file_system_refuses_to_open_but_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let Some(guard) = mount_or_skip("read_only_open", &mnt, "size=1m") else { return };
+    let Some(guard) = mount_or_skip("read_only_open", &mnt, "size=1m") else {
+        return;
+    };
     let dir = mnt.join("audit");
     super::common::write_log(&dir, 5, 64 << 20);
     guard.remount("ro").unwrap();
@@ -199,5 +234,8 @@ fn read_only_file_system_refuses_to_open_but_verifies() {
     assert_eq!(verify(&dir).unwrap().records, 5);
     assert_eq!(airlock_audit::tail(&dir, 2).unwrap().len(), 2);
     // A fresh log on a read-only file system is refused as well.
-    assert!(matches!(AuditLog::open(&mnt.join("new"), 64 << 20), Err(AuditError::Open { .. })));
+    assert!(matches!(
+        AuditLog::open(&mnt.join("new"), 64 << 20),
+        Err(AuditError::Open { .. })
+    ));
 }

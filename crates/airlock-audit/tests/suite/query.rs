@@ -14,10 +14,17 @@ fn find_request_collects_every_phase_across_segments() {
     let tricky = "r-\"quoted\"\\ and ünïcode";
     for i in 1..=40u64 {
         let b = if i % 10 == 0 {
-            RecordBody { request_id: tricky.into(), kind: format!("phase-{i}"), ..body(i) }
+            RecordBody {
+                request_id: tricky.into(),
+                kind: format!("phase-{i}"),
+                ..body(i)
+            }
         } else if i == 7 {
             // The id appears as a nested key's value: not a match.
-            RecordBody { intent: serde_json::json!({"request_id": tricky}), ..body(i) }
+            RecordBody {
+                intent: serde_json::json!({"request_id": tricky}),
+                ..body(i)
+            }
         } else {
             body(i)
         };
@@ -28,7 +35,10 @@ fn find_request_collects_every_phase_across_segments() {
     let found = find_request(tmp.path(), tricky).unwrap();
     let kinds: Vec<_> = found.iter().map(|r| r.body.kind.as_str()).collect();
     assert_eq!(kinds, ["phase-10", "phase-20", "phase-30", "phase-40"]);
-    assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [10, 20, 30, 40]);
+    assert_eq!(
+        found.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [10, 20, 30, 40]
+    );
     assert_eq!(find_request(tmp.path(), "r-000013").unwrap().len(), 1);
     assert!(find_request(tmp.path(), "r-nope").unwrap().is_empty());
 }
@@ -38,13 +48,20 @@ fn tail_reads_backwards_across_segments() {
     let tmp = tempfile::tempdir().unwrap();
     write_log(tmp.path(), 50, 2048);
     let last = tail(tmp.path(), 12).unwrap();
-    assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), (39..=50).collect::<Vec<_>>());
+    assert_eq!(
+        last.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (39..=50).collect::<Vec<_>>()
+    );
     assert_eq!(last[0].body.request_id, "r-000039");
     assert_eq!(tail(tmp.path(), 1).unwrap()[0].seq, 50);
     assert_eq!(tail(tmp.path(), 500).unwrap().len(), 50);
     assert!(tail(tmp.path(), 0).unwrap().is_empty());
     // A record in flight (no newline yet) is not shown.
-    let newest = (1..).map(|n| segment(tmp.path(), n)).take_while(|p| p.exists()).last().unwrap();
+    let newest = (1..)
+        .map(|n| segment(tmp.path(), n))
+        .take_while(|p| p.exists())
+        .last()
+        .unwrap();
     let mut data = std::fs::read(&newest).unwrap();
     data.extend_from_slice(b"{\"seq\":51,\"ts\":");
     std::fs::write(&newest, data).unwrap();
@@ -56,13 +73,19 @@ fn tail_handles_lines_longer_than_a_read_block() {
     let tmp = tempfile::tempdir().unwrap();
     let log = AuditLog::open(tmp.path(), 64 << 20).unwrap();
     for i in 1..=5u64 {
-        let b = RecordBody { outcome: serde_json::json!({"blob": "y".repeat(100_000 * i as usize)}), ..body(i) };
+        let b = RecordBody {
+            outcome: serde_json::json!({"blob": "y".repeat(100_000 * i as usize)}),
+            ..body(i)
+        };
         log.append_blocking(b).unwrap();
     }
     log.close();
     let last = tail(tmp.path(), 3).unwrap();
     assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4, 5]);
-    assert_eq!(last[2].body.outcome["blob"].as_str().unwrap().len(), 500_000);
+    assert_eq!(
+        last[2].body.outcome["blob"].as_str().unwrap().len(),
+        500_000
+    );
     assert_eq!(tail(tmp.path(), 10).unwrap().len(), 5);
 }
 
@@ -96,7 +119,10 @@ fn follow_delivers_new_records_across_rotation_then_stops() {
     }
     let seen = follower.join().unwrap();
     assert_eq!(seen, (4..=30).collect::<Vec<_>>());
-    assert!(segment(&dir, 3).exists(), "follow should have crossed segments");
+    assert!(
+        segment(&dir, 3).exists(),
+        "follow should have crossed segments"
+    );
     log.close();
 }
 
@@ -142,7 +168,11 @@ fn follow_does_not_show_records_beyond_the_anchor() {
     let seg = segment(tmp.path(), 1);
     let ls = super::common::lines(&seg);
     let fake = ls[2].replacen("{\"seq\":3,", "{\"seq\":4,", 1);
-    std::fs::write(&seg, format!("{}{}\n", std::fs::read_to_string(&seg).unwrap(), fake)).unwrap();
+    std::fs::write(
+        &seg,
+        format!("{}{}\n", std::fs::read_to_string(&seg).unwrap(), fake),
+    )
+    .unwrap();
     let (tx, rx) = mpsc::channel();
     let dir = tmp.path().to_path_buf();
     let t = std::thread::spawn(move || {
@@ -155,7 +185,8 @@ fn follow_does_not_show_records_beyond_the_anchor() {
     // Seq 4 stays hidden while the anchor does not cover it.
     assert!(rx.recv_timeout(Duration::from_millis(700)).is_err());
     // Once the anchor moves (here by hand), it is delivered and follow ends.
-    let anchor = serde_json::json!({"seq": 4, "hash": "0".repeat(64), "segment": "audit-000001.jsonl"});
+    let anchor =
+        serde_json::json!({"seq": 4, "hash": "0".repeat(64), "segment": "audit-000001.jsonl"});
     std::fs::write(tmp.path().join("head.json"), anchor.to_string()).unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 4);
     t.join().unwrap().unwrap();
