@@ -896,7 +896,10 @@ impl TokenAuthority {
 
 /// The paths the authority block grants (`subtree` facts); attenuation
 /// blocks cannot add to them, since the query trusts only the authority.
-fn authority_paths(biscuit: &Biscuit, limits: &AuthorizerLimits) -> Result<Vec<String>, TokenError> {
+fn authority_paths(
+    biscuit: &Biscuit,
+    limits: &AuthorizerLimits,
+) -> Result<Vec<String>, TokenError> {
     let mut authorizer = biscuit.authorizer().map_err(|_| TokenError::Invalid)?;
     let rows: Vec<(String,)> = authorizer
         .query_with_limits("data($p) <- subtree($p, $q)", limits.clone())
