@@ -71,6 +71,7 @@ pub enum ErrorCode {
     /// The operation is not allowed on this socket.
     Forbidden,
     /// Unknown route.
+    #[serde(rename = "no_such_route")]
     NotFoundRoute,
     /// Method not allowed for route.
     MethodNotAllowed,
@@ -142,6 +143,56 @@ impl ErrorCode {
             QuotaExceeded | Overloaded => 429,
             AuditUnavailable | PolicyTimeout | SandboxUnavailable => 503,
             Internal => 500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_form_is_the_serde_form_and_statuses_are_errors() {
+        use ErrorCode::*;
+        for c in [
+            InvalidJson,
+            BodyTooLarge,
+            UnknownField,
+            MissingField,
+            InvalidType,
+            UnknownAction,
+            InvalidPath,
+            PathNotAllowed,
+            TooManyItems,
+            InvalidDuration,
+            InvalidValue,
+            PolicyDenied,
+            PolicyTimeout,
+            QuotaExceeded,
+            TokenMissing,
+            TokenInvalid,
+            TokenExpired,
+            TokenRevoked,
+            TokenWrongSession,
+            TokenScope,
+            ApprovalNotFound,
+            ApprovalExpired,
+            NotFound,
+            PathEscape,
+            ProtectedPath,
+            Conflict,
+            StagedNotFound,
+            AuditUnavailable,
+            PeerRefused,
+            Forbidden,
+            NotFoundRoute,
+            MethodNotAllowed,
+            SandboxUnavailable,
+            Overloaded,
+            Internal,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str(), "{c:?}");
+            assert!((400..600).contains(&c.http_status()), "{c:?}");
         }
     }
 }

@@ -1,0 +1,5 @@
+//! Integration tests: the real `airlock serve` driven over its sockets.
+mod common;
+
+mod approvals;
+mod workflow;
