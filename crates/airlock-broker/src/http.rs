@@ -375,24 +375,56 @@ pub(crate) async fn bad_method(req: Request) -> Response {
     )
 }
 
-fn agent_router(b: Broker) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/requests", post(requests))
-        .route("/v1/approvals/{id}", get(approval_poll))
-        .route("/v1/fs/read", post(fs_read))
-        .route("/v1/fs/list", post(fs_list))
-        .route("/v1/fs/stat", post(fs_stat))
-        .route("/v1/fs/write", post(fs_write))
-        .route("/v1/fs/delete", post(fs_delete))
-        .route("/v1/fs/rename", post(fs_rename))
-        .route("/v1/exec", post(exec_route))
-        .route("/v1/sessions", post(session_register))
-        .route("/v1/session", get(session_current))
-        .route("/v1/schema/manifest", get(manifest_schema))
-        .fallback(no_route)
+type RouteTable = Vec<(
+    &'static str,
+    &'static str,
+    axum::routing::MethodRouter<Broker>,
+)>;
+
+fn agent_routes() -> RouteTable {
+    vec![
+        ("GET", "/v1/health", get(health)),
+        ("POST", "/v1/requests", post(requests)),
+        ("GET", "/v1/approvals/{id}", get(approval_poll)),
+        ("POST", "/v1/fs/read", post(fs_read)),
+        ("POST", "/v1/fs/list", post(fs_list)),
+        ("POST", "/v1/fs/stat", post(fs_stat)),
+        ("POST", "/v1/fs/write", post(fs_write)),
+        ("POST", "/v1/fs/delete", post(fs_delete)),
+        ("POST", "/v1/fs/rename", post(fs_rename)),
+        ("POST", "/v1/exec", post(exec_route)),
+        ("POST", "/v1/sessions", post(session_register)),
+        ("GET", "/v1/session", get(session_current)),
+        ("GET", "/v1/schema/manifest", get(manifest_schema)),
+        ("GET", "/v1/public-key", get(public_key)),
+    ]
+}
+
+/// Build a router from a route table, with JSON 404/405 answers.
+pub(crate) fn build(table: RouteTable, b: Broker) -> Router {
+    let mut r = Router::new();
+    for (_, path, m) in table {
+        r = r.route(path, m);
+    }
+    r.fallback(no_route)
         .method_not_allowed_fallback(bad_method)
         .with_state(b)
+}
+
+fn agent_router(b: Broker) -> Router {
+    build(agent_routes(), b)
+}
+
+/// `(method, path)` of every route of the agent socket.
+pub fn agent_route_list() -> Vec<(&'static str, &'static str)> {
+    agent_routes().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+async fn public_key(State(b): State<Broker>) -> Response {
+    json_response(
+        200,
+        &serde_json::json!({"algorithm": "ed25519", "public_key": b.inner.tokens.public_key_hex()}),
+    )
 }
 
 /// A router answering every request with `peer_refused`.

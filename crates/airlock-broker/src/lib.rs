@@ -46,7 +46,8 @@ use airlock_policy::PolicyEngine;
 use airlock_token::TokenAuthority;
 
 pub use config::{Config, Paths};
-pub use http::ServeHandle;
+pub use http::{agent_route_list, ServeHandle};
+pub use operator::operator_route_list;
 
 /// Errors that stop the broker from starting or serving.
 #[derive(Debug, thiserror::Error)]

@@ -15,9 +15,7 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{
-    bad_method, error_response, json_response, no_route, read_body, result_response, Conn,
-};
+use crate::http::{error_response, json_response, read_body, result_response, Conn};
 use crate::{new_id, now_unix, rfc3339, Broker};
 
 /// Refuse agents and their descendants; name the caller otherwise.
@@ -418,27 +416,42 @@ async fn policy_reload(State(b): State<Broker>, Extension(c): Extension<Conn>) -
     }
 }
 
+fn routes() -> Vec<(
+    &'static str,
+    &'static str,
+    axum::routing::MethodRouter<Broker>,
+)> {
+    vec![
+        ("GET", "/v1/health", get(health)),
+        ("GET", "/v1/status", get(status)),
+        ("GET", "/v1/approvals", get(approvals_list)),
+        ("GET", "/v1/approvals/{id}", get(approval_show)),
+        ("POST", "/v1/approvals/{id}/approve", post(approve)),
+        ("POST", "/v1/approvals/{id}/deny", post(deny)),
+        ("GET", "/v1/tokens", get(tokens_list)),
+        ("POST", "/v1/tokens/revoke", post(tokens_revoke)),
+        ("GET", "/v1/sessions", get(sessions_list)),
+        (
+            "POST",
+            "/v1/sessions/{id}/quarantine",
+            post(session_quarantine),
+        ),
+        ("GET", "/v1/staged", get(staged_list)),
+        ("GET", "/v1/staged/{id}", get(staged_show)),
+        ("POST", "/v1/staged/{id}/diff", post(staged_diff)),
+        ("POST", "/v1/staged/{id}/commit", post(staged_commit)),
+        ("POST", "/v1/staged/{id}/discard", post(staged_discard)),
+        ("POST", "/v1/policy/reload", post(policy_reload)),
+    ]
+}
+
 pub(crate) fn router(b: Broker) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/status", get(status))
-        .route("/v1/approvals", get(approvals_list))
-        .route("/v1/approvals/{id}", get(approval_show))
-        .route("/v1/approvals/{id}/approve", post(approve))
-        .route("/v1/approvals/{id}/deny", post(deny))
-        .route("/v1/tokens", get(tokens_list))
-        .route("/v1/tokens/revoke", post(tokens_revoke))
-        .route("/v1/sessions", get(sessions_list))
-        .route("/v1/sessions/{id}/quarantine", post(session_quarantine))
-        .route("/v1/staged", get(staged_list))
-        .route("/v1/staged/{id}", get(staged_show))
-        .route("/v1/staged/{id}/diff", post(staged_diff))
-        .route("/v1/staged/{id}/commit", post(staged_commit))
-        .route("/v1/staged/{id}/discard", post(staged_discard))
-        .route("/v1/policy/reload", post(policy_reload))
-        .fallback(no_route)
-        .method_not_allowed_fallback(bad_method)
-        .with_state(b)
+    crate::http::build(routes(), b)
+}
+
+/// `(method, path)` of every route of the operator socket.
+pub fn operator_route_list() -> Vec<(&'static str, &'static str)> {
+    routes().into_iter().map(|(m, p, _)| (m, p)).collect()
 }
 
 impl Broker {
