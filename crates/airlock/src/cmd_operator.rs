@@ -297,7 +297,7 @@ pub fn tokens(c: TokensCmd) -> anyhow::Result<i32> {
                         .collect();
                     println!(
                         "{}  {}  {}  {:24}  until {}  {}",
-                        cut(&text(&t["id"]), 20),
+                        text(&t["id"]).chars().take(16).collect::<String>(),
                         text(&t["session"]),
                         if t["revoked"] == true {
                             "REVOKED"
@@ -312,6 +312,31 @@ pub fn tokens(c: TokensCmd) -> anyhow::Result<i32> {
                 Ok(0)
             }
             TokensCmd::Revoke { id, session, all } => {
+                // A unique prefix of a listed id is enough.
+                let id = match id {
+                    Some(prefix) if prefix.len() < 64 => {
+                        let (_, v) = op.get("/v1/tokens").await?;
+                        let hits: Vec<String> = v["tokens"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|t| text(&t["id"]))
+                            .filter(|i| i.starts_with(&prefix))
+                            .collect();
+                        match hits.as_slice() {
+                            [one] => Some(one.clone()),
+                            [] => Some(prefix),
+                            _ => {
+                                eprintln!(
+                                    "airlock: {prefix} matches {} tokens; give more of the id",
+                                    hits.len()
+                                );
+                                return Ok(1);
+                            }
+                        }
+                    }
+                    other => other,
+                };
                 let body = json!({"id": id, "session": session, "all": all});
                 let (_, v) = op.post("/v1/tokens/revoke", &body).await?;
                 print_json(&v);

@@ -2,4 +2,5 @@
 mod common;
 
 mod approvals;
+mod tokens;
 mod workflow;
