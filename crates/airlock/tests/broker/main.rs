@@ -2,5 +2,6 @@
 mod common;
 
 mod approvals;
+mod paths;
 mod tokens;
 mod workflow;
