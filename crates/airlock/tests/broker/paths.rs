@@ -24,7 +24,12 @@ fn lexical_tricks_are_refused_before_anything_is_opened() {
     let mut agent = d.agent();
     let t = agent.token(manifest("read_files", &[&d.env.ws], 60));
     let ws = p(&d.env.ws);
-    for bad in [format!("{ws}/../outside/secret.txt"), format!("{ws}/./report.txt"), format!("{ws}//report.txt"), "report.txt".into()] {
+    for bad in [
+        format!("{ws}/../outside/secret.txt"),
+        format!("{ws}/./report.txt"),
+        format!("{ws}//report.txt"),
+        "report.txt".into(),
+    ] {
         let (s, v) = agent.read(&t, &bad);
         assert_eq!((s, code(&v).as_str()), (400, "invalid_path"), "{bad}: {v}");
     }
@@ -35,7 +40,10 @@ fn lexical_tricks_are_refused_before_anything_is_opened() {
     let (s, v) = agent.read(&t, &p(&evil.join("x.txt")));
     assert_eq!((s, code(&v).as_str()), (403, "token_scope"), "{v}");
     // /proc/self/root is a path outside the grant.
-    let (s, v) = agent.read(&t, &format!("/proc/self/root{}", p(&d.env.outside.join("secret.txt"))));
+    let (s, v) = agent.read(
+        &t,
+        &format!("/proc/self/root{}", p(&d.env.outside.join("secret.txt"))),
+    );
     assert_eq!((s, code(&v).as_str()), (403, "token_scope"), "{v}");
 }
 
@@ -62,20 +70,33 @@ fn planted_links_cannot_reach_outside_the_grant() {
         assert!(!leaked(&v), "{name} leaked: {v}");
         assert_eq!((s, code(&v).as_str()), (403, "path_escape"), "{name}: {v}");
     }
-    let (s, v) = agent.call("POST", "/v1/fs/list", Some(&t), Some(json!({"path": p(&ws.join("dir-link"))})));
+    let (s, v) = agent.call(
+        "POST",
+        "/v1/fs/list",
+        Some(&t),
+        Some(json!({"path": p(&ws.join("dir-link"))})),
+    );
     assert!(!leaked(&v) && !v.to_string().contains("secret.txt"), "{v}");
     assert_ne!(s, 200, "{v}");
     // A symlink inside the grant to a file inside the grant is fine.
     symlink("report.txt", ws.join("inner-link")).unwrap();
     let (s, v) = agent.read(&t, &p(&ws.join("inner-link")));
-    assert_eq!((s, v["content"].as_str()), (200, Some("Q4 revenue: 100\n")), "{v}");
+    assert_eq!(
+        (s, v["content"].as_str()),
+        (200, Some("Q4 revenue: 100\n")),
+        "{v}"
+    );
     // Writing through a planted symlink stages the link path; commit never follows it.
     let (s, w) = agent.write(&t, &p(&ws.join("abs-link")), "pwned");
     if s == 200 {
         let id = w["staging_id"].as_str().unwrap();
         let _ = d.cli(&["staged", "commit", id]);
     }
-    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "canary-outside\n", "the outside file must not change");
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "canary-outside\n",
+        "the outside file must not change"
+    );
 }
 
 #[test]
@@ -125,8 +146,14 @@ fn concurrent_symlink_swap_never_leaks() {
     stop.store(true, Ordering::Relaxed);
     let swaps = swapper.join().unwrap();
     assert!(swaps > 100, "the swapper ran ({swaps} swaps)");
-    assert!(refused > 0, "some reads met the outward symlink and were refused ({ok} ok)");
-    assert!(ok > 0, "some reads met the inward symlink and succeeded ({refused} refused)");
+    assert!(
+        refused > 0,
+        "some reads met the outward symlink and were refused ({ok} ok)"
+    );
+    assert!(
+        ok > 0,
+        "some reads met the inward symlink and succeeded ({refused} refused)"
+    );
 }
 
 #[test]
@@ -142,20 +169,33 @@ fn never_list_and_labels_hold_inside_a_broad_grant() {
     let (s, v) = agent.request(manifest("read_files", &[&d.env.home], 120));
     assert_eq!(s, 202, "{v}");
     d.cli_ok(&["approvals", "approve", v["approval_id"].as_str().unwrap()]);
-    let (s, v) = agent.call("GET", &format!("/v1/approvals/{}", v["approval_id"].as_str().unwrap()), None, None);
+    let (s, v) = agent.call(
+        "GET",
+        &format!("/v1/approvals/{}", v["approval_id"].as_str().unwrap()),
+        None,
+        None,
+    );
     assert_eq!(s, 200, "{v}");
     let t = v["token"].as_str().unwrap().to_string();
     // Even so, credential stores and .env files stay out of reach.
     for f in [d.env.home.join(".ssh/id_rsa"), ws.join(".env")] {
         let (s, v) = agent.read(&t, &p(&f));
         assert!(!leaked(&v), "{v}");
-        assert_eq!((s, code(&v).as_str()), (403, "policy_denied"), "{}: {v}", f.display());
+        assert_eq!(
+            (s, code(&v).as_str()),
+            (403, "policy_denied"),
+            "{}: {v}",
+            f.display()
+        );
     }
     // A labelled file under an unlabelled grant must be asked for by name.
     let (s, v) = agent.read(&t, &p(&ws.join("finance/q4.xlsx")));
     assert!(!leaked(&v));
     assert_eq!((s, code(&v).as_str()), (403, "policy_denied"), "{v}");
-    assert!(v["error"]["hint"].as_str().unwrap().contains("by name"), "{v}");
+    assert!(
+        v["error"]["hint"].as_str().unwrap().contains("by name"),
+        "{v}"
+    );
     // Asked for by name, the labelled file goes to a human.
     let (s, v) = agent.request(manifest("read_files", &[&ws.join("finance/q4.xlsx")], 60));
     assert_eq!((s, v["rule"].as_str()), (202, Some("labelled")), "{v}");
