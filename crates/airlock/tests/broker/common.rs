@@ -270,6 +270,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
                 .status();

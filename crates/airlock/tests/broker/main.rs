@@ -2,7 +2,9 @@
 mod common;
 
 mod approvals;
+mod audit_fail;
 mod bad_input;
+mod crash;
 mod paths;
 mod tokens;
 mod workflow;
