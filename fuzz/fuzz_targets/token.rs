@@ -386,12 +386,28 @@ fn expected(g: &Grant, atts: &[Attenuation], a: &Access<'_>) -> Want {
     }
 }
 
-/// `verify`, retried while it says `Invalid`: the authorizer has a 50 ms
-/// wall-clock backstop that a loaded machine can hit on a good token.
-fn verify(auth: &TokenAuthority, token: &str, a: &Access<'_>) -> Result<Capability, TokenError> {
+/// `verify`, retried while its answer could be an artefact of the
+/// authorizer's 50 ms wall-clock backstop on a loaded machine: `Invalid`
+/// (the Datalog run was cut off), or `Expired { expired_at: now }` where the
+/// model says otherwise (the time-zero re-run that tells an expiry check from
+/// a scope refusal was cut off, and `classify_failure` then reports expiry;
+/// see README, "Findings"). A deterministic disagreement survives the retries.
+fn verify(
+    auth: &TokenAuthority,
+    token: &str,
+    a: &Access<'_>,
+    want: &Want,
+) -> Result<Capability, TokenError> {
     let mut r = auth.verify(token, a);
-    for _ in 0..3 {
-        if !matches!(r, Err(TokenError::Invalid)) {
+    for _ in 0..5 {
+        let artefact = match &r {
+            Err(TokenError::Invalid) => true,
+            Err(TokenError::Expired { expired_at }) => {
+                *want != Want::Expired && *expired_at == a.now
+            }
+            _ => false,
+        };
+        if !artefact {
             break;
         }
         r = auth.verify(token, a);
@@ -414,10 +430,7 @@ fuzz_target!(|data: &[u8]| {
     // 1. The input as an untrusted token string.
     let raw = String::from_utf8_lossy(data);
     check_refused_invalid("parse_untrusted", parse_untrusted(&raw));
-    assert!(
-        sh.auth.parse_untrusted(&raw).is_err(),
-        "fuzzer-written string parses under our key"
-    );
+    // `verify` parses first (signature, canonical encoding, metadata).
     let probe = Access {
         session: "s",
         verb: Verb::Read,
@@ -516,7 +529,7 @@ fn run_case(sh: &Shared, case: &Case) {
     for level in &levels {
         for a in accesses.iter().map(access) {
             let want = expected(&grant, &level.atts, &a);
-            let got = verify(&sh.auth, &level.token, &a);
+            let got = verify(&sh.auth, &level.token, &a, &want);
             match (&want, &got) {
                 (Want::Allow, Ok(cap)) => {
                     assert_eq!(cap.token_id(), minted.id);
@@ -557,7 +570,10 @@ fn run_case(sh: &Shared, case: &Case) {
             "a mutated token parses under our key: {mutated}"
         );
     }
-    for a in accesses.iter().map(access) {
+    // A token that does not parse fails every access alike: one access
+    // exercises that path, more would only repeat the parse.
+    let n = if parsed.is_ok() { accesses.len() } else { 1 };
+    for a in accesses.iter().take(n).map(access) {
         if let Ok(cap) = sh.auth.verify(&mutated, &a) {
             let Some(l) = legit else {
                 panic!("a mutated token verifies: {mutated} for {a:?}: {cap:?}")
@@ -582,7 +598,7 @@ fn run_case(sh: &Shared, case: &Case) {
                 let mut atts = l.atts.clone();
                 atts.push(att);
                 for a in accesses.iter().map(access) {
-                    if verify(&sh.auth, &t, &a).is_ok() {
+                    if sh.auth.verify(&t, &a).is_ok() {
                         assert_eq!(
                             expected(&grant, &atts, &a),
                             Want::Allow,
