@@ -198,8 +198,7 @@ impl PolicyEngine {
     /// change; a set that does not load is logged and the last good set stays
     /// active. Dropping the handle stops the watcher.
     pub fn watch(&self, interval: Duration) -> WatchHandle {
-        let seen = self.active().fingerprint.clone();
-        watch::spawn(self.clone(), self.shared.dir.clone(), seen, interval)
+        watch::spawn(self.clone(), self.shared.dir.clone(), interval)
     }
 }
 

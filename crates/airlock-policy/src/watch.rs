@@ -64,13 +64,8 @@ impl Drop for WatchHandle {
     }
 }
 
-/// Start the watcher; `seen` is the directory state the active set was read from.
-pub(crate) fn spawn(
-    engine: PolicyEngine,
-    dir: Option<PathBuf>,
-    seen: Fingerprint,
-    interval: Duration,
-) -> WatchHandle {
+/// Start the watcher.
+pub(crate) fn spawn(engine: PolicyEngine, dir: Option<PathBuf>, interval: Duration) -> WatchHandle {
     let (tx, rx) = mpsc::channel::<()>();
     let Some(dir) = dir else {
         tracing::info!("no policy directory configured; nothing to watch");
@@ -80,17 +75,26 @@ pub(crate) fn spawn(
         };
     };
     let spawned = std::thread::Builder::new().name("airlock-policy-watch".into()).spawn(move || {
-        let mut last = seen;
+        // Compare the directory with what the *active* set was read from, so
+        // reloads made elsewhere (SIGHUP, the operator) are taken into
+        // account; remember a state that failed to load so it is not retried
+        // every tick.
+        let mut failed: Option<Fingerprint> = None;
         // Ends when the handle is dropped (sender gone) or sends a stop.
         while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
             let now = fingerprint(&dir);
-            if now == last {
+            if now == engine.active().fingerprint || failed.as_ref() == Some(&now) {
                 continue;
             }
-            last = now;
             match engine.reload() {
-                Ok(rev) => tracing::info!(dir = %dir.display(), revision = %rev, "policy directory changed; reloaded"),
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "policy directory changed but does not load; keeping the last good set"),
+                Ok(rev) => {
+                    failed = None;
+                    tracing::info!(dir = %dir.display(), revision = %rev, "policy directory changed; reloaded")
+                }
+                Err(e) => {
+                    failed = Some(now);
+                    tracing::warn!(dir = %dir.display(), error = %e, "policy directory changed but does not load; keeping the last good set")
+                }
             }
         }
     });

@@ -95,3 +95,24 @@ fn watch_reloads_on_change_and_stops_when_dropped() {
     assert_eq!(e.reload().map(|_| ()).ok(), Some(()));
     assert_eq!(e.evaluate(&pdf).decision, Allow);
 }
+
+#[test]
+fn watch_follows_reloads_made_elsewhere() {
+    // A reload by SIGHUP or the operator, followed by the file going away
+    // before the watcher's next look, must still end with the directory's
+    // state active: the watcher compares with the active set, not with what
+    // it saw last.
+    let dir = tempfile::tempdir().expect("tmp");
+    let e = engine_in(dir.path(), true);
+    let pdf = input("read_files", &["/home/u/proj/a.pdf"]);
+    let handle = e.watch(Duration::from_millis(300));
+    write(dir.path(), "pdf.rego", PDF_DENY);
+    e.reload().expect("reload");
+    assert_eq!(e.evaluate(&pdf).decision, Deny);
+    std::fs::remove_file(dir.path().join("pdf.rego")).expect("rm");
+    assert!(
+        wait_for(|| e.evaluate(&pdf).decision == Allow),
+        "the watcher reloads the directory as it is now"
+    );
+    drop(handle);
+}
