@@ -175,7 +175,17 @@ async fn requests(
         }
     };
     match b.request(&c.peer, m).await {
-        Ok(a) => json_response(a.status, &a.body),
+        Ok(a) => {
+            let mut r = json_response(a.status, &a.body);
+            if let Some(v) = a
+                .body
+                .retry_after
+                .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+            {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
         Err(e) => error_response(&e),
     }
 }

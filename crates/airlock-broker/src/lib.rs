@@ -48,6 +48,7 @@ use airlock_token::TokenAuthority;
 pub use config::{Config, Paths};
 pub use http::{agent_route_list, ServeHandle};
 pub use operator::operator_route_list;
+pub use pipeline::Decided;
 
 /// Errors that stop the broker from starting or serving.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,22 @@ use crate::peer::Peer;
 use crate::session::Session;
 use crate::{new_id, now_unix, rfc3339, Broker};
 
+/// What [`Broker::decide`] found.
+#[derive(Debug)]
+pub struct Decided {
+    pub session: Arc<Session>,
+    pub decision: Decision,
+    /// The policy input the decision was made on.
+    pub input: Value,
+    pub labels: Vec<String>,
+    /// Canonical hash of the manifest.
+    pub hash: String,
+    /// Standing approval that turned an `ask` into `allow`.
+    pub approval_id: Option<String>,
+    /// Unix seconds of the decision.
+    pub now: u64,
+}
+
 /// A pipeline answer: HTTP status and body.
 pub(crate) struct Answer {
     pub status: u16,
@@ -89,18 +105,16 @@ impl Broker {
         }
     }
 
-    /// `POST /v1/requests`.
-    pub(crate) async fn request(&self, peer: &Peer, m: Manifest) -> Result<Answer, ApiError> {
+    /// The decision for a validated manifest from `peer`: session, quota
+    /// usage, classification, policy, standing approvals. No I/O beyond
+    /// `/proc` for a new session; nothing is recorded or granted yet.
+    pub fn decide(&self, peer: &Peer, m: &Manifest) -> Decided {
         let now = now_unix();
         let session = self.inner.sessions.resolve(peer, m.session.as_deref());
-        let request_id = new_id("r");
-        let agent = self.agent_name(&m, peer);
         let hash = m.canonical_hash();
-        let revision = self.inner.policy.revision();
         let quota_key = session.agent_key();
         let usage = self.inner.quotas.usage(&quota_key, m.action, now);
-        let (input, labels) = self.policy_input(&m, &session, peer, usage);
-
+        let (input, labels) = self.policy_input(m, &session, peer, usage);
         let mut decision = if session.quarantined {
             Decision {
                 decision: DecisionKind::Deny,
@@ -114,7 +128,6 @@ impl Broker {
             self.inner.policy.evaluate(&input)
         };
         self.inner.quotas.count_request(&quota_key, m.action, now);
-
         let mut approval_id = None;
         if decision.decision == DecisionKind::Ask {
             if let Some(aid) = self.inner.approvals.standing(&session.id, &hash, now) {
@@ -125,6 +138,32 @@ impl Broker {
                 approval_id = Some(aid);
             }
         }
+        Decided {
+            session,
+            decision,
+            input,
+            labels,
+            hash,
+            approval_id,
+            now,
+        }
+    }
+
+    /// `POST /v1/requests`.
+    pub(crate) async fn request(&self, peer: &Peer, m: Manifest) -> Result<Answer, ApiError> {
+        let Decided {
+            session,
+            decision,
+            input,
+            labels,
+            hash,
+            approval_id,
+            now,
+        } = self.decide(peer, &m);
+        let request_id = new_id("r");
+        let agent = self.agent_name(&m, peer);
+        let revision = self.inner.policy.revision();
+
         let retry_after = (decision.reason_code.as_deref() == Some("quota_exceeded")).then(|| {
             input["usage"]
                 .as_object()
@@ -243,7 +282,8 @@ impl Broker {
         }
     }
 
-    fn mint(
+    /// Mint the token a manifest grants (expiry: now + its duration).
+    pub fn mint(
         &self,
         m: &Manifest,
         session: &str,

@@ -159,15 +159,15 @@ fn agents_and_their_children_cannot_use_the_operator_socket() {
     let (_, v) = agent.request(manifest("read_files", &[&d.env.outside], 60));
     let id = approval_id(&v);
     // The agent runs the CLI itself, directly and through a shell.
-    let (code, _, err) = agent.spawn(&[BIN, "approvals", "approve", &id]);
+    let (code, _, err) = agent.spawn(&[bin(), "approvals", "approve", &id]);
     assert_ne!(code, 0);
     assert!(
         err.contains("forbidden") && err.contains("descends from agent session"),
         "{err}"
     );
-    let (code, _, err) = agent.spawn(&["sh", "-c", &format!("{BIN} approvals approve {id}")]);
+    let (code, _, err) = agent.spawn(&["sh", "-c", &format!("{} approvals approve {id}", bin())]);
     assert_ne!(code, 0, "{err}");
-    let (code, _, err) = agent.spawn(&[BIN, "status"]);
+    let (code, _, err) = agent.spawn(&[bin(), "status"]);
     assert_ne!(code, 0, "{err}");
     let (s, v) = agent.call("GET", &format!("/v1/approvals/{id}"), None, None);
     assert_eq!(

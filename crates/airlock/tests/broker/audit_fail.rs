@@ -32,7 +32,11 @@ exec "$@"
 "#;
 
 fn userns_or_skip(test: &str) -> bool {
-    let ok = Command::new("unshare").args(["-Urm", "true"]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("unshare")
+        .args(["-Urm", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         println!("SKIPPED: {test}: cannot create a user and mount namespace (unshare -Urm); enable unprivileged user namespaces (kernel.unprivileged_userns_clone=1)");
     }
@@ -52,8 +56,14 @@ fn start(env: Env, mnt: &std::path::Path, size: &str, ro: bool) -> Result<Daemon
         size.into(),
         if ro { "ro" } else { "rw" }.into(),
     ];
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Daemon::start_with(env, &config, wrapper))).map_err(|e| {
-        e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Daemon::start_with(env, &config, wrapper)
+    }))
+    .map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
     })
 }
 
@@ -67,7 +77,11 @@ fn control(d: &mut Daemon, cmd: &str) {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !d.log().contains(want) {
-        assert!(std::time::Instant::now() < deadline, "control {cmd} did not complete:\n{}", d.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "control {cmd} did not complete:\n{}",
+            d.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -97,18 +111,36 @@ fn full_disk_refuses_grants_and_recovers() {
         assert_eq!(s, 503, "{v}");
         assert_eq!(v["error"]["code"], "audit_unavailable", "{v}");
         assert!(v.get("token").is_none() && v["error"].get("token").is_none());
-        assert!(v["error"]["message"].as_str().unwrap().contains("audit"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("audit"),
+            "{v}"
+        );
     }
     // Reads are refused too: nothing happens that is not on the record.
     let (s, v) = a.read(&t, &p(&d.env.ws.join("report.txt")));
-    assert_eq!((s, v["error"]["code"].as_str()), (503, Some("audit_unavailable")), "{v}");
-    assert!(!v.to_string().contains("Q4 revenue"), "no data without a record: {v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("audit_unavailable")),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains("Q4 revenue"),
+        "no data without a record: {v}"
+    );
     assert!(health(&d.env.socket()), "still serving");
 
     control(&mut d, "unfill");
-    assert_eq!(a.request(m.clone()).0, 200, "recovers once the disk has room");
+    assert_eq!(
+        a.request(m.clone()).0,
+        200,
+        "recovers once the disk has room"
+    );
     control(&mut d, "verify");
-    assert!(d.log().contains("control: verified"), "the chain verifies after the failures:\n{}", d.log());
+    assert!(
+        d.log().contains("control: verified"),
+        "the chain verifies after the failures:\n{}",
+        d.log()
+    );
 }
 
 #[test]
@@ -118,6 +150,11 @@ fn broker_refuses_to_start_on_a_read_only_audit_log() {
     }
     let env = Env::new();
     let mnt = mnt_dir(&env);
-    let err = start(env, &mnt, "1m", true).err().expect("the broker must not start without a writable audit log");
-    assert!(err.contains("audit"), "the refusal names the audit log: {err}");
+    let err = start(env, &mnt, "1m", true)
+        .err()
+        .expect("the broker must not start without a writable audit log");
+    assert!(
+        err.contains("audit"),
+        "the refusal names the audit log: {err}"
+    );
 }

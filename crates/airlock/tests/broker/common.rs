@@ -13,10 +13,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_airlock");
+/// The `airlock` binary under test (`AIRLOCK_TEST_BIN` overrides, for runs
+/// as another user that cannot read the build directory).
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("AIRLOCK_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_airlock").to_string())
+    })
+}
 
 pub fn agent_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/agent.py")
+    match std::env::var_os("AIRLOCK_TEST_AGENT") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/agent.py"),
+    }
 }
 
 /// A temp home with a workspace, a runtime dir and an "outside" dir holding
@@ -99,7 +110,7 @@ impl Env {
 
     /// Run the CLI.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         self.apply(&mut c);
         c.args(args).stdin(Stdio::null()).output().unwrap()
     }
@@ -142,7 +153,7 @@ impl Daemon {
             .open(&self.log)
             .unwrap();
         let mut argv: Vec<String> = self.wrapper.clone();
-        argv.push(BIN.into());
+        argv.push(bin().into());
         argv.extend([
             "serve".into(),
             "--config".into(),
@@ -322,7 +333,7 @@ impl Agent {
             "PATH",
             format!(
                 "{}:{}",
-                Path::new(BIN).parent().unwrap().display(),
+                Path::new(bin()).parent().unwrap().display(),
                 std::env::var("PATH").unwrap_or_default()
             ),
         );

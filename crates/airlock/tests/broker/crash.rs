@@ -15,12 +15,17 @@ use crate::common::*;
 fn sigkill_under_load_loses_no_acknowledged_grant() {
     // A generous policy budget: this test is about durability, and a debug
     // build on a loaded machine can be slow to evaluate.
-    let mut d = Daemon::start("[quotas]\nrequests_per_minute = 100000000\n[policy]\ntimeout_ms = 5000\n");
+    let mut d =
+        Daemon::start("[quotas]\nrequests_per_minute = 100000000\n[policy]\ntimeout_ms = 5000\n");
     let sock = d.env.socket();
     let ws = p(&d.env.ws);
     let received: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..64 {
         let (sock, ws, received, stop) = (sock.clone(), ws.clone(), received.clone(), stop.clone());
@@ -46,14 +51,27 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
         std::thread::sleep(Duration::from_millis(wait));
         d.kill9();
         let got: Vec<String> = received.lock().unwrap().clone();
-        assert!(got.len() > last_count, "round {round}: clients made progress");
+        assert!(
+            got.len() > last_count,
+            "round {round}: clients made progress"
+        );
         last_count = got.len();
         d.restart();
         let out = d.cli_ok(&["audit", "verify"]);
         assert!(out.starts_with("ok:"), "round {round}: {out}");
-        let recorded: HashSet<String> = d.records().iter().filter_map(|r| r["token_id"].as_str().map(str::to_owned)).collect();
+        let recorded: HashSet<String> = d
+            .records()
+            .iter()
+            .filter_map(|r| r["token_id"].as_str().map(str::to_owned))
+            .collect();
         let missing: Vec<&String> = got.iter().filter(|t| !recorded.contains(*t)).collect();
-        assert!(missing.is_empty(), "round {round}: {} of {} tokens have no record, e.g. {:?}", missing.len(), got.len(), missing.first());
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} of {} tokens have no record, e.g. {:?}",
+            missing.len(),
+            got.len(),
+            missing.first()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {

@@ -6,5 +6,6 @@ mod audit_fail;
 mod bad_input;
 mod crash;
 mod paths;
+mod policy;
 mod tokens;
 mod workflow;

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Every test Airlock has, on a fresh machine that has the Rust toolchain,
+# Python 3 and Node 20. Installs what the tests need (idempotently), runs the
+# Rust suites, re-runs the broker and sandbox suites as an unprivileged user
+# when started as root (desktops are not root), then the fuzz smoke run.
+#
+#   bash scripts/test.sh            # everything
+#   AIRLOCK_SKIP_FUZZ=1 bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+# --- what the tests need --------------------------------------------------
+need=()
+command -v unshare >/dev/null || need+=(util-linux)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v cc >/dev/null || need+=(gcc)
+command -v python3 >/dev/null || need+=(python3)
+[ -x /usr/bin/python3 ] || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing ${need[*]}"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null \
+      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+  else
+    echo "missing: ${need[*]} (install them, or run as root on Debian)" >&2
+    exit 1
+  fi
+fi
+
+# --- the Rust suites ---------------------------------------------------------
+step "cargo test (as $(id -un))"
+cargo test --workspace --no-fail-fast
+
+# --- again as an unprivileged user -------------------------------------------
+if [ "$(id -u)" = 0 ]; then
+  step "broker and sandbox suites as nobody"
+  unpriv=$(mktemp -d /tmp/airlock-unpriv.XXXXXX)
+  trap 'rm -rf "$unpriv"' EXIT
+  chmod 755 "$unpriv"
+  exes=$(cargo test --workspace --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"] \
+       and m["target"]["name"] in ("broker", "suite") and m["package_id"].split("#")[0].rsplit("/", 1)[-1] in ("airlock", "airlock-sandbox"):
+        print(m["target"]["name"] + "-" + m["package_id"].split("#")[0].rsplit("/", 1)[-1] + " " + m["executable"])
+')
+  cp "$CARGO_TARGET_DIR/debug/airlock" "$unpriv/airlock"
+  cp crates/airlock/tests/support/agent.py "$unpriv/agent.py"
+  while read -r name exe; do
+    [ -n "$name" ] || continue
+    cp "$exe" "$unpriv/$name"
+  done <<< "$exes"
+  chmod -R a+rX "$unpriv"
+  while read -r name exe; do
+    [ -n "$name" ] || continue
+    echo "--- $name as nobody"
+    (cd "$unpriv" && setpriv --reuid=65534 --regid=65534 --clear-groups \
+      env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$unpriv" TMPDIR=/tmp \
+      AIRLOCK_TEST_BIN="$unpriv/airlock" AIRLOCK_TEST_AGENT="$unpriv/agent.py" \
+      RUST_BACKTRACE=1 "$unpriv/$name" --test-threads=2)
+  done <<< "$exes"
+fi
+
+# --- fuzz smoke ----------------------------------------------------------------
+if [ -z "${AIRLOCK_SKIP_FUZZ:-}" ] && [ -f fuzz/smoke.sh ]; then
+  step "fuzz smoke"
+  bash fuzz/smoke.sh
+fi
+
+step "all tests passed"
