@@ -653,7 +653,7 @@ fn the_seed_manifest_and_rego_are_accepted() {
     assert_eq!(d.decision, airlock_core::DecisionKind::Deny, "{d:?}");
     assert_eq!(d.policy_id, "agent.policy");
 
-    // docs/policy.md quotes both verbatim.
+    // docs/policy.md quotes the seed's Rego as written.
     let md = read_doc("policy.md");
     assert!(
         md.contains(SEED_REGO.trim_end()),
@@ -840,20 +840,17 @@ impl Checker {
         }
     }
 
-    /// `status` must be documented for the operation and `body` must validate.
-    #[track_caller]
-    fn check(&mut self, s: Socket, method: &str, template: &str, status: u16, body: &Value) {
+    /// The schema violations of `body` for that documented answer.
+    fn violations(
+        &mut self,
+        s: Socket,
+        method: &str,
+        template: &str,
+        status: u16,
+        body: &Value,
+    ) -> Vec<String> {
         let doc = &self.docs[&s];
         let m = method.to_lowercase();
-        let at = format!("{} {method} {template} -> {status}", s.name());
-        let op = doc["paths"][template]
-            .get(&m)
-            .unwrap_or_else(|| panic!("{at}: operation not in {}", s.doc()));
-        assert!(
-            op["responses"].get(status.to_string()).is_some(),
-            "{at}: status not documented in {}; body {body}",
-            s.doc()
-        );
         let (rp, _) = deref(
             doc,
             format!("/paths/{}/{m}/responses/{status}", esc(template)),
@@ -863,13 +860,30 @@ impl Checker {
         if !self.validators.contains_key(&key) {
             let mut root = doc.clone();
             root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
-            root["$ref"] = json!(format!("#{pointer}"));
+            // A URI fragment: braces of path templates are percent-encoded.
+            let fragment = pointer.replace('{', "%7B").replace('}', "%7D");
+            root["$ref"] = json!(format!("#{fragment}"));
             self.validators.insert(key.clone(), schema_validator(&root));
         }
-        let errors: Vec<String> = self.validators[&key]
+        self.validators[&key]
             .iter_errors(body)
             .map(|e| format!("{e} at {}", e.instance_path()))
-            .collect();
+            .collect()
+    }
+
+    /// `status` must be documented for the operation and `body` must validate.
+    #[track_caller]
+    fn check(&mut self, s: Socket, method: &str, template: &str, status: u16, body: &Value) {
+        let at = format!("{} {method} {template} -> {status}", s.name());
+        let op = self.docs[&s]["paths"][template]
+            .get(method.to_lowercase())
+            .unwrap_or_else(|| panic!("{at}: operation not in {}", s.doc()));
+        assert!(
+            op["responses"].get(status.to_string()).is_some(),
+            "{at}: status not documented in {}; body {body}",
+            s.doc()
+        );
+        let errors = self.violations(s, method, template, status, body);
         assert!(
             errors.is_empty(),
             "{at}: body does not match {}: {errors:?}\n{body:#}",
@@ -993,6 +1007,17 @@ fn live_answers_match_the_documents() {
     c.check(A, "GET", "/v1/session", s, &v);
     let (s, v) = agent.call("GET", "/v1/health", None, None);
     c.check(A, "GET", "/v1/health", s, &v);
+    // The schemas are strict: a missing or an undocumented field is caught.
+    let mut extra = v.clone();
+    extra["uptime"] = json!(1);
+    assert!(!c.violations(A, "GET", "/v1/health", 200, &extra).is_empty());
+    assert!(!c
+        .violations(A, "GET", "/v1/health", 200, &json!({"status": "ok"}))
+        .is_empty());
+    let bad_error = json!({"error": {"code": "no_such_code", "message": "x"}});
+    assert!(!c
+        .violations(A, "POST", "/v1/fs/read", 404, &bad_error)
+        .is_empty());
     let (s, v) = agent.call("GET", "/v1/schema/manifest", None, None);
     assert_eq!(v, Manifest::json_schema());
     c.check(A, "GET", "/v1/schema/manifest", s, &v);
