@@ -182,7 +182,8 @@ pub struct ClassifyRule {
 }
 
 /// `[quotas]`: limits per agent (the session holder's executable) and, in
-/// `[quotas.actions.ACTION]`, per action. A key left out is unlimited.
+/// `[quotas.actions.ACTION]`, per action. A key left out keeps its default;
+/// `0` switches that quota off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaConfig {

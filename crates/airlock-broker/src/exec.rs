@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use airlock_core::api::ExecRequest;
 use airlock_core::{ApiError, ErrorCode, Verb};
+use airlock_sandbox::profile::WorkspaceAccess;
 use airlock_sandbox::{Profile, SandboxSpec, StdioMode, WorkspaceMode, WorkspaceMount};
 use airlock_token::Access;
 use base64::Engine as _;
@@ -101,36 +102,40 @@ impl Broker {
             .clamp(1, max_timeout);
         let mut spec = SandboxSpec::new(req.argv.clone(), PathBuf::from(&req.cwd));
         let home = std::env::var("HOME").ok();
+        let expand = |list: &[String]| -> Vec<PathBuf> {
+            list.iter().filter_map(|p| Profile::expand(p, home.as_deref())).collect()
+        };
+        // The profile's variables first, then the request's (which win).
+        let mut extra = profile.env.clone();
+        extra.extend(req.env.iter().cloned());
         spec.env = airlock_sandbox::scrub_env(
             [
-                (
-                    "PATH".to_string(),
-                    airlock_sandbox::env::DEFAULT_PATH.to_string(),
-                ),
+                ("PATH".to_string(), airlock_sandbox::env::DEFAULT_PATH.to_string()),
                 ("LANG".to_string(), "C.UTF-8".to_string()),
             ],
-            &req.env,
+            &extra,
         );
         spec.workspace = Some(WorkspaceMount {
             base: PathBuf::from(&base),
             mode: match profile.workspace {
-                airlock_sandbox::profile::WorkspaceAccess::ReadOnly => WorkspaceMode::ReadOnly,
-                _ => WorkspaceMode::Staged {
-                    upper: area.upper_dir(),
-                    work: area.work_dir(),
-                },
+                WorkspaceAccess::ReadOnly => WorkspaceMode::ReadOnly,
+                WorkspaceAccess::WriteThrough => WorkspaceMode::WriteThrough,
+                WorkspaceAccess::Staged => WorkspaceMode::Staged { upper: area.upper_dir(), work: area.work_dir() },
             },
         });
-        spec.allow_read = profile
-            .allow_read
-            .iter()
-            .filter_map(|p| Profile::expand(p, home.as_deref()))
-            .collect();
+        spec.allow_read = expand(&profile.allow_read);
+        spec.allow_write = expand(&profile.allow_write);
+        spec.allow_net = profile.allow_net.clone();
         spec.limits = profile.limits.clone();
         spec.limits.timeout = Some(Duration::from_secs(timeout));
         spec.protected = self.inner.protected.clone();
         spec.hidden = self.inner.broker_paths.iter().map(PathBuf::from).collect();
         spec.allow_degraded = self.inner.cfg.exec.allow_degraded.clone();
+        for l in &profile.allow_degraded {
+            if !spec.allow_degraded.contains(l) {
+                spec.allow_degraded.push(*l);
+            }
+        }
         spec.stdio = StdioMode::Capture {
             max_bytes: self.inner.cfg.exec.max_output_bytes,
         };

@@ -179,6 +179,48 @@ fn login_name(uid: u32) -> String {
         .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+}
+
+/// Tokens minted before a restart are still valid until they expire; read
+/// their grants back from the end of the audit log so `tokens list` and
+/// `tokens revoke --session` cover them. Returns how many were live.
+fn remember_tokens(tokens: &TokenAuthority, audit_dir: &Path) -> usize {
+    // Tokens live at most `max_duration_seconds` (an hour by default); the
+    // last 50,000 records cover far more than that at any realistic rate.
+    let Ok(recs) = airlock_audit::tail(audit_dir, 50_000) else { return 0 };
+    let mut n = 0;
+    for r in recs {
+        let b = &r.body;
+        let (Some(id), granted) = (b.token_id.as_deref(), &b.execution["granted"]) else { continue };
+        if !matches!(b.kind.as_str(), "request" | "approval") || !granted.is_object() {
+            continue;
+        }
+        let strs = |k: &str| -> Vec<String> {
+            granted[k].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        };
+        let info = airlock_token::TokenInfo {
+            id: id.to_string(),
+            request_id: b.request_id.clone(),
+            session: b.execution["session"].as_str().unwrap_or_default().to_string(),
+            verbs: strs("verbs").iter().filter_map(|v| airlock_core::Verb::parse(v)).collect(),
+            paths: strs("paths"),
+            hosts: strs("hosts"),
+            commands: strs("commands"),
+            issued_at: parse_rfc3339(&b.ts).unwrap_or(0),
+            expires_at: granted["expires_at"].as_str().and_then(parse_rfc3339).unwrap_or(0),
+            revoked: false,
+        };
+        if tokens.remember(info) {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Workspaces as absolute, symlink-free, normalised strings.
 fn resolve_workspaces(list: &[PathBuf]) -> Result<Vec<String>, BrokerError> {
     let mut out = Vec::new();
@@ -212,6 +254,7 @@ impl Broker {
     /// staging store). Fails, naming the piece, when any cannot be opened.
     pub fn open(cfg: Config, extra_workspaces: &[PathBuf]) -> Result<Broker, BrokerError> {
         let paths = cfg.paths()?;
+        cfg.limits.validate().map_err(BrokerError::Config)?;
         private_dir(&paths.state_dir)?;
         let audit = AuditLog::open(&paths.audit_dir, cfg.audit.max_segment_bytes)?;
         let tokens = TokenAuthority::load_or_create(&paths.state_dir)?;
@@ -298,6 +341,23 @@ impl Broker {
             tracing::error!(error = %e, "cannot record the policy reload");
         }
         res
+    }
+
+    /// Record that the active policy changed (by the watcher, or any reload).
+    async fn record_policy_change(&self, before: &str, after: &str) {
+        let body = RecordBody {
+            kind: "policy".into(),
+            request_id: new_id("p"),
+            user: Some(self.inner.user.clone()),
+            intent: serde_json::json!({"action": "policy_change", "trigger": "active policy revision changed"}),
+            decision: serde_json::json!({"allowed": true}),
+            outcome: serde_json::json!({"revision_before": before, "revision": after}),
+            policy_revision: Some(after.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.inner.audit.append(body).await {
+            tracing::error!(error = %e, "cannot record a policy change");
+        }
     }
 
     /// Append a broker lifecycle record.
@@ -404,10 +464,21 @@ impl Broker {
         let hk = {
             let b = self.clone();
             tokio::spawn(async move {
-                let mut t = tokio::time::interval(Duration::from_secs(30));
+                let mut t = tokio::time::interval(Duration::from_secs(1));
+                let mut rev = b.inner.policy.revision();
+                let mut tick = 0u64;
                 loop {
                     t.tick().await;
-                    b.housekeeping();
+                    tick += 1;
+                    // A policy change made by the directory watcher is recorded too.
+                    let now = b.inner.policy.revision();
+                    if now != rev {
+                        b.record_policy_change(&rev, &now).await;
+                        rev = now;
+                    }
+                    if tick % 30 == 0 {
+                        b.housekeeping();
+                    }
                 }
             })
         };

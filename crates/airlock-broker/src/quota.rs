@@ -90,7 +90,9 @@ impl Quotas {
 
     fn limits_for(&self, action: Option<Action>) -> Vec<(String, Metric, u64, u64)> {
         let mut v = Vec::new();
-        if let Some(l) = self.cfg.requests_per_minute {
+        // 0 switches a quota off.
+        let on = |q: Option<u64>| q.filter(|l| *l > 0);
+        if let Some(l) = on(self.cfg.requests_per_minute) {
             v.push(("requests_per_minute".to_string(), Metric::Requests, l, 60));
         }
         if let Some(a) = action {
@@ -108,7 +110,7 @@ impl Quotas {
                 ));
             }
         }
-        if let Some(l) = self.cfg.files_read_per_hour {
+        if let Some(l) = on(self.cfg.files_read_per_hour) {
             v.push((
                 "files_read_per_hour".to_string(),
                 Metric::FilesRead,
@@ -116,7 +118,7 @@ impl Quotas {
                 3600,
             ));
         }
-        if let Some(l) = self.cfg.bytes_read_per_hour {
+        if let Some(l) = on(self.cfg.bytes_read_per_hour) {
             v.push((
                 "bytes_read_per_hour".to_string(),
                 Metric::BytesRead,

@@ -297,7 +297,12 @@ pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// Map a serde message onto an error code and field.
 fn serde_error(msg: &str) -> ApiError {
-    let quoted = msg.split('`').nth(1).map(str::to_owned);
+    // `unknown field `NAME`, expected ...` / `missing field `NAME``: the
+    // name itself may contain backticks, so cut at the known delimiters.
+    let quoted = msg
+        .split_once('`')
+        .map(|(_, rest)| rest.rsplit_once("`, expected").map(|(n, _)| n).or_else(|| rest.strip_suffix('`')).unwrap_or(rest))
+        .map(str::to_owned);
     let (code, hint) = if msg.starts_with("unknown field") {
         (
             ErrorCode::UnknownField,
@@ -359,6 +364,8 @@ mod tests {
             (e.code, e.field.as_deref()),
             (ErrorCode::UnknownField, Some("bogus"))
         );
+        let e = dec(Route::FsRead, r#"{"path":"/a","a`b":1}"#).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::UnknownField, Some("a`b")));
         let e = dec(Route::FsRead, r#"{}"#).unwrap_err();
         assert_eq!(
             (e.code, e.field.as_deref()),

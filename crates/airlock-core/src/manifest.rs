@@ -189,6 +189,30 @@ pub struct ManifestLimits {
     pub path_allowlist: Vec<String>,
 }
 
+impl ManifestLimits {
+    /// Check the limits themselves: every allowlist entry must be an
+    /// absolute, normalised path (an empty or relative entry would admit
+    /// everything or nothing by accident), and every bound at least 1.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, root) in self.path_allowlist.iter().enumerate() {
+            check_abs_normalised(root).map_err(|p| format!("limits.path_allowlist[{i}] {root:?}: {}", p.describe()))?;
+        }
+        for (name, v) in [
+            ("max_paths", self.max_paths as u64),
+            ("max_hosts", self.max_hosts as u64),
+            ("max_commands", self.max_commands as u64),
+            ("max_duration_seconds", self.max_duration_seconds),
+            ("max_justification_bytes", self.max_justification_bytes as u64),
+            ("max_label_bytes", self.max_label_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("limits.{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for ManifestLimits {
     fn default() -> Self {
         ManifestLimits {
@@ -598,6 +622,16 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::TooManyItems);
+    }
+
+    #[test]
+    fn limits_validate_their_allowlist() {
+        assert!(ManifestLimits::default().validate().is_ok());
+        for bad in ["", "relative", "/a/../b", "/a/"] {
+            let l = ManifestLimits { path_allowlist: vec![bad.into()], ..Default::default() };
+            assert!(l.validate().is_err(), "{bad:?}");
+        }
+        assert!(ManifestLimits { max_paths: 0, ..Default::default() }.validate().is_err());
     }
 
     #[test]

@@ -772,7 +772,18 @@ impl TokenAuthority {
         if !failed_now.is_empty() {
             let failed_then = match self.authorize(&parsed.biscuit, access, 0) {
                 Ok(()) => BTreeSet::new(),
-                Err(e) => failed_check_keys(&e).unwrap_or_default(),
+                Err(e) => match failed_check_keys(&e) {
+                    Some(keys) => keys,
+                    // The re-run did not finish (run limit on a loaded
+                    // machine): the access is refused either way; say it is
+                    // out of scope rather than guess an expiry.
+                    None => {
+                        return TokenError::Scope {
+                            verb: access.verb.as_str().to_string(),
+                            resource: resource.to_string(),
+                        }
+                    }
+                },
             };
             if failed_now.difference(&failed_then).next().is_some() {
                 return TokenError::Expired {
@@ -875,6 +886,22 @@ impl TokenAuthority {
             store::save(path, &next)?;
         }
         Ok(())
+    }
+
+    /// Register a token issued before this process started (the broker
+    /// rebuilds the list from its audit log on start), so `list` and
+    /// `revoke_session` see it. Expired entries are ignored; returns whether
+    /// it was added.
+    pub fn remember(&self, info: TokenInfo) -> bool {
+        if info.expires_at < now_unix() || info.id.is_empty() {
+            return false;
+        }
+        let mut reg = lock(&self.issued);
+        if reg.tokens.contains_key(&info.id) {
+            return false;
+        }
+        reg.tokens.insert(info.id.clone(), TokenInfo { revoked: false, ..info });
+        true
     }
 
     /// Tokens issued by this authority that have not expired (and revoked ones, flagged).

@@ -229,3 +229,27 @@ fn corrupt_revocation_list_stops_startup() {
     assert!(matches!(err, TokenError::Io(_)), "{err:?}");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
+
+#[test]
+fn remembered_tokens_are_listed_and_revocable_by_session() {
+    let auth = TokenAuthority::ephemeral();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let info = airlock_token::TokenInfo {
+        id: "ab".repeat(32),
+        request_id: "r-1".into(),
+        session: "s-old".into(),
+        verbs: vec![airlock_core::Verb::Read],
+        paths: vec!["/home/u".into()],
+        hosts: vec![],
+        commands: vec![],
+        issued_at: now - 10,
+        expires_at: now + 100,
+        revoked: false,
+    };
+    assert!(auth.remember(info.clone()));
+    assert!(!auth.remember(info.clone()), "idempotent");
+    assert!(!auth.remember(airlock_token::TokenInfo { id: "cd".repeat(32), expires_at: now - 1, ..info.clone() }), "expired ones are ignored");
+    assert_eq!(auth.list(now).len(), 1);
+    assert_eq!(auth.revoke_session("s-old").unwrap(), 1);
+    assert!(auth.list(now)[0].revoked);
+}

@@ -7,5 +7,6 @@ mod bad_input;
 mod crash;
 mod paths;
 mod policy;
+mod serve;
 mod tokens;
 mod workflow;

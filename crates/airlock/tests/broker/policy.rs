@@ -26,27 +26,26 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
-fn request_quota_denies_with_retry_after() {
-    let d = Daemon::start(
-        "[quotas]\nrequests_per_minute = 3\n[quotas.actions.list_files]\nrequests_per_minute = 1\n",
-    );
+fn request_quotas_per_agent_and_per_action() {
+    let d = Daemon::start("[quotas]\nrequests_per_minute = 5\n[quotas.actions.list_files]\nrequests_per_minute = 1\n");
     let mut a = d.agent();
-    let m = manifest("read_files", &[&d.env.ws], 60);
+    let list = manifest("list_files", &[&d.env.ws], 60);
+    let read = manifest("read_files", &[&d.env.ws], 60);
+    assert_eq!(a.request(list.clone()).0, 200);
+    // The per-action quota is used up; other actions are not.
+    let (s, v) = a.request(list);
+    assert_eq!((s, v["reason_code"].as_str()), (403, Some("quota_exceeded")), "{v}");
+    assert!(v["reasons"][0].as_str().unwrap().contains("list_files.requests_per_minute"), "{v}");
     for _ in 0..3 {
-        assert_eq!(a.request(m.clone()).0, 200);
+        assert_eq!(a.request(read.clone()).0, 200);
     }
-    let r = a.call_full("POST", "/v1/requests", None, m);
+    // Five requests counted: the per-agent quota is used up too.
+    let r = a.call_full("POST", "/v1/requests", None, read);
     assert_eq!(r["status"], 403, "{r}");
     assert_eq!(r["body"]["reason_code"], "quota_exceeded", "{r}");
     assert!(r["body"]["retry_after"].as_u64().unwrap() > 0, "{r}");
-    assert!(
-        r["retry_after"].as_str().is_some(),
-        "Retry-After header: {r}"
-    );
-    // Per action: another agent program would have its own count; a second
-    // list_files from this one is over its action quota even with requests left.
-    let mut b = d.agent();
-    let _ = &mut b; // same python executable: same agent for quota purposes
+    assert!(r["retry_after"].as_str().is_some(), "Retry-After header: {r}");
+    assert_eq!(r["body"]["grantable"], false);
 }
 
 #[test]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every benchmark, printed plainly, in one run on this machine:
+#   broker: in-process decision (validate + Rego + mint) p50/p99, socket round
+#           trip with a durable audit record (1 and 64 clients), decisions/s;
+#   token:  mint and verify;
+#   audit:  append latency, group commit, `audit verify` records/s;
+#   policy: decision latency per backend;
+#   sandbox: `airlock run -- /bin/true` against bare /bin/true and bwrap (bench/sandbox.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
+for pkg in airlock-broker airlock-token airlock-audit airlock-policy; do
+  printf '\n=== %s\n' "$pkg"
+  cargo bench -q -p "$pkg" 2>&1 | grep -v '^\s*$' | grep -vE '^(Gnuplot|Benchmarking|Warming|Collecting|Analyzing|Found|  [0-9]+ \(|time:|change:|thrpt:|No change|Change within|Performance has)' || true
+done
+if [ -f bench/sandbox.sh ]; then
+  printf '\n=== sandbox\n'
+  bash bench/sandbox.sh
+fi
