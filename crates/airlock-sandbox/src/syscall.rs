@@ -262,6 +262,38 @@ pub(crate) fn decode_failure(buf: &[u8]) -> Option<(u32, i32)> {
 }
 
 // ---------------------------------------------------------------------------
+// Public safe wrappers used by other crates.
+
+/// `SO_PEERPIDFD` (Linux 6.5+; not yet in every libc).
+const SO_PEERPIDFD: c_int = 77;
+
+/// A pidfd for the process at the other end of a connected Unix socket
+/// (`getsockopt(SOL_SOCKET, SO_PEERPIDFD)`, Linux 6.5+). Unlike a pid from
+/// `SO_PEERCRED`, the pidfd cannot be recycled: signals sent through it and
+/// `/proc` lookups checked against it reach the peer or fail.
+///
+/// Fails with `ENOPROTOOPT` on kernels before 6.5 and `ENOTCONN`/`ENOTSOCK`
+/// for a descriptor that is not a connected Unix socket.
+pub fn peer_pidfd(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut fd: c_int = -1;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (one c_int) into `fd`
+    // and updates `len`; both live on the stack for the call.
+    let r = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, &mut fd as *mut c_int as *mut c_void, &mut len)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fd < 0 || len as usize != std::mem::size_of::<c_int>() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "SO_PEERPIDFD returned no descriptor"));
+    }
+    // SAFETY: the kernel installed a fresh pidfd in our table; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+// ---------------------------------------------------------------------------
 // Parent-side helpers.
 
 /// Start the sandbox's init process with `flags` (namespace flags). Returns
@@ -891,3 +923,36 @@ fn command_main(p: &ChildPlan) -> ! {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn peer_pidfd_names_this_process() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pidfd = match peer_pidfd(a.as_fd()) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+                eprintln!("SKIPPED: SO_PEERPIDFD needs Linux 6.5+ ({e})");
+                return;
+            }
+            Err(e) => panic!("peer_pidfd: {e}"),
+        };
+        // The pidfd's fdinfo names the peer's pid, which is us.
+        use std::os::fd::AsRawFd;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
+        let pid_line = info.lines().find(|l| l.starts_with("Pid:")).expect("a pidfd has a Pid: line");
+        assert_eq!(pid_line.split_whitespace().nth(1).unwrap(), std::process::id().to_string());
+        // Signal 0 through it: the peer is alive.
+        pidfd_signal(pidfd.as_raw_fd(), 0).unwrap();
+        drop(b);
+    }
+
+    #[test]
+    fn peer_pidfd_refuses_a_non_socket() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let e = peer_pidfd(f.as_fd()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSOCK));
+    }
+}
