@@ -16,7 +16,8 @@ use crate::limits::{Mechanism, RunCgroup};
 use crate::mounts::{self, Access, RootInputs};
 use crate::syscall::{self, ChildPlan, LandlockPlan};
 use crate::{
-    ExitKind, LandlockState, Layer, LayerReport, Outcome, SandboxError, SandboxSpec, StdioMode, Violation, WorkspaceMode,
+    ExitKind, LandlockState, Layer, LayerReport, Outcome, SandboxError, SandboxSpec, StdioMode,
+    Violation, WorkspaceMode,
 };
 
 /// Host id the sandbox runs as when Airlock is started as root and the
@@ -62,13 +63,17 @@ pub fn run(spec: &SandboxSpec) -> Result<Outcome, SandboxError> {
 
 fn absolute(p: &Path, what: &str) -> Result<PathBuf, SandboxError> {
     if !p.is_absolute() {
-        return Err(SandboxError::Spec(format!("{what} {} is not absolute", p.display())));
+        return Err(SandboxError::Spec(format!(
+            "{what} {} is not absolute",
+            p.display()
+        )));
     }
     std::fs::canonicalize(p).map_err(|e| SandboxError::io(format!("{what} {}", p.display()), e))
 }
 
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
-    CString::new(s.as_ref()).map_err(|_| SandboxError::Spec("argument or environment contains a NUL byte".into()))
+    CString::new(s.as_ref())
+        .map_err(|_| SandboxError::Spec("argument or environment contains a NUL byte".into()))
 }
 
 fn parse_net(entries: &[String]) -> Result<(Vec<u16>, Vec<u8>), SandboxError> {
@@ -78,17 +83,22 @@ fn parse_net(entries: &[String]) -> Result<(Vec<u16>, Vec<u8>), SandboxError> {
     for e in entries {
         let (host, port) = match e.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
-                let port: u16 = p.parse().map_err(|_| SandboxError::Spec(format!("--allow-net {e:?}: bad port")))?;
-                (h.trim_matches(|c| c == '[' || c == ']').to_string(), vec![port])
+                let port: u16 = p
+                    .parse()
+                    .map_err(|_| SandboxError::Spec(format!("--allow-net {e:?}: bad port")))?;
+                (
+                    h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                    vec![port],
+                )
             }
             _ => (e.clone(), vec![443, 80]),
         };
         if host.is_empty() {
             return Err(SandboxError::Spec(format!("--allow-net {e:?}: empty host")));
         }
-        let addrs = (host.as_str(), port[0])
-            .to_socket_addrs()
-            .map_err(|err| SandboxError::Spec(format!("--allow-net {e:?}: cannot resolve {host}: {err}")))?;
+        let addrs = (host.as_str(), port[0]).to_socket_addrs().map_err(|err| {
+            SandboxError::Spec(format!("--allow-net {e:?}: cannot resolve {host}: {err}"))
+        })?;
         for a in addrs {
             if host.parse::<std::net::IpAddr>().is_err() {
                 hosts.push_str(&format!("{} {}\n", a.ip(), host));
@@ -150,10 +160,17 @@ fn userns_hint() -> String {
 /// Start the sandbox described by `spec`.
 pub fn spawn(spec: &SandboxSpec) -> Result<Running, SandboxError> {
     match spawn_once(spec, false) {
-        Err(SandboxError::Layer { layer: Layer::Overlay, why, .. }) if spec.allow_degraded.contains(&Layer::Overlay) => {
+        Err(SandboxError::Layer {
+            layer: Layer::Overlay,
+            why,
+            ..
+        }) if spec.allow_degraded.contains(&Layer::Overlay) => {
             tracing::warn!("overlay unavailable ({why}); workspace mounted read-only");
             let mut r = spawn_once(spec, true)?;
-            r.report.degraded.push((Layer::Overlay, format!("{why}; workspace mounted read-only")));
+            r.report.degraded.push((
+                Layer::Overlay,
+                format!("{why}; workspace mounted read-only"),
+            ));
             Ok(r)
         }
         r => r,
@@ -165,7 +182,10 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         return Err(SandboxError::Spec("empty command".into()));
     }
     if !spec.cwd.is_absolute() {
-        return Err(SandboxError::Spec(format!("cwd {} is not absolute", spec.cwd.display())));
+        return Err(SandboxError::Spec(format!(
+            "cwd {} is not absolute",
+            spec.cwd.display()
+        )));
     }
     let degraded_ok = |l: Layer| spec.allow_degraded.contains(&l);
     let mut degraded: Vec<(Layer, String)> = vec![];
@@ -176,23 +196,44 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         Some(w) => {
             let base = absolute(&w.base, "workspace")?;
             if !base.is_dir() {
-                return Err(SandboxError::Spec(format!("workspace {} is not a directory", base.display())));
+                return Err(SandboxError::Spec(format!(
+                    "workspace {} is not a directory",
+                    base.display()
+                )));
             }
             let mode = match (&w.mode, overlay_fallback) {
                 (WorkspaceMode::Staged { .. }, true) => WorkspaceMode::ReadOnly,
-                (WorkspaceMode::Staged { upper, work }, false) => {
-                    WorkspaceMode::Staged { upper: absolute(upper, "upper dir")?, work: absolute(work, "work dir")? }
-                }
+                (WorkspaceMode::Staged { upper, work }, false) => WorkspaceMode::Staged {
+                    upper: absolute(upper, "upper dir")?,
+                    work: absolute(work, "work dir")?,
+                },
                 (m, _) => m.clone(),
             };
             Some((base, mode))
         }
     };
-    let allow_read = spec.allow_read.iter().map(|p| absolute(p, "--allow-read")).collect::<Result<Vec<_>, _>>()?;
-    let allow_write = spec.allow_write.iter().map(|p| absolute(p, "--allow-write")).collect::<Result<Vec<_>, _>>()?;
-    let hidden: Vec<PathBuf> = spec.hidden.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+    let allow_read = spec
+        .allow_read
+        .iter()
+        .map(|p| absolute(p, "--allow-read"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let allow_write = spec
+        .allow_write
+        .iter()
+        .map(|p| absolute(p, "--allow-write"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hidden: Vec<PathBuf> = spec
+        .hidden
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
     let cwd = std::fs::canonicalize(&spec.cwd).unwrap_or_else(|_| spec.cwd.clone());
-    let home = spec.env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| PathBuf::from(v)).filter(|p| p.is_absolute());
+    let home = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| PathBuf::from(v))
+        .filter(|p| p.is_absolute());
 
     // Identity.
     let euid = rustix::process::geteuid().as_raw();
@@ -213,13 +254,16 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     if root_mode {
         if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
             for d in [upper, work] {
-                std::os::unix::fs::lchown(d, Some(uid), Some(gid)).map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
+                std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+                    .map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
             }
         }
     }
 
     // Network.
-    let (net_ports, hosts_file) = if spec.allow_net.is_empty() { (vec![], None) } else {
+    let (net_ports, hosts_file) = if spec.allow_net.is_empty() {
+        (vec![], None)
+    } else {
         let (p, h) = parse_net(&spec.allow_net)?;
         (p, Some(h))
     };
@@ -264,7 +308,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let mut seccomp_on = false;
     if !syscall::seccomp_available() {
         if !degraded_ok(Layer::Seccomp) {
-            return Err(SandboxError::Layer { layer: Layer::Seccomp, why: "seccomp is not available".into(), hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into() });
+            return Err(SandboxError::Layer {
+                layer: Layer::Seccomp,
+                why: "seccomp is not available".into(),
+                hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into(),
+            });
         }
         degraded.push((Layer::Seccomp, "seccomp not available".into()));
     } else {
@@ -280,7 +328,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     }
 
     // Limits.
-    let run_id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let mut mech = crate::limits::detect();
     let mut cgroup = None;
     if mech != Mechanism::Rlimit {
@@ -311,7 +363,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         fd_base,
     }) {
         Ok(p) => p,
-        Err(SandboxError::Layer { layer: Layer::ProtectedPaths, why, .. }) if !prot_ok => {
+        Err(SandboxError::Layer {
+            layer: Layer::ProtectedPaths,
+            why,
+            ..
+        }) if !prot_ok => {
             degraded.push((Layer::ProtectedPaths, why));
             mounts::build(&RootInputs {
                 workspace: ws_ref,
@@ -327,7 +383,14 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
         Err(e) => return Err(e),
     };
-    let mounts::RootPlan { ops, descs, landlock: ll_paths, protected_mounted, placeholders, srcs } = plan;
+    let mounts::RootPlan {
+        ops,
+        descs,
+        landlock: ll_paths,
+        protected_mounted,
+        placeholders,
+        srcs,
+    } = plan;
     let cleanup_placeholders = PlaceholderGuard(placeholders);
 
     let landlock = match ll_setup {
@@ -346,10 +409,29 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 if !is_dir {
                     m &= crate::landlock::file_rights(a);
                 }
-                paths.push((CString::new(p.as_os_str().as_bytes()).map_err(|_| SandboxError::Spec("NUL in path".into()))?, m));
+                paths.push((
+                    CString::new(p.as_os_str().as_bytes())
+                        .map_err(|_| SandboxError::Spec("NUL in path".into()))?,
+                    m,
+                ));
             }
-            let ports = if s.net { net_ports.iter().map(|p| (crate::landlock::NET_CONNECT_TCP, u64::from(*p))).collect() } else { vec![] };
-            Some((LandlockPlan { ruleset: s.ruleset, paths, ports, restrict_flags: s.restrict_flags }, s.scopes))
+            let ports = if s.net {
+                net_ports
+                    .iter()
+                    .map(|p| (crate::landlock::NET_CONNECT_TCP, u64::from(*p)))
+                    .collect()
+            } else {
+                vec![]
+            };
+            Some((
+                LandlockPlan {
+                    ruleset: s.ruleset,
+                    paths,
+                    ports,
+                    restrict_flags: s.restrict_flags,
+                },
+                s.scopes,
+            ))
         }
     };
     let (landlock, scopes) = match landlock {
@@ -376,7 +458,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let mut cap_max = 0usize;
     if let StdioMode::Capture { max_bytes } = &spec.stdio {
         cap_max = *max_bytes;
-        let null: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| SandboxError::io("open /dev/null", e))?.into();
+        let null: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| SandboxError::io("open /dev/null", e))?
+            .into();
         let (o_r, o_w) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
         let (e_r, e_w) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
         stdio = [null.as_raw_fd(), o_w.as_raw_fd(), e_w.as_raw_fd()];
@@ -390,11 +474,23 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let exec_paths: Vec<CString> = if argv0.contains('/') {
         vec![cstr(argv0)?]
     } else {
-        let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(crate::env::DEFAULT_PATH);
-        path.split(':').filter(|d| d.starts_with('/')).map(|d| cstr(format!("{d}/{argv0}"))).collect::<Result<_, _>>()?
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(crate::env::DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| cstr(format!("{d}/{argv0}")))
+            .collect::<Result<_, _>>()?
     };
     let argv: Vec<CString> = spec.argv.iter().map(cstr).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
 
     let mut plan = ChildPlan {
         srcs,
@@ -421,8 +517,16 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     };
     plan.seal();
 
-    let mut flags = (libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP) as u64;
-    let mut namespaces: Vec<String> = ["user", "mount", "pid", "ipc", "uts", "cgroup"].iter().map(|s| s.to_string()).collect();
+    let mut flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP) as u64;
+    let mut namespaces: Vec<String> = ["user", "mount", "pid", "ipc", "uts", "cgroup"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     if !with_net {
         flags |= libc::CLONE_NEWNET as u64;
         namespaces.push("net".into());
@@ -453,7 +557,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         write_file(format!("/proc/{pid}/uid_map"), &format!("{uid_map}\n"))?;
         write_file(format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n"))?;
         if let Some(cg) = &cgroup {
-            cg.add(pid).map_err(|why| SandboxError::Layer { layer: Layer::Limits, why, hint: "run as root or delegate a cgroup v2 subtree".into() })?;
+            cg.add(pid).map_err(|why| SandboxError::Layer {
+                layer: Layer::Limits,
+                why,
+                hint: "run as root or delegate a cgroup v2 subtree".into(),
+            })?;
         }
         Ok(())
     })();
@@ -475,7 +583,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         kill(&pidfd);
         let source = std::io::Error::from_raw_os_error(errno);
         let what = failure_message(step, &descs);
-        let is_overlay = (step as usize) < descs.len() && descs[step as usize].starts_with("mount overlay");
+        let is_overlay =
+            (step as usize) < descs.len() && descs[step as usize].starts_with("mount overlay");
         return Err(if is_overlay {
             SandboxError::Layer {
                 layer: Layer::Overlay,
@@ -483,14 +592,29 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 hint: "Linux 5.11+ (overlayfs in user namespaces) with the upper dir on a filesystem supporting user xattrs (ext4, xfs, btrfs, tmpfs 6.6+)".into(),
             }
         } else if step >= syscall::STEP_SRC {
-            let path = plan.srcs.get((step - syscall::STEP_SRC) as usize).map(|c| c.to_string_lossy().to_string()).unwrap_or_default();
+            let path = plan
+                .srcs
+                .get((step - syscall::STEP_SRC) as usize)
+                .map(|c| c.to_string_lossy().to_string())
+                .unwrap_or_default();
             SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), source }
         } else if step == syscall::STEP_EXEC {
-            SandboxError::Exec { cmd: spec.argv[0].clone(), source }
+            SandboxError::Exec {
+                cmd: spec.argv[0].clone(),
+                source,
+            }
         } else if (syscall::STEP_LANDLOCK_OPEN..=syscall::STEP_LANDLOCK_RESTRICT).contains(&step) {
-            SandboxError::Layer { layer: Layer::Landlock, why: format!("{what}: {source}"), hint: "a kernel with Landlock enabled".into() }
+            SandboxError::Layer {
+                layer: Layer::Landlock,
+                why: format!("{what}: {source}"),
+                hint: "a kernel with Landlock enabled".into(),
+            }
         } else if step == syscall::STEP_SECCOMP {
-            SandboxError::Layer { layer: Layer::Seccomp, why: format!("{what}: {source}"), hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into() }
+            SandboxError::Layer {
+                layer: Layer::Seccomp,
+                why: format!("{what}: {source}"),
+                hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into(),
+            }
         } else {
             SandboxError::Setup { step: what, source }
         });
@@ -550,7 +674,18 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
             Some((_, WorkspaceMode::ReadOnly)) => "read-only".into(),
         },
         protected_mounted,
-        network: if with_net { format!("host-tcp-ports:{}", net_ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")) } else { "none".into() },
+        network: if with_net {
+            format!(
+                "host-tcp-ports:{}",
+                net_ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            "none".into()
+        },
         degraded,
     };
     let upper = match &workspace {
@@ -584,9 +719,13 @@ fn fd_base() -> Result<i32, SandboxError> {
         .max()
         .unwrap_or(2);
     let base = max_open + 128;
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
     if (base as u64) + 64 > soft {
-        return Err(SandboxError::Spec(format!("too many open descriptors ({max_open}) for RLIMIT_NOFILE {soft}")));
+        return Err(SandboxError::Spec(format!(
+            "too many open descriptors ({max_open}) for RLIMIT_NOFILE {soft}"
+        )));
     }
     Ok(base)
 }
@@ -628,16 +767,35 @@ fn describe(n: &syscall::SeccompNotif) -> String {
         return format!("x32 syscall {}", nr & !0x4000_0000);
     }
     match nr {
-        libc::SYS_socket | libc::SYS_socketpair => format!("{}({})", crate::seccomp::syscall_name(nr), family_name(n.data.args[0] & 0xffff_ffff)),
+        libc::SYS_socket | libc::SYS_socketpair => format!(
+            "{}({})",
+            crate::seccomp::syscall_name(nr),
+            family_name(n.data.args[0] & 0xffff_ffff)
+        ),
         libc::SYS_ioctl => {
             let req = n.data.args[1] & 0xffff_ffff;
-            let name = crate::seccomp::DENIED_IOCTLS.iter().find(|(r, _)| *r == req).map(|(_, s)| *s).unwrap_or("?");
+            let name = crate::seccomp::DENIED_IOCTLS
+                .iter()
+                .find(|(r, _)| *r == req)
+                .map(|(_, s)| *s)
+                .unwrap_or("?");
             format!("ioctl({name})")
         }
         libc::SYS_clone | libc::SYS_unshare => {
-            let names: Vec<&str> =
-                crate::seccomp::NAMESPACE_FLAGS.iter().filter(|(f, _)| n.data.args[0] & f != 0).map(|(_, s)| *s).collect();
-            format!("{}({})", if nr == libc::SYS_clone { "clone" } else { "unshare" }, names.join("|"))
+            let names: Vec<&str> = crate::seccomp::NAMESPACE_FLAGS
+                .iter()
+                .filter(|(f, _)| n.data.args[0] & f != 0)
+                .map(|(_, s)| *s)
+                .collect();
+            format!(
+                "{}({})",
+                if nr == libc::SYS_clone {
+                    "clone"
+                } else {
+                    "unshare"
+                },
+                names.join("|")
+            )
         }
         _ => crate::seccomp::syscall_name(nr),
     }
@@ -673,19 +831,40 @@ fn supervise(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Violation> {
                 });
                 e.1 += 1;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINTR)
+                    || e.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                continue
+            }
             Err(_) => break,
         }
     }
-    let mut v: Vec<(usize, Violation)> =
-        counts.into_iter().map(|(what, (o, count))| (o, Violation { kind: "syscall".into(), what, count })).collect();
+    let mut v: Vec<(usize, Violation)> = counts
+        .into_iter()
+        .map(|(what, (o, count))| {
+            (
+                o,
+                Violation {
+                    kind: "syscall".into(),
+                    what,
+                    count,
+                },
+            )
+        })
+        .collect();
     v.sort_by_key(|(o, _)| *o);
     v.into_iter().map(|(_, x)| x).collect()
 }
 
 fn upper_size(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(p).into_iter().filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum()
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 impl Running {
@@ -696,7 +875,9 @@ impl Running {
 
     /// A handle to signal the command while another thread waits.
     pub fn signaller(&self) -> Signaller {
-        Signaller { pidfd: self.pidfd.clone() }
+        Signaller {
+            pidfd: self.pidfd.clone(),
+        }
     }
 
     /// What is applied (before the command finishes).
@@ -742,10 +923,15 @@ impl Running {
                 }
             }
         }
-        let reaped = syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
+        let reaped =
+            syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
         let duration = self.start.elapsed();
         let mut st = [0u8; 4];
-        let mut f = std::fs::File::from(self.status_rd.try_clone().map_err(|e| SandboxError::io("dup", e))?);
+        let mut f = std::fs::File::from(
+            self.status_rd
+                .try_clone()
+                .map_err(|e| SandboxError::io("dup", e))?,
+        );
         let status = match f.read_exact(&mut st) {
             Ok(()) => Some(i32::from_ne_bytes(st)),
             Err(_) => None,
@@ -758,7 +944,9 @@ impl Running {
         }
         mounts::remove_placeholders(&self.placeholders);
 
-        let cpu_used = Duration::from_secs(reaped.rusage.ru_utime.tv_sec as u64 + reaped.rusage.ru_stime.tv_sec as u64);
+        let cpu_used = Duration::from_secs(
+            reaped.rusage.ru_utime.tv_sec as u64 + reaped.rusage.ru_stime.tv_sec as u64,
+        );
         let kind = if timed_out {
             ExitKind::Timeout
         } else if disk_hit {
@@ -779,7 +967,9 @@ impl Running {
                     let sig = libc::WTERMSIG(s);
                     match sig {
                         libc::SIGXCPU => ExitKind::CpuLimit,
-                        libc::SIGKILL if self.limits.cpu_time.is_some_and(|c| cpu_used >= c) => ExitKind::CpuLimit,
+                        libc::SIGKILL if self.limits.cpu_time.is_some_and(|c| cpu_used >= c) => {
+                            ExitKind::CpuLimit
+                        }
                         libc::SIGXFSZ => ExitKind::DiskLimit,
                         _ if stats.pids_hit => ExitKind::PidsLimit,
                         _ => ExitKind::Signaled(sig),
@@ -801,11 +991,31 @@ impl Running {
             }
             None => vec![],
         };
-        let stdout = self.out.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        let stderr = self.err.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        let peak_memory = stats.peak_memory.or_else(|| u64::try_from(reaped.rusage.ru_maxrss).ok().map(|k| k * 1024));
+        let stdout = self
+            .out
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let stderr = self
+            .err
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let peak_memory = stats.peak_memory.or_else(|| {
+            u64::try_from(reaped.rusage.ru_maxrss)
+                .ok()
+                .map(|k| k * 1024)
+        });
         self.done = true;
-        Ok(Outcome { status: kind, duration, peak_memory, report: self.report.clone(), violations, stdout, stderr })
+        Ok(Outcome {
+            status: kind,
+            duration,
+            peak_memory,
+            report: self.report.clone(),
+            violations,
+            stdout,
+            stderr,
+        })
     }
 }
 

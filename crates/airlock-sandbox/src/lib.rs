@@ -119,7 +119,13 @@ pub enum Layer {
 
 impl Layer {
     /// All layers, for help texts.
-    pub const ALL: &'static [Layer] = &[Layer::Landlock, Layer::Seccomp, Layer::Overlay, Layer::ProtectedPaths, Layer::Limits];
+    pub const ALL: &'static [Layer] = &[
+        Layer::Landlock,
+        Layer::Seccomp,
+        Layer::Overlay,
+        Layer::ProtectedPaths,
+        Layer::Limits,
+    ];
 
     /// The kebab-case name used on the command line and in records.
     pub fn as_str(self) -> &'static str {
@@ -266,11 +272,26 @@ impl ExitKind {
         match self {
             ExitKind::Exited(_) => None,
             ExitKind::Signaled(s) => Some(format!("command killed by signal {s}")),
-            ExitKind::Timeout => Some(format!("timed out after {:?}; the whole sandbox was killed", limits.timeout.unwrap_or_default())),
-            ExitKind::MemoryLimit => Some(format!("killed: memory limit of {} bytes reached", limits.memory.unwrap_or(0))),
-            ExitKind::PidsLimit => Some(format!("process limit of {} reached", limits.pids.unwrap_or(0))),
-            ExitKind::CpuLimit => Some(format!("killed: CPU time limit of {:?} reached", limits.cpu_time.unwrap_or_default())),
-            ExitKind::DiskLimit => Some(format!("killed: disk limit of {} bytes reached", limits.disk.unwrap_or(0))),
+            ExitKind::Timeout => Some(format!(
+                "timed out after {:?}; the whole sandbox was killed",
+                limits.timeout.unwrap_or_default()
+            )),
+            ExitKind::MemoryLimit => Some(format!(
+                "killed: memory limit of {} bytes reached",
+                limits.memory.unwrap_or(0)
+            )),
+            ExitKind::PidsLimit => Some(format!(
+                "process limit of {} reached",
+                limits.pids.unwrap_or(0)
+            )),
+            ExitKind::CpuLimit => Some(format!(
+                "killed: CPU time limit of {:?} reached",
+                limits.cpu_time.unwrap_or_default()
+            )),
+            ExitKind::DiskLimit => Some(format!(
+                "killed: disk limit of {} bytes reached",
+                limits.disk.unwrap_or(0)
+            )),
         }
     }
 }
@@ -334,8 +355,16 @@ pub fn summarize_violations(v: &[Violation]) -> Option<String> {
     if v.is_empty() {
         return None;
     }
-    let parts: Vec<String> =
-        v.iter().map(|x| if x.count > 1 { format!("{} (x{})", x.what, x.count) } else { x.what.clone() }).collect();
+    let parts: Vec<String> = v
+        .iter()
+        .map(|x| {
+            if x.count > 1 {
+                format!("{} (x{})", x.what, x.count)
+            } else {
+                x.what.clone()
+            }
+        })
+        .collect();
     Some(format!("blocked: {}", parts.join(", ")))
 }
 
@@ -421,6 +450,9 @@ impl SandboxError {
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> SandboxError {
-        SandboxError::Io { what: what.into(), source }
+        SandboxError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

@@ -87,7 +87,9 @@ fn v2_parent() -> Option<PathBuf> {
 
 fn v1_dir(controller: &str) -> Option<PathBuf> {
     let own = own_cgroup(controller)?;
-    let dir = Path::new(V1_ROOT).join(controller).join(own.trim_start_matches('/'));
+    let dir = Path::new(V1_ROOT)
+        .join(controller)
+        .join(own.trim_start_matches('/'));
     if dir.join("cgroup.procs").exists() && writable(&dir) {
         Some(dir)
     } else {
@@ -135,7 +137,12 @@ impl RunCgroup {
     /// Create `airlock-<name>` cgroups and set the limits.
     pub fn create(mechanism: Mechanism, name: &str, limits: &Limits) -> Result<RunCgroup, String> {
         let leaf = format!("airlock-{name}");
-        let mut cg = RunCgroup { mechanism, memory: None, pids: None, removed: false };
+        let mut cg = RunCgroup {
+            mechanism,
+            memory: None,
+            pids: None,
+            removed: false,
+        };
         match mechanism {
             Mechanism::Rlimit => return Err("no cgroup mechanism".into()),
             Mechanism::CgroupV2 => {
@@ -153,10 +160,14 @@ impl RunCgroup {
                 }
             }
             Mechanism::CgroupV1 => {
-                let md = v1_dir("memory").ok_or("cgroup v1 memory controller not writable")?.join(&leaf);
+                let md = v1_dir("memory")
+                    .ok_or("cgroup v1 memory controller not writable")?
+                    .join(&leaf);
                 fs::create_dir(&md).map_err(|e| format!("mkdir {}: {e}", md.display()))?;
                 cg.memory = Some(md.clone());
-                let pd = v1_dir("pids").ok_or("cgroup v1 pids controller not writable")?.join(&leaf);
+                let pd = v1_dir("pids")
+                    .ok_or("cgroup v1 pids controller not writable")?
+                    .join(&leaf);
                 fs::create_dir(&pd).map_err(|e| format!("mkdir {}: {e}", pd.display()))?;
                 cg.pids = Some(pd.clone());
                 if let Some(m) = limits.memory {
@@ -198,10 +209,15 @@ impl RunCgroup {
     /// Read peak memory and whether limits were hit.
     pub fn stats(&self) -> CgroupStats {
         let mut s = CgroupStats::default();
-        let num = |p: PathBuf| fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        let num = |p: PathBuf| {
+            fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
         let kv = |p: PathBuf, key: &str| -> Option<u64> {
             let t = fs::read_to_string(p).ok()?;
-            t.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().parse().ok()))
+            t.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().parse().ok()))
         };
         if let Some(m) = &self.memory {
             match self.mechanism {
@@ -326,8 +342,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             (&s[..i], m)
         }
     };
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (use e.g. 512M, 2G)"))?;
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("bad size {s:?}"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (use e.g. 512M, 2G)"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("bad size {s:?}"))
 }
 
 /// Parse a duration like `30s`, `10m`, `1h`, `500ms`, `90` (seconds).
@@ -377,14 +397,22 @@ mod tests {
 
     #[test]
     fn rlimit_table() {
-        let l = Limits { memory: Some(1 << 20), pids: Some(5), cpu_time: Some(Duration::from_secs(2)), timeout: None, disk: Some(4096) };
+        let l = Limits {
+            memory: Some(1 << 20),
+            pids: Some(5),
+            cpu_time: Some(Duration::from_secs(2)),
+            timeout: None,
+            disk: Some(4096),
+        };
         let r = rlimits(&l, Mechanism::Rlimit);
         assert!(r.contains(&(libc::RLIMIT_DATA as i32, 1 << 20, 1 << 20)));
         assert!(r.contains(&(libc::RLIMIT_NPROC as i32, 6, 6)));
         assert!(r.contains(&(libc::RLIMIT_CPU as i32, 2, 3)));
         assert!(r.contains(&(libc::RLIMIT_FSIZE as i32, 4096, 4096)));
         let r = rlimits(&l, Mechanism::CgroupV1);
-        assert!(!r.iter().any(|x| x.0 == libc::RLIMIT_DATA as i32 || x.0 == libc::RLIMIT_NPROC as i32));
+        assert!(!r
+            .iter()
+            .any(|x| x.0 == libc::RLIMIT_DATA as i32 || x.0 == libc::RLIMIT_NPROC as i32));
     }
 
     #[test]
@@ -394,8 +422,13 @@ mod tests {
             eprintln!("SKIPPED: no writable cgroup here (not root or not delegated)");
             return;
         }
-        let l = Limits { memory: Some(64 << 20), pids: Some(10), ..Default::default() };
-        let mut cg = RunCgroup::create(m, &format!("test-{}", std::process::id()), &l).expect("create");
+        let l = Limits {
+            memory: Some(64 << 20),
+            pids: Some(10),
+            ..Default::default()
+        };
+        let mut cg =
+            RunCgroup::create(m, &format!("test-{}", std::process::id()), &l).expect("create");
         let dirs: Vec<PathBuf> = cg.dirs().into_iter().cloned().collect();
         assert!(dirs.iter().all(|d| d.exists()));
         let st = cg.stats();

@@ -40,7 +40,9 @@ pub struct Probe {
 }
 
 fn read(p: &str) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Container or WSL, if detected.
@@ -70,7 +72,10 @@ pub fn environment() -> Option<String> {
 }
 
 fn trial(ws_mode: Option<&str>) -> Result<(), SandboxError> {
-    let t = tempfile::Builder::new().prefix("airlock-probe").tempdir().map_err(|e| SandboxError::io("temp dir", e))?;
+    let t = tempfile::Builder::new()
+        .prefix("airlock-probe")
+        .tempdir()
+        .map_err(|e| SandboxError::io("temp dir", e))?;
     let ws = t.path().join("ws");
     let upper = t.path().join("upper");
     let work = t.path().join("work");
@@ -85,8 +90,14 @@ fn trial(ws_mode: Option<&str>) -> Result<(), SandboxError> {
     let mut spec = SandboxSpec::new(vec!["/bin/true".into()], ws.clone());
     spec.stdio = StdioMode::Capture { max_bytes: 4096 };
     spec.workspace = match ws_mode {
-        Some("staged") => Some(WorkspaceMount { base: ws.clone(), mode: WorkspaceMode::Staged { upper, work } }),
-        Some(_) => Some(WorkspaceMount { base: ws.clone(), mode: WorkspaceMode::ReadOnly }),
+        Some("staged") => Some(WorkspaceMount {
+            base: ws.clone(),
+            mode: WorkspaceMode::Staged { upper, work },
+        }),
+        Some(_) => Some(WorkspaceMount {
+            base: ws.clone(),
+            mode: WorkspaceMode::ReadOnly,
+        }),
         None => None,
     };
     if ws_mode.is_none() {
@@ -96,7 +107,10 @@ fn trial(ws_mode: Option<&str>) -> Result<(), SandboxError> {
     let o = crate::run(&spec)?;
     match o.status {
         crate::ExitKind::Exited(0) => Ok(()),
-        s => Err(SandboxError::Spec(format!("/bin/true ended with {s:?}: {}", String::from_utf8_lossy(&o.stderr)))),
+        s => Err(SandboxError::Spec(format!(
+            "/bin/true ended with {s:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ))),
     }
 }
 
@@ -136,14 +150,29 @@ pub fn probe() -> Probe {
         detail: match abi {
             Some(a) => format!(
                 "ABI {a}{}{}{}",
-                if a >= 4 { "; TCP port rules" } else { "; no TCP port rules (ABI 4)" },
-                if a >= 6 { "; abstract-socket and signal scoping" } else { "; no scoping (ABI 6)" },
-                if a >= 7 { "; audit logging of denials" } else { "" }
+                if a >= 4 {
+                    "; TCP port rules"
+                } else {
+                    "; no TCP port rules (ABI 4)"
+                },
+                if a >= 6 {
+                    "; abstract-socket and signal scoping"
+                } else {
+                    "; no scoping (ABI 6)"
+                },
+                if a >= 7 {
+                    "; audit logging of denials"
+                } else {
+                    ""
+                }
             ),
             None => "not enabled".into(),
         },
-        cost: "the filesystem view rests on mount namespaces alone; --allow-net cannot restrict ports".into(),
-        enable: "CONFIG_SECURITY_LANDLOCK=y and `landlock` in the lsm= kernel boot parameter".into(),
+        cost:
+            "the filesystem view rests on mount namespaces alone; --allow-net cannot restrict ports"
+                .into(),
+        enable: "CONFIG_SECURITY_LANDLOCK=y and `landlock` in the lsm= kernel boot parameter"
+            .into(),
     });
 
     let sc = crate::syscall::seccomp_available();
@@ -151,15 +180,28 @@ pub fn probe() -> Probe {
         name: "seccomp".into(),
         ok: sc,
         detail: if sc {
-            format!("filter mode available; blocked calls reported: {}", if crate::syscall::notif_sizes_ok() { "yes (user notification)" } else { "no" })
+            format!(
+                "filter mode available; blocked calls reported: {}",
+                if crate::syscall::notif_sizes_ok() {
+                    "yes (user notification)"
+                } else {
+                    "no"
+                }
+            )
         } else {
             "unavailable".into()
         },
-        cost: "dangerous system calls (ptrace, io_uring, bpf, namespaces, TIOCSTI...) stay reachable".into(),
+        cost:
+            "dangerous system calls (ptrace, io_uring, bpf, namespaces, TIOCSTI...) stay reachable"
+                .into(),
         enable: "CONFIG_SECCOMP_FILTER=y".into(),
     });
 
-    let ov = if bare.is_ok() { trial(Some("staged")) } else { Err(SandboxError::Spec("user namespaces unavailable".into())) };
+    let ov = if bare.is_ok() {
+        trial(Some("staged"))
+    } else {
+        Err(SandboxError::Spec("user namespaces unavailable".into()))
+    };
     checks.push(Check {
         name: "overlayfs in a user namespace".into(),
         ok: ov.is_ok(),
@@ -187,5 +229,11 @@ pub fn probe() -> Probe {
     });
 
     let default_ok = checks.iter().filter(|c| c.name != "cgroups").all(|c| c.ok);
-    Probe { checks, landlock_abi: abi, limits_mechanism: mech.as_str().into(), environment: env, default_profile_runs: default_ok }
+    Probe {
+        checks,
+        landlock_abi: abi,
+        limits_mechanism: mech.as_str().into(),
+        environment: env,
+        default_profile_runs: default_ok,
+    }
 }

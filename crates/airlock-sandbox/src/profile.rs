@@ -63,19 +63,33 @@ impl Profile {
         match name {
             "read-only" => Some(Profile {
                 workspace: WorkspaceAccess::ReadOnly,
-                limits: Limits { memory: Some(2 * G), pids: Some(256), ..Default::default() },
+                limits: Limits {
+                    memory: Some(2 * G),
+                    pids: Some(256),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             "workspace-write" => Some(Profile {
                 workspace: WorkspaceAccess::Staged,
-                limits: Limits { memory: Some(4 * G), pids: Some(512), disk: Some(4 * G), ..Default::default() },
+                limits: Limits {
+                    memory: Some(4 * G),
+                    pids: Some(512),
+                    disk: Some(4 * G),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             "build" => Some(Profile {
                 workspace: WorkspaceAccess::Staged,
                 allow_read: vec!["~/.cargo".into(), "~/.rustup".into()],
                 allow_write: vec!["~/.cache".into()],
-                limits: Limits { memory: Some(8 * G), pids: Some(2048), disk: Some(16 * G), ..Default::default() },
+                limits: Limits {
+                    memory: Some(8 * G),
+                    pids: Some(2048),
+                    disk: Some(16 * G),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             _ => None,
@@ -109,17 +123,25 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let r: Result<Profile, _> = serde_json::from_str(r#"{"workspace":"staged","allow_nett":[]}"#);
+        let r: Result<Profile, _> =
+            serde_json::from_str(r#"{"workspace":"staged","allow_nett":[]}"#);
         assert!(r.is_err());
-        let p: Profile = serde_json::from_str(r#"{"workspace":"read-only","limits":{"pids":3}}"#).unwrap();
+        let p: Profile =
+            serde_json::from_str(r#"{"workspace":"read-only","limits":{"pids":3}}"#).unwrap();
         assert_eq!(p.workspace, WorkspaceAccess::ReadOnly);
         assert_eq!(p.limits.pids, Some(3));
     }
 
     #[test]
     fn expand_home() {
-        assert_eq!(Profile::expand("~/.cargo", Some("/home/u")).unwrap(), std::path::PathBuf::from("/home/u/.cargo"));
-        assert_eq!(Profile::expand("/opt/x", None).unwrap(), std::path::PathBuf::from("/opt/x"));
+        assert_eq!(
+            Profile::expand("~/.cargo", Some("/home/u")).unwrap(),
+            std::path::PathBuf::from("/home/u/.cargo")
+        );
+        assert_eq!(
+            Profile::expand("/opt/x", None).unwrap(),
+            std::path::PathBuf::from("/opt/x")
+        );
         assert!(Profile::expand("~/.cargo", None).is_none());
     }
 }

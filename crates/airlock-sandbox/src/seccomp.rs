@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+use seccompiler::{
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+};
 
 use crate::SandboxError;
 
@@ -77,7 +79,10 @@ pub const ALLOWED_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_IN
 
 /// Terminal ioctls refused (injecting input, Linux console control).
 #[allow(clippy::unnecessary_cast)] // the ioctl type differs between libcs
-pub const DENIED_IOCTLS: &[(u64, &str)] = &[(libc::TIOCSTI as u64, "TIOCSTI"), (libc::TIOCLINUX as u64, "TIOCLINUX")];
+pub const DENIED_IOCTLS: &[(u64, &str)] = &[
+    (libc::TIOCSTI as u64, "TIOCSTI"),
+    (libc::TIOCLINUX as u64, "TIOCLINUX"),
+];
 
 /// The compiled programs.
 #[derive(Clone)]
@@ -102,7 +107,12 @@ impl Programs {
     }
 }
 
-fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, val: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+fn cond(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    val: u64,
+) -> Result<SeccompCondition, seccompiler::BackendError> {
     SeccompCondition::new(arg, len, op, val)
 }
 
@@ -116,7 +126,16 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     // on x86_64 and aarch64; unshare's only argument is the flags).
     let mut ns_rules = Vec::new();
     for (flag, _) in NAMESPACE_FLAGS {
-        ns_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*flag), *flag).map_err(e)?]).map_err(e)?);
+        ns_rules.push(
+            SeccompRule::new(vec![cond(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(*flag),
+                *flag,
+            )
+            .map_err(e)?])
+            .map_err(e)?,
+        );
     }
     rules.insert(libc::SYS_clone, ns_rules.clone());
     rules.insert(libc::SYS_unshare, ns_rules);
@@ -124,17 +143,37 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     let mut fam_rules = Vec::new();
     for fam in 0..=63i32 {
         if !ALLOWED_FAMILIES.contains(&fam) {
-            fam_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fam as u64).map_err(e)?]).map_err(e)?);
+            fam_rules.push(
+                SeccompRule::new(vec![cond(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    fam as u64,
+                )
+                .map_err(e)?])
+                .map_err(e)?,
+            );
         }
     }
-    fam_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, 64).map_err(e)?]).map_err(e)?);
+    fam_rules.push(
+        SeccompRule::new(vec![
+            cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, 64).map_err(e)?
+        ])
+        .map_err(e)?,
+    );
     let mut socket_rules = fam_rules.clone();
     if deny_udp {
         for fam in [libc::AF_INET, libc::AF_INET6] {
             socket_rules.push(
                 SeccompRule::new(vec![
                     cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fam as u64).map_err(e)?,
-                    cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64).map_err(e)?,
+                    cond(
+                        1,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::MaskedEq(0xf),
+                        libc::SOCK_DGRAM as u64,
+                    )
+                    .map_err(e)?,
                 ])
                 .map_err(e)?,
             );
@@ -145,33 +184,81 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     // ioctl(fd, TIOCSTI/TIOCLINUX).
     let mut ioctl_rules = Vec::new();
     for (req, _) in DENIED_IOCTLS {
-        ioctl_rules.push(SeccompRule::new(vec![cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req).map_err(e)?]).map_err(e)?);
+        ioctl_rules.push(
+            SeccompRule::new(vec![cond(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                *req,
+            )
+            .map_err(e)?])
+            .map_err(e)?,
+        );
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
 
-    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(|x: seccompiler::BackendError| x.to_string())?;
-    let deny_filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(e)?;
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|x: seccompiler::BackendError| x.to_string())?;
+    let deny_filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(e)?;
     let deny: seccompiler::BpfProgram = deny_filter.try_into().map_err(e)?;
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, vec![]);
-    let clone3_filter = SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch).map_err(e)?;
+    let clone3_filter = SeccompFilter::new(
+        clone3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(e)?;
     let clone3: seccompiler::BpfProgram = clone3_filter.try_into().map_err(e)?;
-    Ok(Programs { deny: harden(deny), clone3: harden(clone3) })
+    Ok(Programs {
+        deny: harden(deny),
+        clone3: harden(clone3),
+    })
 }
 
 /// Convert to libc's struct; answer EPERM (not kill) to foreign
 /// architectures and refuse x32 system call numbers.
 fn harden(p: seccompiler::BpfProgram) -> Vec<libc::sock_filter> {
     let eperm = RET_ERRNO | libc::EPERM as u32;
-    let mut out: Vec<libc::sock_filter> =
-        p.into_iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+    let mut out: Vec<libc::sock_filter> = p
+        .into_iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
     // seccompiler starts with: ld arch; jeq ARCH, +1; ret KILL_PROCESS.
     if out.len() > 3 && out[2].code == (libc::BPF_RET | libc::BPF_K) as u16 {
         out[2].k = eperm;
         let x32 = [
-            libc::sock_filter { code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, jt: 0, jf: 0, k: 0 },
-            libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
-            libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: eperm },
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: eperm,
+            },
         ];
         out.splice(3..3, x32);
     }
@@ -186,7 +273,11 @@ pub fn programs(deny_udp: bool) -> Result<Programs, SandboxError> {
     let cell = if deny_udp { &NO_UDP } else { &PLAIN };
     cell.get_or_init(|| build(deny_udp))
         .clone()
-        .map_err(|why| SandboxError::Layer { layer: crate::Layer::Seccomp, why, hint: "report this as a bug".into() })
+        .map_err(|why| SandboxError::Layer {
+            layer: crate::Layer::Seccomp,
+            why,
+            hint: "report this as a bug".into(),
+        })
 }
 
 /// Name of a system call in the deny list (for violation reports).

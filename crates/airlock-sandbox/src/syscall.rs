@@ -140,7 +140,11 @@ pub(crate) enum MountOp {
     /// Make every mount private so nothing propagates back to the host.
     MakePrivate,
     /// Mount a tmpfs.
-    Tmpfs { target: CString, opts: CString, flags: c_ulong },
+    Tmpfs {
+        target: CString,
+        opts: CString,
+        flags: c_ulong,
+    },
     /// `mkdir`; an existing directory is fine.
     Mkdir { path: CString, mode: u32 },
     /// Create an empty file to mount over; an existing entry is fine.
@@ -148,7 +152,11 @@ pub(crate) enum MountOp {
     /// Create a symbolic link.
     Symlink { target: CString, link: CString },
     /// Create a file with the given content.
-    WriteFile { path: CString, data: Vec<u8>, mode: u32 },
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+        mode: u32,
+    },
     /// Bind mount (recursively).
     Bind { src: CString, dst: CString },
     /// Set mount attributes (read-only) with `mount_setattr`.
@@ -208,8 +216,18 @@ pub(crate) struct ChildPlan {
 impl ChildPlan {
     /// Fill the NULL-terminated pointer arrays from `argv` and `envp`.
     pub(crate) fn seal(&mut self) {
-        self.argv_ptrs = self.argv.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        self.envp_ptrs = self.envp.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        self.argv_ptrs = self
+            .argv
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        self.envp_ptrs = self
+            .envp
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
     }
 }
 
@@ -235,7 +253,9 @@ pub(crate) const STEP_NOTIFY: u32 = 10_016;
 pub(crate) const STEP_SRC: u32 = 20_000;
 
 fn errno() -> c_int {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Report a failed step to the parent and exit. Async-signal-safe.
@@ -281,13 +301,22 @@ pub fn peer_pidfd(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: getsockopt writes at most `len` bytes (one c_int) into `fd`
     // and updates `len`; both live on the stack for the call.
     let r = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, &mut fd as *mut c_int as *mut c_void, &mut len)
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            &mut fd as *mut c_int as *mut c_void,
+            &mut len,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     if fd < 0 || len as usize != std::mem::size_of::<c_int>() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "SO_PEERPIDFD returned no descriptor"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SO_PEERPIDFD returned no descriptor",
+        ));
     }
     // SAFETY: the kernel installed a fresh pidfd in our table; we own it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -310,7 +339,13 @@ pub(crate) fn spawn(flags: u64, plan: &ChildPlan) -> io::Result<(libc::pid_t, Ow
     // the child gets a copy of the address space and returns 0 here. The
     // child then only runs `child_main`, which makes raw system calls on the
     // prepared plan and never returns or allocates.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -325,7 +360,15 @@ pub(crate) fn spawn(flags: u64, plan: &ChildPlan) -> io::Result<(libc::pid_t, Ow
 /// `pidfd_send_signal`.
 pub(crate) fn pidfd_signal(pidfd: RawFd, sig: c_int) -> io::Result<()> {
     // SAFETY: plain syscall with integer arguments and a NULL siginfo.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<c_void>(), 0) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig,
+            std::ptr::null::<c_void>(),
+            0,
+        )
+    };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -349,7 +392,14 @@ pub(crate) fn wait_pidfd(pidfd: RawFd) -> io::Result<Reaped> {
     loop {
         // SAFETY: raw waitid (the 5th argument is the rusage pointer).
         let r = unsafe {
-            libc::syscall(libc::SYS_waitid, libc::P_PIDFD, pidfd, &mut info as *mut libc::siginfo_t, libc::WEXITED, &mut ru as *mut libc::rusage)
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PIDFD,
+                pidfd,
+                &mut info as *mut libc::siginfo_t,
+                libc::WEXITED,
+                &mut ru as *mut libc::rusage,
+            )
         };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -362,12 +412,23 @@ pub(crate) fn wait_pidfd(pidfd: RawFd) -> io::Result<Reaped> {
     }
     // SAFETY: si_status is valid for CLD_* codes, which waitid(WEXITED) returns.
     let status = unsafe { info.si_status() };
-    Ok(Reaped { code: info.si_code, status, rusage: ru })
+    Ok(Reaped {
+        code: info.si_code,
+        status,
+        rusage: ru,
+    })
 }
 
 /// `poll` one descriptor for readability, with a timeout in ms (-1: none).
 pub(crate) fn poll_in(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     // SAFETY: p is a valid array of pollfd of the given length.
     let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
@@ -384,7 +445,12 @@ pub(crate) fn poll_in(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<bool>>
 pub(crate) fn landlock_abi() -> Option<i32> {
     // SAFETY: querying the version passes NULL/0 and creates nothing.
     let r = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<c_void>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
     };
     if r > 0 {
         Some(r as i32)
@@ -416,7 +482,14 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: fds is a 2-element array for the kernel to fill.
-    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -427,7 +500,10 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Receive one descriptor sent with SCM_RIGHTS (blocking).
 pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr() as *mut c_void, iov_len: 1 };
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut c_void,
+        iov_len: 1,
+    };
     let mut cbuf = [0u64; 8];
     // SAFETY: msghdr is plain data; we point it at live stack buffers.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -446,7 +522,8 @@ pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer the kernel filled.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS {
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
             return Ok(None);
         }
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const c_int);
@@ -459,7 +536,13 @@ pub(crate) fn notif_recv(fd: RawFd) -> io::Result<SeccompNotif> {
     let mut n = SeccompNotif::default();
     // SAFETY: the ioctl fills a zeroed seccomp_notif of the kernel's size
     // (checked against SECCOMP_GET_NOTIF_SIZES by `notif_sizes_ok`).
-    let r = unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV as _, &mut n as *mut SeccompNotif) };
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            SECCOMP_IOCTL_NOTIF_RECV as _,
+            &mut n as *mut SeccompNotif,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -468,9 +551,20 @@ pub(crate) fn notif_recv(fd: RawFd) -> io::Result<SeccompNotif> {
 
 /// Answer a seccomp notification with `-err`.
 pub(crate) fn notif_deny(fd: RawFd, id: u64, err: i32) -> io::Result<()> {
-    let mut resp = SeccompNotifResp { id, val: 0, error: -err, flags: 0 };
+    let mut resp = SeccompNotifResp {
+        id,
+        val: 0,
+        error: -err,
+        flags: 0,
+    };
     // SAFETY: passes a valid seccomp_notif_resp to the notification fd.
-    let r = unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND as _, &mut resp as *mut SeccompNotifResp) };
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            SECCOMP_IOCTL_NOTIF_SEND as _,
+            &mut resp as *mut SeccompNotifResp,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -481,7 +575,14 @@ pub(crate) fn notif_deny(fd: RawFd, id: u64, err: i32) -> io::Result<()> {
 pub(crate) fn notif_sizes_ok() -> bool {
     let mut s = NotifSizes::default();
     // SAFETY: SECCOMP_GET_NOTIF_SIZES fills a seccomp_notif_sizes struct.
-    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &mut s as *mut NotifSizes) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_NOTIF_SIZES,
+            0,
+            &mut s as *mut NotifSizes,
+        )
+    };
     r == 0
         && usize::from(s.notif) == std::mem::size_of::<SeccompNotif>()
         && usize::from(s.resp) == std::mem::size_of::<SeccompNotifResp>()
@@ -490,14 +591,25 @@ pub(crate) fn notif_sizes_ok() -> bool {
 // ---------------------------------------------------------------------------
 // The child.
 
-fn sys_mount(src: *const c_char, dst: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void) -> c_int {
+fn sys_mount(
+    src: *const c_char,
+    dst: *const c_char,
+    fstype: *const c_char,
+    flags: c_ulong,
+    data: *const c_void,
+) -> c_int {
     // SAFETY: all pointers are NULL or point to NUL-terminated strings owned
     // by the plan, which outlives the call.
     unsafe { libc::mount(src, dst, fstype, flags, data) }
 }
 
 fn setattr(path: &CStr, set: u64, recursive: bool) -> c_int {
-    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     let flags = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: mount_setattr with a NUL-terminated path and a stack struct of
     // the size passed.
@@ -516,12 +628,24 @@ fn setattr(path: &CStr, set: u64, recursive: bool) -> c_int {
 fn run_op(op: &MountOp) -> Result<(), c_int> {
     let null = std::ptr::null::<c_char>();
     let r: c_int = match op {
-        MountOp::MakePrivate => {
-            sys_mount(null, c"/".as_ptr(), null, (libc::MS_REC | libc::MS_PRIVATE) as c_ulong, std::ptr::null())
-        }
-        MountOp::Tmpfs { target, opts, flags } => {
-            sys_mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), *flags, opts.as_ptr() as *const c_void)
-        }
+        MountOp::MakePrivate => sys_mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            (libc::MS_REC | libc::MS_PRIVATE) as c_ulong,
+            std::ptr::null(),
+        ),
+        MountOp::Tmpfs {
+            target,
+            opts,
+            flags,
+        } => sys_mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            *flags,
+            opts.as_ptr() as *const c_void,
+        ),
         MountOp::Mkdir { path, mode } => {
             // SAFETY: NUL-terminated path owned by the plan.
             let r = unsafe { libc::mkdir(path.as_ptr(), *mode) };
@@ -539,7 +663,13 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
                 0
             } else {
                 // SAFETY: NUL-terminated path; the fd is closed right away.
-                let fd = unsafe { libc::open(path.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o444) };
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o444,
+                    )
+                };
                 if fd >= 0 {
                     // SAFETY: closing the descriptor we just opened.
                     unsafe { libc::close(fd) };
@@ -556,7 +686,11 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
         MountOp::WriteFile { path, data, mode } => {
             // SAFETY: NUL-terminated path; data is a live byte buffer.
             unsafe {
-                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC, *mode);
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC,
+                    *mode,
+                );
                 if fd < 0 {
                     -1
                 } else {
@@ -570,9 +704,13 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
                 }
             }
         }
-        MountOp::Bind { src, dst } => {
-            sys_mount(src.as_ptr(), dst.as_ptr(), null, (libc::MS_BIND | libc::MS_REC) as c_ulong, std::ptr::null())
-        }
+        MountOp::Bind { src, dst } => sys_mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            null,
+            (libc::MS_BIND | libc::MS_REC) as c_ulong,
+            std::ptr::null(),
+        ),
         MountOp::ReadOnly { path, recursive } => setattr(path, MOUNT_ATTR_RDONLY, *recursive),
         MountOp::NoSuid { path } => setattr(path, 0x2 | 0x4, true),
         MountOp::Proc { target } => sys_mount(
@@ -620,11 +758,19 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
 }
 
 fn set_full_effective_caps() -> c_int {
-    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget/capset with a v3 header and a 2-element data array.
     unsafe {
-        if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) < 0 {
+        if libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        ) < 0
+        {
             return -1;
         }
         for d in data.iter_mut() {
@@ -640,8 +786,17 @@ fn drop_all_caps() -> c_int {
         for cap in 0..64 {
             libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0);
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0, 0, 0);
-        let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
         let data = [CapData::default(); 2];
         libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) as c_int
     }
@@ -654,7 +809,11 @@ fn loopback_up() -> c_int {
         if s < 0 {
             return -1;
         }
-        let mut ifr = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
+        let mut ifr = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
         ifr.name[0] = b'l';
         ifr.name[1] = b'o';
         let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut ifr as *mut IfReq);
@@ -673,7 +832,10 @@ fn loopback_up() -> c_int {
 
 fn send_fd(sock: RawFd, fd: RawFd) -> c_int {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr() as *mut c_void, iov_len: 1 };
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut c_void,
+        iov_len: 1,
+    };
     let mut cbuf = [0u64; 8];
     // SAFETY: builds an SCM_RIGHTS control message in a stack buffer large
     // enough for one descriptor, then sendmsg.
@@ -712,8 +874,18 @@ fn open_srcs(p: &ChildPlan, last_try: bool) {
             if last_try && libc::fcntl(target, libc::F_GETFD) >= 0 {
                 continue;
             }
-            let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_NO_SYMLINKS };
-            let fd = libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) as c_int;
+            let how = OpenHow {
+                flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+                mode: 0,
+                resolve: RESOLVE_NO_SYMLINKS,
+            };
+            let fd = libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            ) as c_int;
             if fd < 0 {
                 if last_try {
                     fail(p.err_wr, STEP_SRC + i as u32, errno());
@@ -778,7 +950,10 @@ fn child_main(p: &ChildPlan) -> ! {
             fail(ew, STEP_CHDIR, errno());
         }
         for &(res, cur, max) in &p.rlimits {
-            let rl = libc::rlimit { rlim_cur: cur, rlim_max: max };
+            let rl = libc::rlimit {
+                rlim_cur: cur,
+                rlim_max: max,
+            };
             if libc::setrlimit(res as _, &rl) < 0 {
                 fail(ew, STEP_RLIMIT, errno());
             }
@@ -794,15 +969,35 @@ fn child_main(p: &ChildPlan) -> ! {
                 if fd < 0 {
                     fail(ew, STEP_LANDLOCK_OPEN, errno());
                 }
-                let attr = LandlockPathBeneathAttr { allowed_access: *access, parent_fd: fd };
-                if libc::syscall(libc::SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &attr as *const _ as *const c_void, 0) < 0 {
+                let attr = LandlockPathBeneathAttr {
+                    allowed_access: *access,
+                    parent_fd: fd,
+                };
+                if libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    rs,
+                    LANDLOCK_RULE_PATH_BENEATH,
+                    &attr as *const _ as *const c_void,
+                    0,
+                ) < 0
+                {
                     fail(ew, STEP_LANDLOCK_RULE, errno());
                 }
                 libc::close(fd);
             }
             for &(access, port) in &ll.ports {
-                let attr = LandlockNetPortAttr { allowed_access: access, port };
-                if libc::syscall(libc::SYS_landlock_add_rule, rs, LANDLOCK_RULE_NET_PORT, &attr as *const _ as *const c_void, 0) < 0 {
+                let attr = LandlockNetPortAttr {
+                    allowed_access: access,
+                    port,
+                };
+                if libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    rs,
+                    LANDLOCK_RULE_NET_PORT,
+                    &attr as *const _ as *const c_void,
+                    0,
+                ) < 0
+                {
                     fail(ew, STEP_LANDLOCK_RULE, errno());
                 }
             }
@@ -814,10 +1009,22 @@ fn child_main(p: &ChildPlan) -> ! {
             fail(ew, STEP_CAPS, errno());
         }
         for (i, f) in p.seccomp.iter().enumerate() {
-            let prog = libc::sock_fprog { len: f.len() as u16, filter: f.as_ptr() as *mut libc::sock_filter };
+            let prog = libc::sock_fprog {
+                len: f.len() as u16,
+                filter: f.as_ptr() as *mut libc::sock_filter,
+            };
             let listen = p.notify_filter == Some(i);
-            let flags = if listen { SECCOMP_FILTER_FLAG_NEW_LISTENER } else { 0 };
-            let r = libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog);
+            let flags = if listen {
+                SECCOMP_FILTER_FLAG_NEW_LISTENER
+            } else {
+                0
+            };
+            let r = libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                flags,
+                &prog as *const libc::sock_fprog,
+            );
             if r < 0 {
                 fail(ew, STEP_SECCOMP, errno());
             }
@@ -839,7 +1046,14 @@ fn child_main(p: &ChildPlan) -> ! {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
 
-        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong);
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+        );
         if pid < 0 {
             fail(ew, STEP_FORK, errno());
         }
@@ -910,7 +1124,12 @@ fn command_main(p: &ChildPlan) -> ! {
         }
         // Everything but 0/1/2 is closed at exec (the error pipe included,
         // which tells the parent the exec happened).
-        libc::syscall(libc::SYS_close_range, 3u32, c_int::MAX as u32, CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            c_int::MAX as u32,
+            CLOSE_RANGE_CLOEXEC,
+        );
         let mut last = libc::ENOENT;
         for path in &p.exec_paths {
             libc::execve(path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
@@ -941,9 +1160,16 @@ mod tests {
         };
         // The pidfd's fdinfo names the peer's pid, which is us.
         use std::os::fd::AsRawFd;
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
-        let pid_line = info.lines().find(|l| l.starts_with("Pid:")).expect("a pidfd has a Pid: line");
-        assert_eq!(pid_line.split_whitespace().nth(1).unwrap(), std::process::id().to_string());
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
+        let pid_line = info
+            .lines()
+            .find(|l| l.starts_with("Pid:"))
+            .expect("a pidfd has a Pid: line");
+        assert_eq!(
+            pid_line.split_whitespace().nth(1).unwrap(),
+            std::process::id().to_string()
+        );
         // Signal 0 through it: the peer is alive.
         pidfd_signal(pidfd.as_raw_fd(), 0).unwrap();
         drop(b);

@@ -10,13 +10,17 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let dir = tempfile::Builder::new().prefix("airlock-sbx").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-sbx")
+            .tempdir()
+            .unwrap();
         for d in ["ws", "upper", "work", "home"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         use std::os::unix::fs::PermissionsExt;
         for d in ["", "ws"] {
-            std::fs::set_permissions(dir.path().join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(dir.path().join(d), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
         }
         let f = Fixture { dir };
         f.own(&f.ws());
@@ -57,10 +61,16 @@ impl Fixture {
     }
     /// A spec running `sh -c script` in the staged workspace.
     pub fn sh(&self, script: &str) -> SandboxSpec {
-        let mut s = SandboxSpec::new(vec!["/bin/sh".into(), "-c".into(), script.into()], self.ws());
+        let mut s = SandboxSpec::new(
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+            self.ws(),
+        );
         s.workspace = Some(WorkspaceMount {
             base: self.ws(),
-            mode: WorkspaceMode::Staged { upper: self.upper(), work: self.path().join("work") },
+            mode: WorkspaceMode::Staged {
+                upper: self.upper(),
+                work: self.path().join("work"),
+            },
         });
         s.stdio = StdioMode::Capture { max_bytes: 1 << 20 };
         s
