@@ -922,10 +922,14 @@ fn child_main(p: &ChildPlan) -> ! {
         open_srcs(p, false);
 
         if let Some((uid, gid)) = p.setid {
-            if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
+            // Raw system calls, not glibc's wrappers: in a multi-threaded
+            // parent, glibc's set*id broadcast the change to every thread it
+            // knows of and wait on a futex for them; those threads do not
+            // exist in this forked copy, so the wait never ends.
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
                 || libc::prctl(libc::PR_SET_KEEPCAPS, 1 as c_ulong, 0, 0, 0) < 0
-                || libc::setresuid(uid, uid, uid) < 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
                 || set_full_effective_caps() < 0
             {
                 fail(ew, STEP_SETID, errno());
