@@ -44,6 +44,8 @@ pub struct Running {
     pid: i32,
     pidfd: Arc<OwnedFd>,
     status_rd: OwnedFd,
+    /// Held while the sandbox may run; its hang-up makes init exit.
+    _lifeline: OwnedFd,
     start: Instant,
     cgroup: Option<RunCgroup>,
     report: LayerReport,
@@ -443,6 +445,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let (sync_rd, sync_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (err_rd, err_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (status_rd, status_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+    let (lifeline_rd, lifeline_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (notify_parent, notify_child) = if notify_filter.is_some() {
         let (a, b) = syscall::socketpair().map_err(|e| SandboxError::io("socketpair", e))?;
         (Some(a), Some(b))
@@ -496,6 +499,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         srcs,
         src_base: fd_base,
         sync_rd: sync_rd.as_raw_fd(),
+        sync_wr: sync_wr.as_raw_fd(),
+        lifeline_rd: lifeline_rd.as_raw_fd(),
         err_wr: err_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
         setid: if root_mode { Some((uid, gid)) } else { None },
@@ -544,6 +549,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         let _ = syscall::wait_pidfd(pidfd.as_raw_fd());
     };
     drop(sync_rd);
+    drop(lifeline_rd);
     drop(err_wr);
     drop(status_wr);
     drop(notify_child);
@@ -696,6 +702,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         pid,
         pidfd,
         status_rd,
+        _lifeline: lifeline_wr,
         start,
         cgroup,
         report,

@@ -189,6 +189,13 @@ pub(crate) struct ChildPlan {
     pub srcs: Vec<CString>,
     pub src_base: c_int,
     pub sync_rd: RawFd,
+    /// The parent's end of the sync pipe (closed first thing in the child,
+    /// so that the parent's death reads as end-of-file).
+    pub sync_wr: RawFd,
+    /// Read end of the lifeline pipe: its write end lives as long as the
+    /// parent's [`crate::Running`]; when it hangs up, init exits and the
+    /// kernel kills everything in the pid namespace.
+    pub lifeline_rd: RawFd,
     pub err_wr: RawFd,
     pub status_wr: RawFd,
     /// (uid, gid) to switch to inside, when started as root.
@@ -909,7 +916,11 @@ fn child_main(p: &ChildPlan) -> ! {
     // or on the stack; nothing allocates and nothing returns to Rust code
     // that could observe the forked state.
     unsafe {
+        // Until the command runs, the spawning thread waits for us; if it
+        // dies, so do we. (PDEATHSIG follows the creating *thread*, so it is
+        // cleared once the lifeline pipe takes over, below.)
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
+        libc::close(p.sync_wr);
         let mut b = [0u8; 1];
         if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
             libc::_exit(1);
@@ -1043,12 +1054,21 @@ fn child_main(p: &ChildPlan) -> ! {
             libc::close(p.notify_sock);
         }
 
-        // Block every signal in init; they are collected with sigwaitinfo and
+        // Init leads a process group of its own: terminal signals (Ctrl-C)
+        // go to the caller's foreground group, and the caller forwards them
+        // (see `Signaller`), so the command gets each exactly once.
+        libc::setpgid(0, 0);
+
+        // Block every signal in init; they are read from a signalfd and
         // forwarded to the command's process group.
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        let sfd = libc::signalfd(-1, &all, libc::SFD_CLOEXEC);
+        if sfd < 0 {
+            fail(ew, STEP_FORK, errno());
+        }
 
         let pid = libc::syscall(
             libc::SYS_clone,
@@ -1066,22 +1086,48 @@ fn child_main(p: &ChildPlan) -> ! {
         }
         let pid = pid as libc::pid_t;
 
-        // Init keeps only the status pipe: the command must not be able to
-        // reach host descriptors through /proc/1/fd.
+        // From here the lifeline pipe tells us when the parent is gone.
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0 as c_ulong, 0, 0, 0);
+
+        // Init keeps only the status pipe, the lifeline and its signalfd:
+        // the command must not reach host descriptors through /proc/1/fd.
         let sw = p.status_wr;
-        let max = c_int::MAX as u32;
-        if sw > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (sw - 1) as u32, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, (sw + 1) as u32, max, 0u32);
+        close_all_but(&[sw, p.lifeline_rd, sfd]);
         libc::prctl(libc::PR_SET_DUMPABLE, 0 as c_ulong, 0, 0, 0);
 
         loop {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let sig = libc::sigwaitinfo(&all, &mut info);
-            if sig < 0 {
+            let mut pfd = [
+                libc::pollfd {
+                    fd: sfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: p.lifeline_rd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(pfd.as_mut_ptr(), 2, -1) < 0 {
                 continue;
             }
+            if pfd[1].revents != 0 {
+                // The parent is gone: exiting kills the whole namespace.
+                libc::_exit(1);
+            }
+            if pfd[0].revents == 0 {
+                continue;
+            }
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let n = libc::read(
+                sfd,
+                &mut info as *mut libc::signalfd_siginfo as *mut c_void,
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            );
+            if n != std::mem::size_of::<libc::signalfd_siginfo>() as isize {
+                continue;
+            }
+            let sig = info.ssi_signo as c_int;
             if sig == libc::SIGCHLD {
                 loop {
                     let mut st: c_int = 0;
@@ -1100,6 +1146,27 @@ fn child_main(p: &ChildPlan) -> ! {
             }
         }
     }
+}
+
+/// Close every descriptor except those in `keep`. Async-signal-safe.
+fn close_all_but(keep: &[c_int]) {
+    let mut k = [-1 as c_int; 8];
+    let n = keep.len().min(k.len());
+    k[..n].copy_from_slice(&keep[..n]);
+    k[..n].sort_unstable();
+    let mut from: c_int = 0;
+    for &fd in &k[..n] {
+        if fd < from {
+            continue;
+        }
+        if fd > from {
+            // SAFETY: close_range on an integer range.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32) };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from as u32, c_int::MAX as u32, 0u32) };
 }
 
 /// The command process: default signal state, new session, stdio, exec.
