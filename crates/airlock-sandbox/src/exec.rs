@@ -823,8 +823,10 @@ fn supervise(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Violation> {
     let raw = fd.as_raw_fd();
     let mut order = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        match syscall::poll_in(&[raw], 100) {
-            Ok(r) if r[0] => {}
+        // Every task using the filter gone (the sandbox ended): POLLHUP.
+        match syscall::poll_revents(&[raw], 1000) {
+            Ok(r) if r[0] & libc::POLLIN != 0 => {}
+            Ok(r) if r[0] != 0 => break,
             Ok(_) => continue,
             Err(_) => break,
         }

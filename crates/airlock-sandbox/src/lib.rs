@@ -83,21 +83,37 @@ pub struct WorkspaceMount {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Memory in bytes (cgroup memory limit, else `RLIMIT_DATA`).
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<u64>,
     /// Number of processes/threads (cgroup pids.max, else `RLIMIT_NPROC`
     /// in the sandbox's own user namespace).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
     /// CPU time per process (`RLIMIT_CPU`).
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu_time: Option<Duration>,
     /// Wall-clock time; the whole sandbox is killed when it runs out.
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Largest file the command may write (`RLIMIT_FSIZE`), and the cap on
     /// the total size of the staging upper dir (checked while it runs).
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disk: Option<u64>,
 }
 

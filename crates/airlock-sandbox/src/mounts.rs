@@ -541,8 +541,11 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 _ => None,
             };
             let found = walk_protected(ws, upper, prot)?;
-            if let Some(upper) = upper {
-                let made = make_placeholders(ws, upper, prot, &found, inp.chown_to)?;
+            {
+                // Staged: placeholders go to the upper dir (never committed:
+                // protected). Write-through: into the real tree for the run.
+                let target = upper.unwrap_or(ws);
+                let made = make_placeholders(ws, target, prot, &found, inp.chown_to)?;
                 for (rel, created) in made {
                     b.plan.placeholders.extend(created);
                     let inside = ws.join(&rel);
@@ -715,7 +718,10 @@ pub fn concrete_patterns(patterns: &[String]) -> Vec<(String, bool)> {
         if p2.is_empty() || p2.contains(['*', '?', '[', '{']) {
             continue;
         }
-        v.push((p2.to_string(), dir));
+        match v.iter_mut().find(|(q, _): &&mut (String, bool)| q == p2) {
+            Some(e) => e.1 |= dir,
+            None => v.push((p2.to_string(), dir)),
+        }
     }
     v
 }
@@ -734,7 +740,14 @@ fn make_placeholders(
 ) -> Result<Vec<(String, Vec<PathBuf>)>, SandboxError> {
     let mut out = vec![];
     for root in &found.repo_roots {
-        for (pat, dir) in concrete_patterns(&prot.patterns) {
+        // Only inside an existing `.git`: those names are invisible to the
+        // tools working on the tree (a placeholder `.vscode` would show up
+        // in `git status`). Elsewhere a new protected path can be staged but
+        // never committed (commit refuses protected paths).
+        for (pat, dir) in concrete_patterns(&prot.patterns)
+            .into_iter()
+            .filter(|(p, _)| p.starts_with(".git/"))
+        {
             let rel = if root.is_empty() {
                 pat.clone()
             } else {
@@ -894,12 +907,22 @@ mod tests {
         let ws = t.path().join("ws");
         let upper = t.path().join("upper");
         std::fs::create_dir_all(ws.join(".git")).unwrap();
+        std::fs::create_dir_all(ws.join("sub/.git")).unwrap();
         std::fs::create_dir_all(&upper).unwrap();
         let p = prot(&["**/.git/hooks", "**/.git/config", ".vscode/"]);
         let f = walk_protected(&ws, Some(&upper), &p).unwrap();
         let made = make_placeholders(&ws, &upper, &p, &f, None).unwrap();
         let rels: Vec<&str> = made.iter().map(|(r, _)| r.as_str()).collect();
-        assert_eq!(rels, vec![".git/hooks", ".git/config", ".vscode"]);
+        // Only inside .git directories: no clutter in the tree itself.
+        assert_eq!(
+            rels,
+            vec![
+                ".git/hooks",
+                ".git/config",
+                "sub/.git/hooks",
+                "sub/.git/config"
+            ]
+        );
         assert!(upper.join(".git/hooks").is_dir());
         assert!(upper.join(".git/config").is_file());
         let all: Vec<PathBuf> = made.into_iter().flat_map(|(_, c)| c).collect();

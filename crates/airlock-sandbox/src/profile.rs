@@ -2,6 +2,8 @@
 //! (`read-only`, `workspace-write`, `build`); the broker's config embeds more
 //! as `[profiles.NAME]` tables.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Layer, Limits};
@@ -106,6 +108,117 @@ impl Profile {
     }
 }
 
+/// Errors loading profiles from a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The `[profiles]` table is malformed.
+    #[error("{path}: {why}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// No profile of that name.
+    #[error("unknown profile {name:?} (known: {known})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names available.
+        known: String,
+    },
+}
+
+/// The `[profiles.NAME]` tables of a config file. Other top-level keys
+/// belong to their owners (the broker's config) and are ignored here;
+/// unknown keys *inside* a profile are refused.
+pub fn profiles_from_toml(
+    text: &str,
+    path: &str,
+) -> Result<BTreeMap<String, Profile>, ProfileError> {
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        profiles: BTreeMap<String, Profile>,
+    }
+    let f: File = toml::from_str(text).map_err(|e| ProfileError::Parse {
+        path: path.into(),
+        why: e.to_string(),
+    })?;
+    for (name, p) in &f.profiles {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ProfileError::Parse {
+                path: path.into(),
+                why: format!("profile name {name:?}: use letters, digits, - and _"),
+            });
+        }
+        p.limits_valid().map_err(|why| ProfileError::Parse {
+            path: path.into(),
+            why: format!("[profiles.{name}]: {why}"),
+        })?;
+    }
+    Ok(f.profiles)
+}
+
+/// The profiles available: the built-in ones, overridden or extended by
+/// `[profiles.NAME]` tables of the config file at `config` (a missing file
+/// is fine).
+pub fn load_profiles(
+    config: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, Profile>, ProfileError> {
+    let mut all: BTreeMap<String, Profile> = Profile::BUILTIN
+        .iter()
+        .filter_map(|n| Profile::builtin(n).map(|p| (n.to_string(), p)))
+        .collect();
+    if let Some(path) = config {
+        match std::fs::read_to_string(path) {
+            Ok(text) => all.extend(profiles_from_toml(&text, &path.display().to_string())?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ProfileError::Read {
+                    path: path.display().to_string(),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// One profile by name (see [`load_profiles`]).
+pub fn find_profile(name: &str, config: Option<&std::path::Path>) -> Result<Profile, ProfileError> {
+    let mut all = load_profiles(config)?;
+    all.remove(name).ok_or_else(|| ProfileError::Unknown {
+        name: name.into(),
+        known: all.keys().cloned().collect::<Vec<_>>().join(", "),
+    })
+}
+
+impl Profile {
+    fn limits_valid(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.memory == Some(0) || l.pids == Some(0) || l.disk == Some(0) {
+            return Err("limits must be positive".into());
+        }
+        if l.timeout.is_some_and(|d| d.is_zero()) || l.cpu_time.is_some_and(|d| d.is_zero()) {
+            return Err("durations must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +256,63 @@ mod tests {
             std::path::PathBuf::from("/opt/x")
         );
         assert!(Profile::expand("~/.cargo", None).is_none());
+    }
+
+    #[test]
+    fn config_file_adds_and_overrides() {
+        let text = r#"
+            [server]
+            socket = "ignored here"
+
+            [profiles.net-build]
+            workspace = "staged"
+            allow_net = ["crates.io:443"]
+            limits = { memory = "1G", pids = 64, timeout = "60s", cpu_time = 30 }
+
+            [profiles.read-only]
+            workspace = "read-only"
+            allow_read = ["~/.config/tool"]
+        "#;
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("config.toml");
+        std::fs::write(&f, text).unwrap();
+        let all = load_profiles(Some(&f)).unwrap();
+        assert_eq!(
+            all["net-build"].allow_net,
+            vec!["crates.io:443".to_string()]
+        );
+        assert_eq!(all["net-build"].limits.pids, Some(64));
+        assert_eq!(all["net-build"].limits.memory, Some(1 << 30));
+        assert_eq!(
+            all["net-build"].limits.timeout,
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(
+            all["net-build"].limits.cpu_time,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            all["read-only"].allow_read,
+            vec!["~/.config/tool".to_string()]
+        );
+        assert!(all.contains_key("build"));
+        assert!(find_profile("nope", Some(&f))
+            .unwrap_err()
+            .to_string()
+            .contains("net-build"));
+        // Missing file: built-ins only.
+        assert_eq!(
+            load_profiles(Some(&t.path().join("none.toml")))
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn config_file_errors_are_refused() {
+        assert!(profiles_from_toml("[profiles.x]\nallow_nett = []\n", "c").is_err());
+        assert!(profiles_from_toml("[profiles.\"bad name\"]\n", "c").is_err());
+        assert!(profiles_from_toml("[profiles.x]\nlimits = { pids = 0 }\n", "c").is_err());
     }
 }

@@ -428,6 +428,14 @@ pub(crate) fn wait_pidfd(pidfd: RawFd) -> io::Result<Reaped> {
 
 /// `poll` one descriptor for readability, with a timeout in ms (-1: none).
 pub(crate) fn poll_in(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<bool>> {
+    Ok(poll_revents(fds, timeout_ms)?
+        .into_iter()
+        .map(|r| r != 0)
+        .collect())
+}
+
+/// `poll` for readability; returns each descriptor's `revents`.
+pub(crate) fn poll_revents(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<i16>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -441,11 +449,11 @@ pub(crate) fn poll_in(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<bool>>
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EINTR) {
-            return Ok(vec![false; fds.len()]);
+            return Ok(vec![0; fds.len()]);
         }
         return Err(e);
     }
-    Ok(p.iter().map(|x| x.revents != 0).collect())
+    Ok(p.iter().map(|x| x.revents).collect())
 }
 
 /// The Landlock ABI version of the running kernel (`None`: unsupported).
