@@ -180,6 +180,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Running, SandboxError> {
 }
 
 fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, SandboxError> {
+    let t0 = Instant::now();
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
         return Err(SandboxError::Spec("empty command".into()));
     }
@@ -350,6 +351,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
 
     // Root plan. Mount sources are opened by the child at fixed descriptor
     // numbers above everything open now.
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "layers prepared");
     let fd_base = fd_base()?;
     let ws_ref = workspace.as_ref().map(|(b, m)| (b.as_path(), m));
     let prot_ok = !degraded_ok(Layer::ProtectedPaths);
@@ -537,6 +539,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         namespaces.push("net".into());
     }
 
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
     let start = Instant::now();
     let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
         why: format!("clone3 with new user/mount/pid/net/ipc/uts/cgroup namespaces: {e}"),
@@ -562,25 +565,34 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
         write_file(format!("/proc/{pid}/uid_map"), &format!("{uid_map}\n"))?;
         write_file(format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n"))?;
-        if let Some(cg) = &cgroup {
-            cg.add(pid).map_err(|why| SandboxError::Layer {
-                layer: Layer::Limits,
-                why,
-                hint: "run as root or delegate a cgroup v2 subtree".into(),
-            })?;
-        }
         Ok(())
     })();
     if let Err(e) = setup {
         kill(&pidfd);
         return Err(e);
     }
-    // Go.
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "namespaces set up");
+    // Go: the child builds its root while we move it into the cgroup (a
+    // cgroup v1 migration waits for an RCU grace period, ~10 ms); it waits
+    // for the second byte before starting the command.
     let mut sync_file = std::fs::File::from(sync_wr);
     if let Err(e) = std::io::Write::write_all(&mut sync_file, b"g") {
         kill(&pidfd);
         return Err(SandboxError::io("starting the sandbox", e));
     }
+    if let Some(cg) = &cgroup {
+        if let Err(why) = cg.add(pid) {
+            kill(&pidfd);
+            return Err(SandboxError::Layer {
+                layer: Layer::Limits,
+                why,
+                hint: "run as root or delegate a cgroup v2 subtree".into(),
+            });
+        }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup joined");
+    }
+    // A child that already failed has closed its end; its report follows.
+    let _ = std::io::Write::write_all(&mut sync_file, b"c");
     drop(sync_file);
     let mut buf = vec![];
     let mut err_file = std::fs::File::from(err_rd);
@@ -626,6 +638,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         });
     }
 
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "command executed");
     // Seccomp notifications.
     let notify = match notify_parent {
         Some(sock) => match syscall::recv_fd(sock.as_raw_fd()) {
@@ -934,6 +947,7 @@ impl Running {
         }
         let reaped =
             syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
+        tracing::debug!(us = self.start.elapsed().as_micros() as u64, "reaped");
         let duration = self.start.elapsed();
         let mut st = [0u8; 4];
         let mut f = std::fs::File::from(
@@ -951,6 +965,10 @@ impl Running {
                 tracing::warn!("cgroup cleanup: {e}");
             }
         }
+        tracing::debug!(
+            us = self.start.elapsed().as_micros() as u64,
+            "cgroup removed"
+        );
         mounts::remove_placeholders(&self.placeholders);
 
         let cpu_used = Duration::from_secs(

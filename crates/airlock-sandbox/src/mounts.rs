@@ -632,6 +632,7 @@ pub fn walk_protected(
         existing: vec![],
         repo_roots: vec![String::new()],
     };
+    let matcher = compiled(prot)?;
     let mut seen = std::collections::BTreeSet::new();
     let mut visited = 0usize;
     for root in std::iter::once(ws).chain(upper) {
@@ -662,7 +663,7 @@ pub fn walk_protected(
                     found.repo_roots.push(parent);
                 }
             }
-            if protected_match(prot, &rel, entry.file_type().is_dir()) {
+            if protected_match(&matcher, &rel, entry.file_type().is_dir()) {
                 if seen.insert(rel.clone()) {
                     found.existing.push(rel);
                 }
@@ -685,8 +686,33 @@ pub fn walk_protected(
     Ok(found)
 }
 
-fn protected_match(prot: &airlock_fs::ProtectedPaths, rel: &str, is_dir: bool) -> bool {
-    prot.matches(rel).is_some() || (is_dir && prot.matches(&format!("{rel}/")).is_some())
+fn protected_match(m: &airlock_fs::ProtectedMatcher, rel: &str, is_dir: bool) -> bool {
+    m.matches(rel).is_some() || (is_dir && m.matches(&format!("{rel}/")).is_some())
+}
+
+type MatcherCache =
+    std::sync::Mutex<Option<(Vec<String>, std::sync::Arc<airlock_fs::ProtectedMatcher>)>>;
+
+/// The compiled matcher for `prot`, reused while the list stays the same
+/// (compiling the glob set costs about a millisecond). A list that does not
+/// compile is an error: the protected paths cannot be found.
+fn compiled(
+    prot: &airlock_fs::ProtectedPaths,
+) -> Result<std::sync::Arc<airlock_fs::ProtectedMatcher>, SandboxError> {
+    static CACHE: MatcherCache = std::sync::Mutex::new(None);
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((pats, m)) = c.as_ref() {
+        if *pats == prot.patterns {
+            return Ok(m.clone());
+        }
+    }
+    let m = std::sync::Arc::new(prot.compile().map_err(|e| SandboxError::Layer {
+        layer: crate::Layer::ProtectedPaths,
+        why: format!("the protected path list does not compile: {e}"),
+        hint: "fix the protected path patterns in the config".into(),
+    })?);
+    *c = Some((prot.patterns.clone(), m.clone()));
+    Ok(m)
 }
 
 /// A minimal glob match used when the fs crate's matcher is unavailable:

@@ -933,7 +933,6 @@ fn child_main(p: &ChildPlan) -> ! {
         if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
             libc::_exit(1);
         }
-        libc::close(p.sync_rd);
 
         // Mount sources: first with the credentials we were cloned with (as
         // root: still the host uid 0 as owner, without capabilities), then,
@@ -1077,6 +1076,13 @@ fn child_main(p: &ChildPlan) -> ! {
         if sfd < 0 {
             fail(ew, STEP_FORK, errno());
         }
+
+        // The second byte: the parent has put us into the run's cgroup (so
+        // the command and all it starts are counted there).
+        if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
+            fail(ew, STEP_SYNC, libc::EPIPE);
+        }
+        libc::close(p.sync_rd);
 
         let pid = libc::syscall(
             libc::SYS_clone,

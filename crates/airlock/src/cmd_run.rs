@@ -187,6 +187,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let home = std::env::var("HOME")
         .ok()
         .filter(|h| Path::new(h).is_absolute());
+    let t0 = std::time::Instant::now();
     let profile = airlock_sandbox::profile::find_profile(&args.profile, config_file().as_deref())?;
     let limits = parse_limits(&args, profile.limits.clone())?;
     let cwd = std::env::current_dir().context("current directory")?;
@@ -248,6 +249,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             upper: a.upper_dir(),
             work: a.work_dir(),
         };
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "staging area open");
         area = Some(a);
         m
     } else {
@@ -275,11 +277,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     spec.cwd = if visible(&cwd_c) { cwd_c } else { ws.clone() };
 
     let running = airlock_sandbox::spawn(&spec)?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox started");
     for (layer, why) in &running.report().degraded {
         eprintln!("airlock: degraded: running without full {layer}: {why}");
     }
     forward_signals(running.signaller())?;
     let outcome = running.wait()?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox ended");
 
     let code = outcome.status.exit_code();
     let reason = outcome.status.describe(&spec.limits);
@@ -349,6 +353,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         staged = Some(st);
     }
 
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "staged changes summarised"
+    );
     if args.json || args.report.is_some() {
         let rec = Record {
             argv: &args.argv,
