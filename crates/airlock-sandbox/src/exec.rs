@@ -394,6 +394,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         protected_mounted,
         placeholders,
         srcs,
+        src_clone,
     } = plan;
     let cleanup_placeholders = PlaceholderGuard(placeholders);
 
@@ -499,6 +500,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
 
     let mut plan = ChildPlan {
         srcs,
+        src_clone,
         src_base: fd_base,
         sync_rd: sync_rd.as_raw_fd(),
         sync_wr: sync_wr.as_raw_fd(),
@@ -615,11 +617,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 .get((step - syscall::STEP_SRC) as usize)
                 .map(|c| c.to_string_lossy().to_string())
                 .unwrap_or_default();
-            SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), source }
+            SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), error: source }
         } else if step == syscall::STEP_EXEC {
             SandboxError::Exec {
                 cmd: spec.argv[0].clone(),
-                source,
+                error: source,
             }
         } else if (syscall::STEP_LANDLOCK_OPEN..=syscall::STEP_LANDLOCK_RESTRICT).contains(&step) {
             SandboxError::Layer {
@@ -634,7 +636,10 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into(),
             }
         } else {
-            SandboxError::Setup { step: what, source }
+            SandboxError::Setup {
+                step: what,
+                error: source,
+            }
         });
     }
 
@@ -879,6 +884,17 @@ fn supervise(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Violation> {
     v.into_iter().map(|(_, x)| x).collect()
 }
 
+/// Bytes in use on the filesystem holding `p` (0 when unknown).
+fn fs_used(p: &Path) -> u64 {
+    match rustix::fs::statvfs(p) {
+        Ok(s) => s
+            .f_blocks
+            .saturating_sub(s.f_bfree)
+            .saturating_mul(s.f_frsize),
+        Err(_) => 0,
+    }
+}
+
 fn upper_size(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     walkdir::WalkDir::new(p)
@@ -911,8 +927,15 @@ impl Running {
     /// collect what happened and clean up.
     pub fn wait(mut self) -> Result<Outcome, SandboxError> {
         let deadline = self.limits.timeout.map(|t| self.start + t);
-        let disk_watch = match (&self.upper, self.limits.disk) {
-            (Some(u), Some(max)) => Some((u.clone(), max)),
+        // The disk cap: statvfs of the upper dir's filesystem is cheap and
+        // counts dirty (not yet written) data, so it is checked every 5 ms;
+        // when the filesystem grew by more than the cap since the last
+        // baseline, the upper dir itself is measured.
+        let mut disk_watch = match (&self.upper, self.limits.disk) {
+            (Some(u), Some(max)) => {
+                let base = fs_used(u).saturating_sub(upper_size(u));
+                Some((u.clone(), max, base))
+            }
             _ => None,
         };
         let mut timed_out = false;
@@ -930,18 +953,24 @@ impl Running {
                 tick = (d - now).as_millis().min(i32::MAX as u128) as i32 + 1;
             }
             if disk_watch.is_some() {
-                tick = if tick < 0 { 250 } else { tick.min(250) };
+                tick = if tick < 0 { 5 } else { tick.min(5) };
             }
             match syscall::poll_in(&[raw], tick) {
                 Ok(r) if r[0] => break,
                 Ok(_) => {}
                 Err(e) => return Err(SandboxError::io("waiting for the sandbox", e)),
             }
-            if let Some((u, max)) = &disk_watch {
-                if upper_size(u) > *max {
-                    disk_hit = true;
-                    let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
-                    break;
+            if let Some((u, max, base)) = &mut disk_watch {
+                let used = fs_used(u);
+                if used.saturating_sub(*base) > *max {
+                    let size = upper_size(u);
+                    if size > *max {
+                        disk_hit = true;
+                        let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
+                        break;
+                    }
+                    // Someone else wrote to the filesystem: new baseline.
+                    *base = used.saturating_sub(size);
                 }
             }
         }

@@ -430,28 +430,28 @@ pub enum SandboxError {
         hint: String,
     },
     /// Setting up the sandbox failed at a named step.
-    #[error("sandbox setup failed at {step}: {source}")]
+    #[error("sandbox setup failed at {step}: {error}")]
     Setup {
         /// The step.
         step: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The command could not be executed inside the sandbox.
-    #[error("cannot execute {cmd:?} in the sandbox: {source}")]
+    #[error("cannot execute {cmd:?} in the sandbox: {error}")]
     Exec {
         /// argv[0].
         cmd: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Host-side I/O failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What we were doing.
         what: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -468,7 +468,7 @@ impl SandboxError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> SandboxError {
         SandboxError::Io {
             what: what.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -74,6 +74,8 @@ pub(crate) struct RootPlan {
     /// Mount sources (host paths) the child opens as `/proc/self/fd/N`,
     /// `N = fd_base + index`.
     pub srcs: Vec<CString>,
+    /// Indexes in `srcs` to clone with `open_tree` (see `Builder::bind`).
+    pub src_clone: Vec<usize>,
 }
 
 fn cs(p: impl AsRef<Path>) -> Result<CString, SandboxError> {
@@ -151,14 +153,30 @@ impl Builder {
     }
 
     fn bind(&mut self, host: &Path, inside: &Path, ro: bool) -> Result<(), SandboxError> {
-        let src = self.fd_src(host)?;
-        self.op(
-            MountOp::Bind {
-                src,
-                dst: cs(nr(inside))?,
-            },
-            format!("bind {} -> {}", host.display(), inside.display()),
-        );
+        if Path::new(NEWROOT).starts_with(host) {
+            // The new root's tmpfs covers this directory: a bind through
+            // its descriptor would find the tmpfs on top. Clone the tree
+            // (open_tree) before that mount instead and move it in.
+            let fd = self.fd_base + self.plan.srcs.len() as i32;
+            self.plan.srcs.push(cs(host)?);
+            self.plan.src_clone.push(self.plan.srcs.len() - 1);
+            self.op(
+                MountOp::MoveTree {
+                    fd,
+                    dst: cs(nr(inside))?,
+                },
+                format!("bind {} -> {}", host.display(), inside.display()),
+            );
+        } else {
+            let src = self.fd_src(host)?;
+            self.op(
+                MountOp::Bind {
+                    src,
+                    dst: cs(nr(inside))?,
+                },
+                format!("bind {} -> {}", host.display(), inside.display()),
+            );
+        }
         if ro {
             self.op(
                 MountOp::ReadOnly {
@@ -195,6 +213,7 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
             protected_mounted: vec![],
             placeholders: vec![],
             srcs: vec![],
+            src_clone: vec![],
         },
         fd_base: inp.fd_base,
     };
@@ -478,6 +497,12 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         let dir = is_dir(p)?;
         b.mountpoint(p, dir)?;
         match g {
+            G::Ws(WorkspaceMode::Staged { .. }) if Path::new(NEWROOT).starts_with(p) => {
+                return Err(SandboxError::Spec(format!(
+                    "the workspace {} cannot be staged: choose a directory below it",
+                    p.display()
+                )));
+            }
             G::Ws(WorkspaceMode::Staged { upper, work }) => {
                 let l = b.fd_src(p)?;
                 let u = b.fd_src(upper)?;

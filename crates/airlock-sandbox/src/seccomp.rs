@@ -20,6 +20,7 @@ use crate::SandboxError;
 
 const RET_ERRNO: u32 = 0x0005_0000;
 const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// Namespace flags refused in `clone` and `unshare`.
@@ -219,14 +220,19 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     .map_err(e)?;
     let clone3: seccompiler::BpfProgram = clone3_filter.try_into().map_err(e)?;
     Ok(Programs {
-        deny: harden(deny),
-        clone3: harden(clone3),
+        deny: harden(deny, true),
+        clone3: harden(clone3, false),
     })
 }
 
-/// Convert to libc's struct; answer EPERM (not kill) to foreign
-/// architectures and refuse x32 system call numbers.
-fn harden(p: seccompiler::BpfProgram) -> Vec<libc::sock_filter> {
+/// Convert to libc's struct. With `abi_checks` (the deny list): answer
+/// EPERM (turned into a notification, see [`Programs::deny_notify`]) to
+/// foreign architectures instead of killing, and refuse x32 system call
+/// numbers. Without (the `clone3` filter): let foreign and x32 calls pass to
+/// the deny list. The kernel runs every filter and takes the strictest
+/// answer, and ERRNO outranks USER_NOTIF: an EPERM here would hide the
+/// deny list's notification, so the attempt would go unreported.
+fn harden(p: seccompiler::BpfProgram, abi_checks: bool) -> Vec<libc::sock_filter> {
     let eperm = RET_ERRNO | libc::EPERM as u32;
     let mut out: Vec<libc::sock_filter> = p
         .into_iter()
@@ -239,6 +245,10 @@ fn harden(p: seccompiler::BpfProgram) -> Vec<libc::sock_filter> {
         .collect();
     // seccompiler starts with: ld arch; jeq ARCH, +1; ret KILL_PROCESS.
     if out.len() > 3 && out[2].code == (libc::BPF_RET | libc::BPF_K) as u16 {
+        if !abi_checks {
+            out[2].k = RET_ALLOW;
+            return out;
+        }
         out[2].k = eperm;
         let x32 = [
             libc::sock_filter {

@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use libc::{c_char, c_int, c_ulong, c_void};
+use libc::{c_char, c_int, c_uint, c_ulong, c_void};
 
 // ---------------------------------------------------------------------------
 // Kernel ABI constants and structs not (reliably) exported by libc.
@@ -21,6 +21,8 @@ const CLONE_PIDFD: u64 = 0x1000;
 const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const AT_RECURSIVE: u32 = 0x8000;
+const OPEN_TREE_CLONE: c_int = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
 const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
 const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
 const LANDLOCK_RULE_NET_PORT: c_int = 2;
@@ -159,6 +161,8 @@ pub(crate) enum MountOp {
     },
     /// Bind mount (recursively).
     Bind { src: CString, dst: CString },
+    /// Attach the detached tree held in descriptor `fd` at `dst`.
+    MoveTree { fd: c_int, dst: CString },
     /// Set mount attributes (read-only) with `mount_setattr`.
     ReadOnly { path: CString, recursive: bool },
     /// Add nosuid/nodev to a mount (and its submounts).
@@ -187,6 +191,9 @@ pub(crate) struct ChildPlan {
     /// own mount namespace with `RESOLVE_NO_SYMLINKS` and moved to
     /// descriptors `src_base + i` (the ops refer to `/proc/self/fd/N`).
     pub srcs: Vec<CString>,
+    /// Indexes of `srcs` whose descriptor is a detached clone of the mount
+    /// tree (`open_tree(OPEN_TREE_CLONE)`), used with [`MountOp::MoveTree`].
+    pub src_clone: Vec<usize>,
     pub src_base: c_int,
     pub sync_rd: RawFd,
     /// The parent's end of the sync pipe (closed first thing in the child,
@@ -664,8 +671,22 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
         MountOp::Mkdir { path, mode } => {
             // SAFETY: NUL-terminated path owned by the plan.
             let r = unsafe { libc::mkdir(path.as_ptr(), *mode) };
-            if r < 0 && errno() == libc::EEXIST {
-                0
+            // An existing directory is fine, also inside a read-only bind
+            // (where mkdir answers EROFS before it looks).
+            let e = if r < 0 { errno() } else { 0 };
+            if r < 0 && (e == libc::EEXIST || e == libc::EROFS) {
+                // SAFETY: stat buffer is plain data; path is NUL-terminated.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                if unsafe { libc::stat(path.as_ptr(), &mut st) } == 0
+                    && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                {
+                    0
+                } else {
+                    // SAFETY: restoring errno for the caller.
+                    unsafe { *libc::__errno_location() = e };
+                    -1
+                }
             } else {
                 r
             }
@@ -726,6 +747,20 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
             (libc::MS_BIND | libc::MS_REC) as c_ulong,
             std::ptr::null(),
         ),
+        MountOp::MoveTree { fd, dst } => {
+            // SAFETY: move_mount of a descriptor we hold onto a
+            // NUL-terminated path owned by the plan.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    *fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    dst.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) as c_int
+            }
+        }
         MountOp::ReadOnly { path, recursive } => setattr(path, MOUNT_ATTR_RDONLY, *recursive),
         MountOp::NoSuid { path } => setattr(path, 0x2 | 0x4, true),
         MountOp::Proc { target } => sys_mount(
@@ -907,6 +942,28 @@ fn open_srcs(p: &ChildPlan, last_try: bool) {
                 }
                 libc::close(target);
                 continue;
+            }
+            let mut fd = fd;
+            if p.src_clone.contains(&i) {
+                let t = libc::syscall(
+                    libc::SYS_open_tree,
+                    fd,
+                    c"".as_ptr(),
+                    (libc::AT_EMPTY_PATH
+                        | AT_RECURSIVE as c_int
+                        | OPEN_TREE_CLONE
+                        | libc::O_CLOEXEC) as c_ulong,
+                ) as c_int;
+                if t < 0 {
+                    if last_try {
+                        fail(p.err_wr, STEP_SRC + i as u32, errno());
+                    }
+                    libc::close(fd);
+                    libc::close(target);
+                    continue;
+                }
+                libc::close(fd);
+                fd = t;
             }
             if libc::dup3(fd, target, libc::O_CLOEXEC) < 0 {
                 fail(p.err_wr, STEP_SRC + i as u32, errno());
