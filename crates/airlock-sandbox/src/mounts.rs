@@ -464,7 +464,7 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
     // $HOME: private and empty.
     if let Some(home) = inp.home {
         if home != Path::new("/")
-            && !home.starts_with("/tmp")
+            && home != Path::new("/tmp")
             && !SYSTEM_DIRS.iter().any(|d| home.starts_with(d))
         {
             b.mkdir_p(home)?;

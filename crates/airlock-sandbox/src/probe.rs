@@ -104,13 +104,29 @@ fn trial(ws_mode: Option<&str>) -> Result<(), SandboxError> {
         spec.cwd = "/".into();
         spec.allow_degraded = vec![Layer::Landlock, Layer::Seccomp];
     }
-    let o = crate::run(&spec)?;
+    let o = crate::run(&spec);
+    // overlayfs leaves `work/work` with mode 000: open it up so that the
+    // temp dir can be removed by an unprivileged user too.
+    open_up(t.path());
+    let o = o?;
     match o.status {
         crate::ExitKind::Exited(0) => Ok(()),
         s => Err(SandboxError::Spec(format!(
             "/bin/true ended with {s:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         ))),
+    }
+}
+
+fn open_up(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(md) = std::fs::symlink_metadata(p) {
+        if md.is_dir() {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                open_up(&e.path());
+            }
+        }
     }
 }
 
