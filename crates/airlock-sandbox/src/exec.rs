@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ pub struct Running {
     /// Held while the sandbox may run; its hang-up makes init exit.
     _lifeline: OwnedFd,
     start: Instant,
+    /// When spawn began (for debug timings).
+    t0: Instant,
     cgroup: Option<RunCgroup>,
     report: LayerReport,
     placeholders: Vec<PathBuf>,
@@ -54,7 +56,9 @@ pub struct Running {
     upper: Option<PathBuf>,
     out: Option<JoinHandle<Vec<u8>>>,
     err: Option<JoinHandle<Vec<u8>>>,
-    notify: Option<(Arc<AtomicBool>, JoinHandle<Vec<Violation>>)>,
+    /// The seccomp notification listener, served by `wait`.
+    notify: Option<OwnedFd>,
+    tally: Tally,
     done: bool,
 }
 
@@ -336,7 +340,14 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
-    let mut mech = crate::limits::detect();
+    // A cgroup only when there is something for it to limit: joining one
+    // costs an RCU grace period on cgroup v1.
+    let wants_cgroup = spec.limits.memory.is_some() || spec.limits.pids.is_some();
+    let mut mech = if wants_cgroup {
+        crate::limits::detect()
+    } else {
+        Mechanism::Rlimit
+    };
     let mut cgroup = None;
     if mech != Mechanism::Rlimit {
         match RunCgroup::create(mech, &run_id, &spec.limits) {
@@ -547,6 +558,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         why: format!("clone3 with new user/mount/pid/net/ipc/uts/cgroup namespaces: {e}"),
         hint: userns_hint(),
     })?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "cloned");
     let pidfd = Arc::new(pidfd);
     // From here on, a failure must kill and reap the child.
     let kill = |pidfd: &Arc<OwnedFd>| {
@@ -578,7 +590,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // cgroup v1 migration waits for an RCU grace period, ~10 ms); it waits
     // for the second byte before starting the command.
     let mut sync_file = std::fs::File::from(sync_wr);
-    if let Err(e) = std::io::Write::write_all(&mut sync_file, b"g") {
+    // Without a cgroup both bytes go at once: one wake-up less.
+    let go: &[u8] = if cgroup.is_some() { b"g" } else { b"gc" };
+    if let Err(e) = std::io::Write::write_all(&mut sync_file, go) {
         kill(&pidfd);
         return Err(SandboxError::io("starting the sandbox", e));
     }
@@ -594,7 +608,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup joined");
     }
     // A child that already failed has closed its end; its report follows.
-    let _ = std::io::Write::write_all(&mut sync_file, b"c");
+    if cgroup.is_some() {
+        let _ = std::io::Write::write_all(&mut sync_file, b"c");
+    }
     drop(sync_file);
     let mut buf = vec![];
     let mut err_file = std::fs::File::from(err_rd);
@@ -647,15 +663,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // Seccomp notifications.
     let notify = match notify_parent {
         Some(sock) => match syscall::recv_fd(sock.as_raw_fd()) {
-            Ok(Some(fd)) => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let s2 = stop.clone();
-                let h = std::thread::Builder::new()
-                    .name("airlock-seccomp".into())
-                    .spawn(move || supervise(fd, s2))
-                    .map_err(|e| SandboxError::io("thread", e))?;
-                Some((stop, h))
-            }
+            Ok(Some(fd)) => Some(fd),
             _ => None,
         },
         None => None,
@@ -690,7 +698,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         landlock_scopes: scopes,
         seccomp: seccomp_on,
         seccomp_notify: notify.is_some(),
-        limits_mechanism: mech.as_str().into(),
+        limits_mechanism: if spec.limits == crate::Limits::default() {
+            "none".into()
+        } else {
+            mech.as_str().into()
+        },
         workspace: match &workspace {
             None => "none".into(),
             Some((_, WorkspaceMode::Staged { .. })) => "staged-overlay".into(),
@@ -722,6 +734,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         status_rd,
         _lifeline: lifeline_wr,
         start,
+        t0,
         cgroup,
         report,
         placeholders: cleanup_placeholders.take(),
@@ -730,6 +743,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         out,
         err,
         notify,
+        tally: Tally::default(),
         done: false,
     })
 }
@@ -836,52 +850,45 @@ fn native_arch() -> u32 {
     }
 }
 
-fn supervise(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Violation> {
-    let mut counts: BTreeMap<String, (usize, u32)> = BTreeMap::new();
-    let raw = fd.as_raw_fd();
-    let mut order = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        // Every task using the filter gone (the sandbox ended): POLLHUP.
-        match syscall::poll_revents(&[raw], 1000) {
-            Ok(r) if r[0] & libc::POLLIN != 0 => {}
-            Ok(r) if r[0] != 0 => break,
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-        match syscall::notif_recv(raw) {
+/// Blocked calls, counted in the order first seen.
+#[derive(Default)]
+struct Tally {
+    counts: BTreeMap<String, (usize, u32)>,
+}
+
+impl Tally {
+    /// Answer one pending seccomp notification with EPERM and count it.
+    fn serve(&mut self, fd: RawFd) {
+        match syscall::notif_recv(fd) {
             Ok(n) => {
                 let what = describe(&n);
-                let _ = syscall::notif_deny(raw, n.id, libc::EPERM);
-                let e = counts.entry(what).or_insert_with(|| {
-                    order += 1;
-                    (order, 0)
-                });
-                e.1 += 1;
+                let _ = syscall::notif_deny(fd, n.id, libc::EPERM);
+                let next = self.counts.len();
+                self.counts.entry(what).or_insert((next, 0)).1 += 1;
             }
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINTR)
-                    || e.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                continue
-            }
-            Err(_) => break,
+            // EINTR, or ENOENT: the caller died before we answered.
+            Err(_) => {}
         }
     }
-    let mut v: Vec<(usize, Violation)> = counts
-        .into_iter()
-        .map(|(what, (o, count))| {
-            (
-                o,
-                Violation {
-                    kind: "syscall".into(),
-                    what,
-                    count,
-                },
-            )
-        })
-        .collect();
-    v.sort_by_key(|(o, _)| *o);
-    v.into_iter().map(|(_, x)| x).collect()
+
+    fn violations(&self) -> Vec<Violation> {
+        let mut v: Vec<(usize, Violation)> = self
+            .counts
+            .iter()
+            .map(|(what, (o, count))| {
+                (
+                    *o,
+                    Violation {
+                        kind: "syscall".into(),
+                        what: what.clone(),
+                        count: *count,
+                    },
+                )
+            })
+            .collect();
+        v.sort_by_key(|(o, _)| *o);
+        v.into_iter().map(|(_, x)| x).collect()
+    }
 }
 
 /// Bytes in use on the filesystem holding `p` (0 when unknown).
@@ -923,9 +930,25 @@ impl Running {
         &self.report
     }
 
-    /// Wait for the command (enforcing the timeout and the disk limit),
-    /// collect what happened and clean up.
-    pub fn wait(mut self) -> Result<Outcome, SandboxError> {
+    /// Wait for the command (enforcing the timeout and the disk limit, and
+    /// answering its blocked system calls), collect what happened and clean
+    /// up. Call it promptly after [`spawn`]: a denied system call waits for
+    /// its answer until then.
+    pub fn wait(self) -> Result<Outcome, SandboxError> {
+        self.wait_inner(None)
+    }
+
+    /// Like [`Running::wait`], and forward `signals` (e.g. SIGINT, SIGTERM)
+    /// received by this process to the command instead of letting them act
+    /// on the caller. They are blocked in the calling thread meanwhile (so
+    /// call it from the thread that would receive them, e.g. the only one).
+    pub fn wait_forwarding(self, signals: &[i32]) -> Result<Outcome, SandboxError> {
+        let tap = syscall::SignalTap::new(signals)
+            .map_err(|e| SandboxError::io("blocking signals", e))?;
+        self.wait_inner(Some(&tap))
+    }
+
+    fn wait_inner(mut self, tap: Option<&syscall::SignalTap>) -> Result<Outcome, SandboxError> {
         let deadline = self.limits.timeout.map(|t| self.start + t);
         // The disk cap: statvfs of the upper dir's filesystem is cheap and
         // counts dirty (not yet written) data, so it is checked every 5 ms;
@@ -941,6 +964,15 @@ impl Running {
         let mut timed_out = false;
         let mut disk_hit = false;
         let raw = self.pidfd.as_raw_fd();
+        let mut fds = vec![raw];
+        let notify_at = self.notify.as_ref().map(|n| {
+            fds.push(n.as_raw_fd());
+            fds.len() - 1
+        });
+        let tap_at = tap.map(|t| {
+            fds.push(t.raw());
+            fds.len() - 1
+        });
         loop {
             let now = Instant::now();
             let mut tick: i32 = -1;
@@ -955,9 +987,22 @@ impl Running {
             if disk_watch.is_some() {
                 tick = if tick < 0 { 5 } else { tick.min(5) };
             }
-            match syscall::poll_in(&[raw], tick) {
-                Ok(r) if r[0] => break,
-                Ok(_) => {}
+            match syscall::poll_revents(&fds, tick) {
+                Ok(r) if r[0] != 0 => break,
+                Ok(r) => {
+                    if let (Some(i), Some(n)) = (notify_at, &self.notify) {
+                        if r[i] & libc::POLLIN != 0 {
+                            self.tally.serve(n.as_raw_fd());
+                        }
+                    }
+                    if let (Some(i), Some(t)) = (tap_at, tap) {
+                        if r[i] != 0 {
+                            while let Some(sig) = t.next() {
+                                let _ = syscall::pidfd_signal(raw, sig);
+                            }
+                        }
+                    }
+                }
                 Err(e) => return Err(SandboxError::io("waiting for the sandbox", e)),
             }
             if let Some((u, max, base)) = &mut disk_watch {
@@ -976,7 +1021,7 @@ impl Running {
         }
         let reaped =
             syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
-        tracing::debug!(us = self.start.elapsed().as_micros() as u64, "reaped");
+        tracing::debug!(us = self.t0.elapsed().as_micros() as u64, "reaped");
         let duration = self.start.elapsed();
         let mut st = [0u8; 4];
         let mut f = std::fs::File::from(
@@ -1040,13 +1085,7 @@ impl Running {
                 }
             }
         };
-        let violations = match self.notify.take() {
-            Some((stop, h)) => {
-                stop.store(true, Ordering::Relaxed);
-                h.join().unwrap_or_default()
-            }
-            None => vec![],
-        };
+        let violations = self.tally.violations();
         let stdout = self
             .out
             .take()
@@ -1081,9 +1120,6 @@ impl Drop for Running {
             // Dropped without wait(): kill and reap so nothing outlives us.
             let _ = syscall::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
             let _ = syscall::wait_pidfd(self.pidfd.as_raw_fd());
-            if let Some((stop, _)) = &self.notify {
-                stop.store(true, Ordering::Relaxed);
-            }
             mounts::remove_placeholders(&self.placeholders);
         }
     }

@@ -342,7 +342,7 @@ pub struct LayerReport {
     pub seccomp: bool,
     /// Whether blocked system calls are reported (seccomp user notification).
     pub seccomp_notify: bool,
-    /// `cgroup-v2`, `cgroup-v1` or `rlimit`.
+    /// `cgroup-v2`, `cgroup-v1`, `rlimit`, or `none` (no limits asked for).
     pub limits_mechanism: String,
     /// How the workspace was mounted (`staged-overlay`, `write-through`,
     /// `read-only`, `none`).

@@ -433,15 +433,8 @@ pub(crate) fn wait_pidfd(pidfd: RawFd) -> io::Result<Reaped> {
     })
 }
 
-/// `poll` one descriptor for readability, with a timeout in ms (-1: none).
-pub(crate) fn poll_in(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<bool>> {
-    Ok(poll_revents(fds, timeout_ms)?
-        .into_iter()
-        .map(|r| r != 0)
-        .collect())
-}
-
-/// `poll` for readability; returns each descriptor's `revents`.
+/// `poll` descriptors for readability, with a timeout in ms (-1: none);
+/// returns each descriptor's `revents` (all 0 when interrupted).
 pub(crate) fn poll_revents(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<i16>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
@@ -461,6 +454,77 @@ pub(crate) fn poll_revents(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<i
         return Err(e);
     }
     Ok(p.iter().map(|x| x.revents).collect())
+}
+
+/// Signals blocked in the calling thread and readable from a signalfd,
+/// until dropped (which drains what is pending and restores the mask).
+pub(crate) struct SignalTap {
+    fd: OwnedFd,
+    set: libc::sigset_t,
+    old: libc::sigset_t,
+}
+
+impl SignalTap {
+    /// Block `sigs` in this thread and open a signalfd for them.
+    pub(crate) fn new(sigs: &[c_int]) -> io::Result<SignalTap> {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset and
+        // filled by sigaddset; pthread_sigmask and signalfd read it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in sigs {
+                libc::sigaddset(&mut set, s);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+                return Err(e);
+            }
+            Ok(SignalTap {
+                fd: OwnedFd::from_raw_fd(fd),
+                set,
+                old,
+            })
+        }
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// The next pending signal, if any.
+    pub(crate) fn next(&self) -> Option<c_int> {
+        // SAFETY: reads one signalfd_siginfo into a zeroed stack struct.
+        unsafe {
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let n = libc::read(
+                self.raw(),
+                &mut info as *mut libc::signalfd_siginfo as *mut c_void,
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            );
+            if n == std::mem::size_of::<libc::signalfd_siginfo>() as isize {
+                Some(info.ssi_signo as c_int)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SignalTap {
+    fn drop(&mut self) {
+        while self.next().is_some() {}
+        let _ = &self.set;
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
 }
 
 /// The Landlock ABI version of the running kernel (`None`: unsupported).

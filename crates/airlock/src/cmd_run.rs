@@ -281,8 +281,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     for (layer, why) in &running.report().degraded {
         eprintln!("airlock: degraded: running without full {layer}: {why}");
     }
-    forward_signals(running.signaller())?;
-    let outcome = running.wait()?;
+    // Ctrl-C and friends go to the command (which may handle them), not to us.
+    let outcome = running.wait_forwarding(&FORWARDED)?;
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox ended");
 
     let code = outcome.status.exit_code();
@@ -380,23 +380,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 and SIGWINCH to the
-/// command (through the sandbox's init) instead of dying of them.
-fn forward_signals(sig: airlock_sandbox::Signaller) -> anyhow::Result<()> {
-    use signal_hook::consts::*;
-    let mut signals = signal_hook::iterator::Signals::new([
-        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
-    ])
-    .context("installing signal handlers")?;
-    std::thread::Builder::new()
-        .name("airlock-signals".into())
-        .spawn(move || {
-            for s in signals.forever() {
-                if sig.signal(s).is_err() {
-                    break;
-                }
-            }
-        })
-        .context("signal thread")?;
-    Ok(())
-}
+/// Signals forwarded to the command while it runs.
+const FORWARDED: [i32; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
