@@ -23,8 +23,53 @@
 //! # Ok::<(), airlock_sandbox::SandboxError>(())
 //! ```
 //!
+//! # Architecture
+//!
+//! **Bird's-eye view.** [`spawn`] turns a [`SandboxSpec`] into a
+//! `ChildPlan`: every C string, pointer array, mount operation, Landlock
+//! rule, rlimit and BPF program the child will need, prepared in the parent.
+//! One `clone3` (all namespace flags, `CLONE_PIDFD`) starts the sandbox's
+//! init, which only makes raw system calls on that plan (it is a forked copy
+//! of a possibly multi-threaded process: no allocation, no locks, not even
+//! glibc's `set*id` wrappers, which wait for threads that do not exist in
+//! the copy). The parent writes the uid/gid maps, releases the child with a
+//! byte on a pipe, joins the cgroup meanwhile, and learns of success when
+//! the close-on-exec error pipe reaches end-of-file (or reads the failed
+//! step and errno from it). Init builds the root, applies rlimits,
+//! `NO_NEW_PRIVS`, Landlock, drops capabilities, installs seccomp (passing
+//! the notification listener back over a socket), forks the command
+//! (`setsid`, stdio, `close_range`, `execve`) and then only forwards signals
+//! and reports the command's wait status. [`Running::wait`] polls the pidfd,
+//! the seccomp listener (answering and counting blocked calls) and, with
+//! [`Running::wait_forwarding`], a signalfd; it enforces the timeout and the
+//! disk cap, then builds the [`Outcome`].
+//!
+//! **Code map.**
+//! - `exec.rs`: the orchestration above; [`spawn`], [`run`], [`Running`].
+//! - `syscall.rs`: every `unsafe` block: the child's code (`child_main`,
+//!   `command_main`), raw wrappers (pidfd, waitid, seccomp notifications,
+//!   signalfd) and [`peer_pidfd`] for the broker.
+//! - `mounts.rs`: the mount plan, the Landlock table that mirrors it, the
+//!   protected-path walk and placeholders.
+//! - `landlock.rs`, `seccomp.rs`, `limits.rs`, `env.rs`, `fd_cleanup.rs`:
+//!   one mechanism each. `probe.rs` backs `airlock doctor`; `profile.rs`
+//!   the named profiles shared with the broker.
+//!
+//! **Invariants.**
+//! - Nothing between `clone3` and `execve` allocates, locks or returns.
+//! - Host paths are opened once, by the child in its own mount namespace
+//!   with `RESOLVE_NO_SYMLINKS`, and mounted through `/proc/self/fd/N`.
+//! - The uid map never maps host root; as root the child switches to an
+//!   unprivileged uid before it mounts anything.
+//! - A layer that cannot be applied is an error unless the caller listed it
+//!   in [`SandboxSpec::allow_degraded`]; every degradation is in
+//!   [`LayerReport::degraded`].
+//! - When init exits, for whatever reason, the kernel kills everything in
+//!   the pid namespace; init exits when the command does, when the caller's
+//!   lifeline pipe hangs up, or when it is killed (timeout, drop).
+//!
 //! The only `unsafe` code of the project lives in the private `syscall`
-//! module.
+//! module, each block with a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
