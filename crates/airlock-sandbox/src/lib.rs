@@ -485,7 +485,7 @@ pub enum SandboxError {
     /// The command could not be executed inside the sandbox.
     #[error("cannot execute {cmd:?} in the sandbox: {error}")]
     Exec {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
         /// The OS error.
         error: std::io::Error,
