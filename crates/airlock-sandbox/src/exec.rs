@@ -743,7 +743,14 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         out,
         err,
         notify,
-        tally: Tally::default(),
+        tally: Tally {
+            net_ports: if with_net {
+                Some(net_ports.clone())
+            } else {
+                None
+            },
+            ..Tally::default()
+        },
         done: false,
     })
 }
@@ -853,7 +860,9 @@ fn native_arch() -> u32 {
 /// Blocked calls, counted in the order first seen.
 #[derive(Default)]
 struct Tally {
-    counts: BTreeMap<String, (usize, u32)>,
+    counts: BTreeMap<(String, String), (usize, u32)>,
+    /// TCP ports the sandbox may reach; `None`: no network at all.
+    net_ports: Option<Vec<u16>>,
 }
 
 impl Tally {
@@ -861,10 +870,49 @@ impl Tally {
     fn serve(&mut self, fd: RawFd) {
         // An error is EINTR, or ENOENT: the caller died before we answered.
         if let Ok(n) = syscall::notif_recv(fd) {
+            if n.data.arch == native_arch() && i64::from(n.data.nr) == libc::SYS_connect {
+                // Sent to us to be recorded, not decided: read the address,
+                // let the call go on, and count it if the sandbox refuses it.
+                let dest = read_sockaddr(&n).filter(|_| syscall::notif_id_valid(fd, n.id));
+                let _ = syscall::notif_continue(fd, n.id);
+                if let Some((ip, port)) = dest {
+                    if self.refused(ip, port) {
+                        let what = match ip {
+                            std::net::IpAddr::V4(a) => format!("connect {a}:{port}"),
+                            std::net::IpAddr::V6(a) => format!("connect [{a}]:{port}"),
+                        };
+                        self.count("network", what);
+                    }
+                }
+                return;
+            }
             let what = describe(&n);
             let _ = syscall::notif_deny(fd, n.id, libc::EPERM);
-            let next = self.counts.len();
-            self.counts.entry(what).or_insert((next, 0)).1 += 1;
+            self.count("syscall", what);
+        }
+    }
+
+    fn count(&mut self, kind: &str, what: String) {
+        let next = self.counts.len();
+        self.counts
+            .entry((kind.to_string(), what))
+            .or_insert((next, 0))
+            .1 += 1;
+    }
+
+    /// Whether the sandbox refuses a TCP/UDP connection to `ip:port`: with
+    /// no network, anything but loopback (the sandbox's own); with a grant,
+    /// ports outside it (Landlock).
+    fn refused(&self, ip: std::net::IpAddr, port: u16) -> bool {
+        let loopback = match ip {
+            std::net::IpAddr::V4(a) => a.is_loopback(),
+            std::net::IpAddr::V6(a) => {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+            }
+        };
+        match &self.net_ports {
+            None => !loopback,
+            Some(ports) => !ports.contains(&port),
         }
     }
 
@@ -872,11 +920,11 @@ impl Tally {
         let mut v: Vec<(usize, Violation)> = self
             .counts
             .iter()
-            .map(|(what, (o, count))| {
+            .map(|((kind, what), (o, count))| {
                 (
                     *o,
                     Violation {
-                        kind: "syscall".into(),
+                        kind: kind.clone(),
                         what: what.clone(),
                         count: *count,
                     },
@@ -885,6 +933,30 @@ impl Tally {
             .collect();
         v.sort_by_key(|(o, _)| *o);
         v.into_iter().map(|(_, x)| x).collect()
+    }
+}
+
+/// The IPv4/IPv6 destination of a notified `connect`, read from the
+/// caller's memory (`None` for other families or when it cannot be read).
+fn read_sockaddr(n: &syscall::SeccompNotif) -> Option<(std::net::IpAddr, u16)> {
+    use std::os::unix::fs::FileExt;
+    let len = (n.data.args[2] as usize).min(28);
+    if len < 8 {
+        return None;
+    }
+    let mem = std::fs::File::open(format!("/proc/{}/mem", n.pid)).ok()?;
+    let mut b = [0u8; 28];
+    mem.read_exact_at(&mut b[..len], n.data.args[1]).ok()?;
+    let family = i32::from(u16::from_ne_bytes([b[0], b[1]]));
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        libc::AF_INET => Some((std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]).into(), port)),
+        libc::AF_INET6 if len >= 24 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[8..24]);
+            Some((std::net::Ipv6Addr::from(a).into(), port))
+        }
+        _ => None,
     }
 }
 

@@ -90,6 +90,10 @@ pub const DENIED_IOCTLS: &[(u64, &str)] = &[
 pub struct Programs {
     /// The deny list (matches return EPERM).
     pub deny: Vec<libc::sock_filter>,
+    /// The deny list plus `connect`, for use with user notification only:
+    /// the supervisor lets each `connect` continue and records those the
+    /// sandbox refuses (see [`Programs::deny_notify`]).
+    pub deny_and_connect: Vec<libc::sock_filter>,
     /// `clone3` → ENOSYS.
     pub clone3: Vec<libc::sock_filter>,
 }
@@ -98,7 +102,7 @@ impl Programs {
     /// The deny list with its `EPERM` returns turned into user notifications.
     pub fn deny_notify(&self) -> Vec<libc::sock_filter> {
         let eperm = RET_ERRNO | libc::EPERM as u32;
-        let mut out = self.deny.clone();
+        let mut out = self.deny_and_connect.clone();
         for ins in out.iter_mut() {
             if ins.code == (libc::BPF_RET | libc::BPF_K) as u16 && ins.k == eperm {
                 ins.k = RET_USER_NOTIF;
@@ -201,14 +205,20 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     let arch: seccompiler::TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(|x: seccompiler::BackendError| x.to_string())?;
-    let deny_filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(e)?;
-    let deny: seccompiler::BpfProgram = deny_filter.try_into().map_err(e)?;
+    let compile =
+        |rules: BTreeMap<i64, Vec<SeccompRule>>| -> Result<seccompiler::BpfProgram, String> {
+            let f = SeccompFilter::new(
+                rules,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EPERM as u32),
+                arch,
+            )
+            .map_err(e)?;
+            f.try_into().map_err(e)
+        };
+    let deny = compile(rules.clone())?;
+    rules.insert(libc::SYS_connect, vec![]);
+    let deny_and_connect = compile(rules)?;
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, vec![]);
     let clone3_filter = SeccompFilter::new(
@@ -221,6 +231,7 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     let clone3: seccompiler::BpfProgram = clone3_filter.try_into().map_err(e)?;
     Ok(Programs {
         deny: harden(deny, true),
+        deny_and_connect: harden(deny_and_connect, true),
         clone3: harden(clone3, false),
     })
 }

@@ -131,6 +131,8 @@ struct SeccompNotifResp {
 // seccomp_notif) and _IOWR('!', 1, struct seccomp_notif_resp).
 const SECCOMP_IOCTL_NOTIF_RECV: c_ulong = 0xc050_2100;
 const SECCOMP_IOCTL_NOTIF_SEND: c_ulong = 0xc018_2101;
+// _IOW('!', 2, __u64)
+const SECCOMP_IOCTL_NOTIF_ID_VALID: c_ulong = 0x4008_2102;
 const SECCOMP_GET_NOTIF_SIZES: c_ulong = 3;
 
 // ---------------------------------------------------------------------------
@@ -655,6 +657,39 @@ pub(crate) fn notif_deny(fd: RawFd, id: u64, err: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Let a notified system call go on as if there were no filter
+/// (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). Only for calls the filter sends to
+/// us to be *recorded*, never to decide: the arguments may change after we
+/// looked.
+pub(crate) fn notif_continue(fd: RawFd, id: u64) -> io::Result<()> {
+    let mut resp = SeccompNotifResp {
+        id,
+        val: 0,
+        error: 0,
+        flags: 1,
+    };
+    // SAFETY: passes a valid seccomp_notif_resp to the notification fd.
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            SECCOMP_IOCTL_NOTIF_SEND as _,
+            &mut resp as *mut SeccompNotifResp,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether notification `id` is still pending (its task alive and waiting),
+/// so that what was read from `/proc/PID/mem` belongs to it.
+pub(crate) fn notif_id_valid(fd: RawFd, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: SECCOMP_IOCTL_NOTIF_ID_VALID reads one u64.
+    unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID as _, &mut id as *mut u64) == 0 }
 }
 
 /// Whether the kernel's notification structs have the sizes compiled here.

@@ -52,3 +52,28 @@ except OSError as e:
         assert!(stdout(&o).contains("udp-refused 1"), "{}{}", stdout(&o), stderr(&o));
     }
 }
+
+sandbox_test! {
+    fn refused_connections_are_reported() {
+        // TEST-NET addresses: nothing answers there, and without a grant
+        // the sandbox has no route to them anyway.
+        let f = Fixture::new();
+        let Some(o) = try_run(&f.sh("python3 -c \"
+import socket
+for a in [('192.0.2.7', 22), ('192.0.2.7', 22), ('127.0.0.1', 9)]:
+    try:
+        socket.create_connection(a, timeout=1)
+    except OSError as e:
+        print(a, e.errno)
+\"")) else { return };
+        assert!(stdout(&o).contains("('192.0.2.7', 22) 101"), "{}", stdout(&o));
+        if !o.report.seccomp_notify {
+            eprintln!("SKIPPED: [{}] seccomp user notification unavailable: refused connections are not reported", who());
+            return;
+        }
+        let net: Vec<(&str, u32)> =
+            o.violations.iter().filter(|v| v.kind == "network").map(|v| (v.what.as_str(), v.count)).collect();
+        // The sandbox's own loopback is not a violation.
+        assert_eq!(net, vec![("connect 192.0.2.7:22", 2)], "{:?}", o.violations);
+    }
+}
