@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 mod env;
+mod failclosed;
 mod landlock;
 mod limits;
 mod mounts;
