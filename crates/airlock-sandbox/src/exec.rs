@@ -261,8 +261,13 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     if root_mode {
         if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
             for d in [upper, work] {
-                std::os::unix::fs::lchown(d, Some(uid), Some(gid))
-                    .map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
+                use std::os::unix::fs::MetadataExt;
+                let owned =
+                    std::fs::symlink_metadata(d).is_ok_and(|m| m.uid() == uid && m.gid() == gid);
+                if !owned {
+                    std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+                        .map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
+                }
             }
         }
     }
