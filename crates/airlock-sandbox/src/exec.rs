@@ -77,6 +77,11 @@ fn absolute(p: &Path, what: &str) -> Result<PathBuf, SandboxError> {
     std::fs::canonicalize(p).map_err(|e| SandboxError::io(format!("{what} {}", p.display()), e))
 }
 
+fn owned_by_root(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).is_ok_and(|m| m.uid() == 0)
+}
+
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
     CString::new(s.as_ref())
         .map_err(|_| SandboxError::Spec("argument or environment contains a NUL byte".into()))
@@ -258,6 +263,26 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     } else {
         (euid, egid)
     };
+    // As root over a root-owned workspace, the unprivileged uid inside could
+    // not write it: it gets an idmapped clone of it instead, on which root's
+    // files appear as its own (new files are root's on disk).
+    let ws_tree: Option<OwnedFd> = match &workspace {
+        Some((b, mode))
+            if root_mode && !matches!(mode, WorkspaceMode::ReadOnly) && owned_by_root(b) =>
+        {
+            match syscall::idmapped_tree(&cstr(b.as_os_str().as_bytes())?, uid, gid) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot idmap the root-owned workspace {} ({e}); the sandbox user {uid} can only write what it may",
+                        b.display()
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     if root_mode {
         if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
             for d in [upper, work] {
@@ -381,6 +406,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         protected: Some(&spec.protected),
         chown_to: if root_mode { Some((uid, gid)) } else { None },
         fd_base,
+        ws_tree: ws_tree.as_ref().map(|f| f.as_raw_fd()),
     }) {
         Ok(p) => p,
         Err(SandboxError::Layer {
@@ -399,6 +425,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 protected: None,
                 chown_to: None,
                 fd_base,
+                ws_tree: ws_tree.as_ref().map(|f| f.as_raw_fd()),
             })?
         }
         Err(e) => return Err(e),
@@ -710,7 +737,13 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         },
         workspace: match &workspace {
             None => "none".into(),
+            Some((_, WorkspaceMode::Staged { .. })) if ws_tree.is_some() => {
+                "staged-overlay+idmap".into()
+            }
             Some((_, WorkspaceMode::Staged { .. })) => "staged-overlay".into(),
+            Some((_, WorkspaceMode::WriteThrough)) if ws_tree.is_some() => {
+                "write-through+idmap".into()
+            }
             Some((_, WorkspaceMode::WriteThrough)) => "write-through".into(),
             Some((_, WorkspaceMode::ReadOnly)) => "read-only".into(),
         },

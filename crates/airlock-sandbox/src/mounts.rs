@@ -101,6 +101,10 @@ pub(crate) struct RootInputs<'a> {
     pub chown_to: Option<(u32, u32)>,
     /// First descriptor number for mount sources in the child.
     pub fd_base: i32,
+    /// A descriptor (inherited by the child) holding an idmapped detached
+    /// clone of the workspace, to use instead of the workspace path (see
+    /// `syscall::idmapped_tree`).
+    pub ws_tree: Option<i32>,
 }
 
 struct Builder {
@@ -504,7 +508,30 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 )));
             }
             G::Ws(WorkspaceMode::Staged { upper, work }) => {
-                let l = b.fd_src(p)?;
+                // The idmapped tree is attached at a scratch point on the new
+                // root, used as the lower layer, and detached again (the
+                // overlay keeps its own private clone of each layer).
+                let scratch = Path::new("/.airlock-lower");
+                let l = match inp.ws_tree {
+                    Some(fd) => {
+                        b.op(
+                            MountOp::Mkdir {
+                                path: cs(nr(scratch))?,
+                                mode: 0o700,
+                            },
+                            "mkdir lower scratch".into(),
+                        );
+                        b.op(
+                            MountOp::MoveTree {
+                                fd,
+                                dst: cs(nr(scratch))?,
+                            },
+                            "attach the idmapped workspace".into(),
+                        );
+                        cs(nr(scratch))?
+                    }
+                    None => b.fd_src(p)?,
+                };
                 let u = b.fd_src(upper)?;
                 let w = b.fd_src(work)?;
                 let opts = format!(
@@ -520,7 +547,30 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                     },
                     format!("mount overlay on {}", p.display()),
                 );
+                if inp.ws_tree.is_some() {
+                    b.op(
+                        MountOp::Detach {
+                            path: cs(nr(scratch))?,
+                        },
+                        "detach lower scratch".into(),
+                    );
+                }
                 b.plan.landlock.push((p.to_path_buf(), Access::Rw, true));
+            }
+            G::Ws(WorkspaceMode::WriteThrough) if inp.ws_tree.is_some() => {
+                let fd = inp.ws_tree.unwrap_or(-1);
+                b.op(
+                    MountOp::MoveTree {
+                        fd,
+                        dst: cs(nr(p))?,
+                    },
+                    format!("attach the idmapped {}", p.display()),
+                );
+                b.op(
+                    MountOp::NoSuid { path: cs(nr(p))? },
+                    format!("make {} nosuid", p.display()),
+                );
+                b.plan.landlock.push((p.to_path_buf(), Access::Rw, dir));
             }
             G::Ws(WorkspaceMode::WriteThrough) | G::Write => {
                 b.bind(p, p, false)?;

@@ -16,16 +16,8 @@ impl Env {
             .unwrap();
         std::fs::create_dir(dir.path().join("ws")).unwrap();
         std::fs::write(dir.path().join("ws/a.txt"), "original\n").unwrap();
-        // As root, the sandbox runs as the workspace's owner; make that an
-        // ordinary user, as for anyone's project (a root-owned workspace
-        // would be read-only to the unprivileged uid inside).
-        if rustix::process::geteuid().is_root() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            for p in ["ws", "ws/a.txt"] {
-                std::os::unix::fs::lchown(dir.path().join(p), Some(65534), Some(65534)).unwrap();
-            }
-        }
+        // As root this workspace is root's, as in CI: the sandbox runs as
+        // nobody over an idmapped clone of it.
         Env { dir }
     }
     fn ws(&self) -> PathBuf {

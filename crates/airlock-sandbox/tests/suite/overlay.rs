@@ -80,3 +80,28 @@ sandbox_test! {
         assert_eq!(ids[0], ids[1], "the setuid copy changed the effective uid");
     }
 }
+
+sandbox_test! {
+    fn a_root_owned_workspace_is_writable_when_root_runs_it() {
+        // As root over a root-owned workspace the sandbox runs as nobody on
+        // an idmapped clone of it: it can write there like the owner, and
+        // nothing it writes is root's inside. (As nobody this is the plain
+        // case of one's own workspace.)
+        let f = Fixture::new();
+        let a = f.write("a.txt", "original");
+        if is_root() {
+            std::os::unix::fs::lchown(f.ws(), Some(0), Some(0)).unwrap();
+            std::os::unix::fs::lchown(&a, Some(0), Some(0)).unwrap();
+        }
+        let Some(o) = try_run(&f.sh("id -u; echo changed > a.txt && echo new > b.txt && echo ok")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.ends_with("ok\n"), "{out}");
+        assert_ne!(out.lines().next(), Some("0"), "root inside");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "original");
+        assert_eq!(std::fs::read_to_string(f.upper().join("a.txt")).unwrap(), "changed\n");
+        if is_root() {
+            assert_eq!(o.report.workspace, "staged-overlay+idmap");
+        }
+    }
+}
