@@ -409,6 +409,24 @@ def _(ctx):
     return dict(opts=["--commit"], argv=["/bin/sh", "-c", "cp /bin/sh suid && chmod 6755 suid && ls -l suid"], judge=judge)
 
 
+@attack("setuid_write_through", "make files setuid directly in the real tree (--write-through)")
+def _(ctx):
+    tool = ctx.write("tool", "#!/bin/sh\n", 0o755)
+
+    def judge(r):
+        for d, _, files in os.walk(ctx.ws):
+            for f in files:
+                p = os.path.join(d, f)
+                if not os.path.islink(p) and os.lstat(p).st_mode & 0o6000:
+                    return judged("ESCAPED", "%s is setuid/setgid on the host (owner uid %d)" % (p, os.lstat(p).st_uid))
+        return judged("blocked", "no setuid/setgid file in the real tree")
+
+    return dict(opts=["--write-through"],
+                argv=["/bin/sh", "-c", "chmod 6755 tool; cp /bin/sh s && chmod 6755 s; "
+                      "python3 -c 'import os; os.close(os.open(\"c\", os.O_CREAT | os.O_WRONLY, 0o4755))'; ls -ln"],
+                judge=judge)
+
+
 # ---------------------------------------------------------------------------
 # network
 

@@ -264,12 +264,13 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         (euid, egid)
     };
     // As root over a root-owned workspace, the unprivileged uid inside could
-    // not write it: it gets an idmapped clone of it instead, on which root's
-    // files appear as its own (new files are root's on disk).
+    // not write it: a staged workspace gets an idmapped clone of it as the
+    // overlay's lower layer, on which root's files appear as the sandbox
+    // user's (copied up into the upper dir as that user's). Never for
+    // write-through: there the sandbox would own root's files on disk and
+    // could chmod one setuid (new files would be root's too).
     let ws_tree: Option<OwnedFd> = match &workspace {
-        Some((b, mode))
-            if root_mode && !matches!(mode, WorkspaceMode::ReadOnly) && owned_by_root(b) =>
-        {
+        Some((b, WorkspaceMode::Staged { .. })) if root_mode && owned_by_root(b) => {
             match syscall::idmapped_tree(&cstr(b.as_os_str().as_bytes())?, uid, gid) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
@@ -741,9 +742,6 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 "staged-overlay+idmap".into()
             }
             Some((_, WorkspaceMode::Staged { .. })) => "staged-overlay".into(),
-            Some((_, WorkspaceMode::WriteThrough)) if ws_tree.is_some() => {
-                "write-through+idmap".into()
-            }
             Some((_, WorkspaceMode::WriteThrough)) => "write-through".into(),
             Some((_, WorkspaceMode::ReadOnly)) => "read-only".into(),
         },

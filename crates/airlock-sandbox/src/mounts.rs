@@ -557,21 +557,6 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 }
                 b.plan.landlock.push((p.to_path_buf(), Access::Rw, true));
             }
-            G::Ws(WorkspaceMode::WriteThrough) if inp.ws_tree.is_some() => {
-                let fd = inp.ws_tree.unwrap_or(-1);
-                b.op(
-                    MountOp::MoveTree {
-                        fd,
-                        dst: cs(nr(p))?,
-                    },
-                    format!("attach the idmapped {}", p.display()),
-                );
-                b.op(
-                    MountOp::NoSuid { path: cs(nr(p))? },
-                    format!("make {} nosuid", p.display()),
-                );
-                b.plan.landlock.push((p.to_path_buf(), Access::Rw, dir));
-            }
             G::Ws(WorkspaceMode::WriteThrough) | G::Write => {
                 b.bind(p, p, false)?;
                 b.plan.landlock.push((p.to_path_buf(), Access::Rw, dir));

@@ -3,11 +3,13 @@
 //! Two filters are installed: the deny list (its matches are turned into
 //! `SECCOMP_RET_USER_NOTIF`, so the supervisor records each attempt and
 //! answers `EPERM`; or plain `EPERM` when notification is unavailable), and a
-//! one-rule filter answering `ENOSYS` to `clone3` (its flags live in memory
-//! a BPF filter cannot read, so libc falls back to `clone`, whose flags are
-//! checked). Before the syscall dispatch, the architecture is checked (any
-//! non-native ABI, e.g. i386 via `int 0x80`, gets `EPERM`) and x32 system
-//! call numbers (bit `0x40000000`) get `EPERM`.
+//! filter answering `ENOSYS` to `clone3` and `openat2` (their flags and mode
+//! live in memory a BPF filter cannot read, so libc falls back to `clone`
+//! and `openat`, whose arguments are checked). Before the syscall dispatch,
+//! the architecture is checked (any non-native ABI, e.g. i386 via
+//! `int 0x80`, gets `EPERM`) and x32 system call numbers (bit `0x40000000`)
+//! get `EPERM`. Setting setuid/setgid bits (chmod family, creating modes of
+//! open/openat/creat/mknod) is refused too.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -22,6 +24,10 @@ const RET_ERRNO: u32 = 0x0005_0000;
 const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// `fchmodat2` (Linux 6.6; the same number on every architecture).
+const SYS_FCHMODAT2: i64 = 452;
+/// `__O_TMPFILE` (without the `O_DIRECTORY` part of `O_TMPFILE`).
+const TMPFILE_BIT: u64 = 0o20_000_000;
 
 /// Namespace flags refused in `clone` and `unshare`.
 pub const NAMESPACE_FLAGS: &[(u64, &str)] = &[
@@ -201,6 +207,66 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
         );
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    // No setuid/setgid bits: whatever the sandbox writes directly (a
+    // write-through workspace, --allow-write) must not become a program
+    // that runs as its owner or group for someone else. (Staged files have
+    // them stripped at commit.) By mode argument: chmod and friends always;
+    // open/openat/creat when they create (O_CREAT or O_TMPFILE); mknod.
+    const SUID_SGID: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+    let mode_rules = |arg: u8| -> Result<Vec<SeccompRule>, String> {
+        SUID_SGID
+            .iter()
+            .map(|bit| {
+                SeccompRule::new(vec![cond(
+                    arg,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(*bit),
+                    *bit,
+                )
+                .map_err(e)?])
+                .map_err(e)
+            })
+            .collect()
+    };
+    let create_rules = |flags_arg: u8, mode_arg: u8| -> Result<Vec<SeccompRule>, String> {
+        let mut v = vec![];
+        for create in [libc::O_CREAT as u64, TMPFILE_BIT] {
+            for bit in SUID_SGID {
+                v.push(
+                    SeccompRule::new(vec![
+                        cond(
+                            flags_arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::MaskedEq(create),
+                            create,
+                        )
+                        .map_err(e)?,
+                        cond(
+                            mode_arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::MaskedEq(bit),
+                            bit,
+                        )
+                        .map_err(e)?,
+                    ])
+                    .map_err(e)?,
+                );
+            }
+        }
+        Ok(v)
+    };
+    rules.insert(libc::SYS_fchmod, mode_rules(1)?);
+    rules.insert(libc::SYS_fchmodat, mode_rules(2)?);
+    rules.insert(SYS_FCHMODAT2, mode_rules(2)?);
+    rules.insert(libc::SYS_mknodat, mode_rules(2)?);
+    rules.insert(libc::SYS_openat, create_rules(2, 3)?);
+    #[cfg(target_arch = "x86_64")]
+    {
+        rules.insert(libc::SYS_chmod, mode_rules(1)?);
+        rules.insert(libc::SYS_creat, mode_rules(1)?);
+        rules.insert(libc::SYS_mknod, mode_rules(1)?);
+        rules.insert(libc::SYS_open, create_rules(1, 2)?);
+    }
 
     let arch: seccompiler::TargetArch = std::env::consts::ARCH
         .try_into()
@@ -221,6 +287,9 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     let deny_and_connect = compile(rules)?;
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, vec![]);
+    // openat2's mode lives in a struct the filter cannot read (see the
+    // setuid rules above); callers fall back to openat on ENOSYS.
+    clone3.insert(libc::SYS_openat2, vec![]);
     let clone3_filter = SeccompFilter::new(
         clone3,
         SeccompAction::Allow,
@@ -314,6 +383,12 @@ pub fn syscall_name(nr: i64) -> String {
         libc::SYS_socket => "socket".into(),
         libc::SYS_socketpair => "socketpair".into(),
         libc::SYS_ioctl => "ioctl".into(),
+        libc::SYS_fchmod | libc::SYS_fchmodat | SYS_FCHMODAT2 => "chmod(setuid/setgid)".into(),
+        libc::SYS_openat | libc::SYS_mknodat => "create(setuid/setgid)".into(),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_chmod => "chmod(setuid/setgid)".into(),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open | libc::SYS_creat | libc::SYS_mknod => "create(setuid/setgid)".into(),
         libc::SYS_clone3 => "clone3".into(),
         n => format!("syscall {n}"),
     }

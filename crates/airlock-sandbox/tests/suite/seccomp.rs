@@ -70,3 +70,31 @@ print(\"ok\")
         assert!(o.violations.is_empty(), "{:?}", o.violations);
     }
 }
+
+sandbox_test! {
+    fn setuid_and_setgid_bits_cannot_be_set() {
+        let f = Fixture::new();
+        let mut s = f.sh(
+            "cp /bin/true t; chmod 4755 t; echo chmod=$?; chmod 2755 t; echo chmod_g=$?; chmod 755 t; echo plain=$?; \
+             python3 -c 'import os; os.close(os.open(\"c\", os.O_CREAT | os.O_WRONLY, 0o4755)); print(\"created\")'; \
+             python3 -c 'import os; os.close(os.open(\"d\", os.O_CREAT | os.O_WRONLY, 0o755)); print(\"created-plain\")'",
+        );
+        s.workspace.as_mut().unwrap().mode = airlock_sandbox::WorkspaceMode::WriteThrough;
+        let Some(o) = try_run(&s) else { return };
+        let out = stdout(&o);
+        assert!(out.contains("chmod=1") && out.contains("chmod_g=1"), "{out}");
+        assert!(out.contains("plain=0"), "{out}");
+        assert!(!out.contains("created\n"), "{out}");
+        assert!(out.contains("created-plain"), "{out}");
+        use std::os::unix::fs::PermissionsExt;
+        for e in std::fs::read_dir(f.ws()).unwrap().flatten() {
+            let mode = e.metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o6000, 0, "{} has mode {mode:o}", e.path().display());
+        }
+        if o.report.seccomp_notify {
+            let seen: Vec<&str> = o.violations.iter().map(|v| v.what.as_str()).collect();
+            assert!(seen.contains(&"chmod(setuid/setgid)"), "{seen:?}");
+            assert!(seen.contains(&"create(setuid/setgid)"), "{seen:?}");
+        }
+    }
+}
