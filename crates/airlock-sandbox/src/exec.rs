@@ -145,6 +145,7 @@ fn failure_message(step: u32, descs: &[String]) -> String {
         STEP_STDIO => "setting up stdio".into(),
         STEP_EXEC => "exec".into(),
         STEP_NOTIFY => "passing the seccomp listener".into(),
+        STEP_CGROUP => "joining the run's cgroup".into(),
         s if s >= STEP_SRC => format!("opening mount source #{}", s - STEP_SRC),
         _ => format!("step {step}"),
     }
@@ -390,6 +391,17 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
     }
     let rlimits = crate::limits::rlimits(&spec.limits, mech);
+    let cgroup_tasks: Vec<std::fs::File> = match &cgroup {
+        Some(cg) => cg
+            .self_join_files()
+            .map_err(|why| SandboxError::Layer {
+                layer: Layer::Limits,
+                why,
+                hint: "run as root or delegate a cgroup v2 subtree".into(),
+            })?
+            .unwrap_or_default(),
+        None => vec![],
+    };
 
     // Root plan. Mount sources are opened by the child at fixed descriptor
     // numbers above everything open now.
@@ -557,6 +569,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         loopback: !with_net,
         cwd: cstr(cwd.as_os_str().as_bytes())?,
         rlimits,
+        cgroup_tasks: cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
         landlock,
         seccomp: seccomp_progs,
         notify_filter,
@@ -624,12 +637,13 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // for the second byte before starting the command.
     let mut sync_file = std::fs::File::from(sync_wr);
     // Without a cgroup both bytes go at once: one wake-up less.
-    let go: &[u8] = if cgroup.is_some() { b"g" } else { b"gc" };
+    let parent_joins = cgroup.is_some() && cgroup_tasks.is_empty();
+    let go: &[u8] = if parent_joins { b"g" } else { b"gc" };
     if let Err(e) = std::io::Write::write_all(&mut sync_file, go) {
         kill(&pidfd);
         return Err(SandboxError::io("starting the sandbox", e));
     }
-    if let Some(cg) = &cgroup {
+    if let Some(cg) = cgroup.as_ref().filter(|_| parent_joins) {
         if let Err(why) = cg.add(pid) {
             kill(&pidfd);
             return Err(SandboxError::Layer {
@@ -641,7 +655,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup joined");
     }
     // A child that already failed has closed its end; its report follows.
-    if cgroup.is_some() {
+    if parent_joins {
         let _ = std::io::Write::write_all(&mut sync_file, b"c");
     }
     drop(sync_file);

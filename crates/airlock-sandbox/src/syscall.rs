@@ -217,6 +217,8 @@ pub(crate) struct ChildPlan {
     pub loopback: bool,
     pub cwd: CString,
     pub rlimits: Vec<(c_int, u64, u64)>,
+    /// cgroup v1 `tasks` files (opened by the parent) to write `0` to.
+    pub cgroup_tasks: Vec<RawFd>,
     pub landlock: Option<LandlockPlan>,
     pub seccomp: Vec<Vec<libc::sock_filter>>,
     /// Index in `seccomp` of the filter installed with a notification
@@ -268,6 +270,7 @@ pub(crate) const STEP_SETSID: u32 = 10_013;
 pub(crate) const STEP_STDIO: u32 = 10_014;
 pub(crate) const STEP_EXEC: u32 = 10_015;
 pub(crate) const STEP_NOTIFY: u32 = 10_016;
+pub(crate) const STEP_CGROUP: u32 = 10_017;
 /// Opening mount source `i` failed: step `STEP_SRC + i`.
 pub(crate) const STEP_SRC: u32 = 20_000;
 
@@ -1219,6 +1222,12 @@ fn child_main(p: &ChildPlan) -> ! {
         let mut b = [0u8; 1];
         if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
             libc::_exit(1);
+        }
+        // Join the run's cgroup (v1): this single thread moves itself.
+        for &fd in &p.cgroup_tasks {
+            if libc::write(fd, c"0".as_ptr() as *const c_void, 1) != 1 {
+                fail(ew, STEP_CGROUP, errno());
+            }
         }
 
         // Mount sources: first with the credentials we were cloned with (as
