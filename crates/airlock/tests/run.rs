@@ -303,3 +303,46 @@ fn doctor_reports_every_layer() {
         text(&human.stdout)
     );
 }
+
+#[test]
+fn ctrl_c_reaches_the_command() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args([
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-int; exit 3' INT; touch ready; while :; do sleep 0.05; done",
+        ])
+        .current_dir(e.ws())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", e.dir.path())
+        .env("XDG_STATE_HOME", e.dir.path().join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The trap is set once `ready` is staged.
+    let staging = e.dir.path().join("state/airlock/staging");
+    let ready = || {
+        std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|a| a.path().join("upper/ready").exists())
+    };
+    while !ready() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // What a terminal's Ctrl-C does to the foreground job: SIGINT to airlock.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got-int\n");
+}

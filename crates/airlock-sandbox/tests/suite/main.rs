@@ -7,6 +7,7 @@
 mod common;
 mod env;
 mod failclosed;
+mod fds;
 mod landlock;
 mod limits;
 mod mounts;
