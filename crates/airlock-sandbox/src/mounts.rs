@@ -49,7 +49,7 @@ pub const MASKED_DIRS: &[&str] = &["/etc/sudoers.d", "/etc/ssl/private"];
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Bound on the protected-path walk (directory entries visited).
-pub const WALK_LIMIT: usize = 200_000;
+pub const WALK_LIMIT: usize = 1_000_000;
 
 /// Landlock class of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -693,6 +693,7 @@ pub fn walk_protected(
         repo_roots: vec![String::new()],
     };
     let matcher = compiled(prot)?;
+    let names = candidate_names(&prot.patterns);
     let mut seen = std::collections::BTreeSet::new();
     let mut visited = 0usize;
     for root in std::iter::once(ws).chain(upper) {
@@ -710,11 +711,21 @@ pub fn walk_protected(
                     hint: "choose a smaller --workspace".into(),
                 });
             }
+            let is_git = entry.file_name() == ".git";
+            // Only names a pattern ends with can match (the walk sees a
+            // protected directory before anything in it).
+            if !is_git
+                && names
+                    .as_ref()
+                    .is_some_and(|n| !n.contains(entry.file_name()))
+            {
+                continue;
+            }
             let Ok(rel) = entry.path().strip_prefix(root) else {
                 continue;
             };
             let rel = rel.to_string_lossy().to_string();
-            if entry.file_name() == ".git" {
+            if is_git {
                 let parent = rel
                     .rsplit_once('/')
                     .map(|(p, _)| p.to_string())
@@ -744,6 +755,26 @@ pub fn walk_protected(
     }
     found.existing = out;
     Ok(found)
+}
+
+/// The last literal component of every pattern (`hooks` for
+/// `**/.git/hooks`, `.husky` for `**/.husky/**`): an entry whose name is not
+/// among them cannot match. `None` when some pattern ends in a glob (then
+/// every entry is checked).
+fn candidate_names(patterns: &[String]) -> Option<std::collections::HashSet<std::ffi::OsString>> {
+    let mut names = std::collections::HashSet::new();
+    for p in patterns {
+        let last = p
+            .trim_end_matches('/')
+            .split('/')
+            .filter(|c| *c != "**" && !c.is_empty())
+            .next_back()?;
+        if last.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+            return None;
+        }
+        names.insert(std::ffi::OsString::from(last));
+    }
+    Some(names)
 }
 
 fn protected_match(m: &airlock_fs::ProtectedMatcher, rel: &str, is_dir: bool) -> bool {
@@ -933,6 +964,24 @@ mod tests {
         airlock_fs::ProtectedPaths {
             patterns: p.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn candidate_names_cover_the_default_list() {
+        let n = candidate_names(&airlock_fs::ProtectedPaths::default().patterns).unwrap();
+        for x in [
+            "hooks",
+            "config",
+            ".husky",
+            ".vscode",
+            ".bashrc",
+            "fish",
+            "config.worktree",
+            ".mcp.json",
+        ] {
+            assert!(n.contains(std::ffi::OsStr::new(x)), "{x}");
+        }
+        assert!(candidate_names(&["**/*.pem".to_string()]).is_none());
     }
 
     #[test]
