@@ -767,8 +767,7 @@ fn candidate_names(patterns: &[String]) -> Option<std::collections::HashSet<std:
         let last = p
             .trim_end_matches('/')
             .split('/')
-            .filter(|c| *c != "**" && !c.is_empty())
-            .next_back()?;
+            .rfind(|c| *c != "**" && !c.is_empty())?;
         if last.contains(['*', '?', '[', ']', '{', '}', '\\']) {
             return None;
         }
