@@ -244,7 +244,54 @@ pub fn probe() -> Probe {
         enable: "delegate a cgroup v2 subtree with memory and pids (systemd: `systemd-run --user -p Delegate=yes ...` or Delegate=yes in user@.service)".into(),
     });
 
-    let default_ok = checks.iter().filter(|c| c.name != "cgroups").all(|c| c.ok);
+    if root {
+        // A root-owned staged workspace is idmapped for the sandbox user.
+        let t = tempfile::Builder::new().prefix("airlock-probe").tempdir();
+        let idmap = match &t {
+            Ok(t) => crate::syscall::idmapped_tree(
+                &std::ffi::CString::new(t.path().as_os_str().as_encoded_bytes())
+                    .unwrap_or_default(),
+                crate::exec::NOBODY,
+                crate::exec::NOBODY,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        checks.push(Check {
+            name: "idmapped mounts".into(),
+            ok: idmap.is_ok(),
+            detail: match &idmap {
+                Ok(()) => "root-owned workspaces are idmapped for the sandbox user".into(),
+                Err(e) => format!("cannot idmap a directory under the temp dir: {e}"),
+            },
+            cost: "started as root, the sandbox (as nobody) cannot change a root-owned workspace".into(),
+            enable: "Linux 5.12+ and a filesystem that allows idmapped mounts (ext4, xfs, btrfs, tmpfs 6.3+)".into(),
+        });
+    }
+
+    // The broker identifies agents by a pidfd of the socket's peer.
+    let peer = std::os::unix::net::UnixStream::pair()
+        .and_then(|(a, _b)| crate::syscall::peer_pidfd(std::os::fd::AsFd::as_fd(&a)).map(|_| ()));
+    checks.push(Check {
+        name: "peer pidfd".into(),
+        ok: peer.is_ok(),
+        detail: match &peer {
+            Ok(()) => {
+                "SO_PEERPIDFD works: the broker can pin the agent process behind a socket".into()
+            }
+            Err(e) => format!("SO_PEERPIDFD: {e}"),
+        },
+        cost: "the broker can only identify an agent by pid, which can be recycled".into(),
+        enable: "Linux 6.5+".into(),
+    });
+
+    // Optional checks: the default profile runs without them.
+    let optional = ["cgroups", "idmapped mounts", "peer pidfd"];
+    let default_ok = checks
+        .iter()
+        .filter(|c| !optional.contains(&c.name.as_str()))
+        .all(|c| c.ok);
     Probe {
         checks,
         landlock_abi: abi,

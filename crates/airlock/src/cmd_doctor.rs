@@ -42,7 +42,9 @@ pub fn doctor(args: DoctorArgs) -> anyhow::Result<i32> {
         let missing: Vec<&str> = p
             .checks
             .iter()
-            .filter(|c| !c.ok && c.name != "cgroups")
+            .filter(|c| {
+                !c.ok && !["cgroups", "idmapped mounts", "peer pidfd"].contains(&c.name.as_str())
+            })
             .map(|c| c.name.as_str())
             .collect();
         println!(
