@@ -177,7 +177,7 @@ pub fn probe() -> Probe {
                     "; no scoping (ABI 6)"
                 },
                 if a >= 7 {
-                    "; audit logging of denials"
+                    "; denials go to the kernel audit log (when audit is enabled)"
                 } else {
                     ""
                 }
