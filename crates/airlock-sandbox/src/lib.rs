@@ -490,6 +490,14 @@ pub enum SandboxError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// A config file (profiles) cannot be read or is malformed.
+    #[error("{path}: {why}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
     /// Host-side I/O failed.
     #[error("{what}: {error}")]
     Io {
@@ -504,7 +512,9 @@ impl SandboxError {
     /// The API error code.
     pub fn code(&self) -> airlock_core::ErrorCode {
         match self {
-            SandboxError::Spec(_) => airlock_core::ErrorCode::InvalidValue,
+            SandboxError::Spec(_) | SandboxError::Config { .. } => {
+                airlock_core::ErrorCode::InvalidValue
+            }
             SandboxError::Exec { .. } => airlock_core::ErrorCode::NotFound,
             _ => airlock_core::ErrorCode::SandboxUnavailable,
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Layer, Limits};
+use crate::{Layer, Limits, SandboxError};
 
 /// How a profile exposes the workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -108,48 +108,19 @@ impl Profile {
     }
 }
 
-/// Errors loading profiles from a config file.
-#[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The `[profiles]` table is malformed.
-    #[error("{path}: {why}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        why: String,
-    },
-    /// No profile of that name.
-    #[error("unknown profile {name:?} (known: {known})")]
-    Unknown {
-        /// The name asked for.
-        name: String,
-        /// The names available.
-        known: String,
-    },
-}
-
 /// The `[profiles.NAME]` tables of a config file. Other top-level keys
 /// belong to their owners (the broker's config) and are ignored here;
 /// unknown keys *inside* a profile are refused.
 pub fn profiles_from_toml(
     text: &str,
     path: &str,
-) -> Result<BTreeMap<String, Profile>, ProfileError> {
+) -> Result<BTreeMap<String, Profile>, SandboxError> {
     #[derive(Deserialize)]
     struct File {
         #[serde(default)]
         profiles: BTreeMap<String, Profile>,
     }
-    let f: File = toml::from_str(text).map_err(|e| ProfileError::Parse {
+    let f: File = toml::from_str(text).map_err(|e| SandboxError::Config {
         path: path.into(),
         why: e.to_string(),
     })?;
@@ -159,12 +130,12 @@ pub fn profiles_from_toml(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(ProfileError::Parse {
+            return Err(SandboxError::Config {
                 path: path.into(),
                 why: format!("profile name {name:?}: use letters, digits, - and _"),
             });
         }
-        p.limits_valid().map_err(|why| ProfileError::Parse {
+        p.limits_valid().map_err(|why| SandboxError::Config {
             path: path.into(),
             why: format!("[profiles.{name}]: {why}"),
         })?;
@@ -177,7 +148,7 @@ pub fn profiles_from_toml(
 /// is fine).
 pub fn load_profiles(
     config: Option<&std::path::Path>,
-) -> Result<BTreeMap<String, Profile>, ProfileError> {
+) -> Result<BTreeMap<String, Profile>, SandboxError> {
     let mut all: BTreeMap<String, Profile> = Profile::BUILTIN
         .iter()
         .filter_map(|n| Profile::builtin(n).map(|p| (n.to_string(), p)))
@@ -187,9 +158,9 @@ pub fn load_profiles(
             Ok(text) => all.extend(profiles_from_toml(&text, &path.display().to_string())?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(ProfileError::Read {
+                return Err(SandboxError::Config {
                     path: path.display().to_string(),
-                    source: e,
+                    why: e.to_string(),
                 })
             }
         }
@@ -198,11 +169,13 @@ pub fn load_profiles(
 }
 
 /// One profile by name (see [`load_profiles`]).
-pub fn find_profile(name: &str, config: Option<&std::path::Path>) -> Result<Profile, ProfileError> {
+pub fn find_profile(name: &str, config: Option<&std::path::Path>) -> Result<Profile, SandboxError> {
     let mut all = load_profiles(config)?;
-    all.remove(name).ok_or_else(|| ProfileError::Unknown {
-        name: name.into(),
-        known: all.keys().cloned().collect::<Vec<_>>().join(", "),
+    all.remove(name).ok_or_else(|| {
+        SandboxError::Spec(format!(
+            "unknown profile {name:?} (known: {})",
+            all.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
     })
 }
 
