@@ -169,7 +169,14 @@ fn userns_hint() -> String {
     h.join("; ")
 }
 
-/// Start the sandbox described by `spec`.
+/// Start the sandbox described by `spec`; returns once the command has
+/// been executed inside it (or with the error naming the step that failed).
+///
+/// Call [`Running::wait`] (or [`Running::wait_forwarding`]) promptly: the
+/// blocked system calls of the command are answered there, and until then a
+/// denied call waits. Dropping the [`Running`] kills the sandbox. Safe to
+/// call from a multi-threaded process: nothing between the clone and the
+/// command's `execve` allocates or takes a lock.
 pub fn spawn(spec: &SandboxSpec) -> Result<Running, SandboxError> {
     match spawn_once(spec, false) {
         Err(SandboxError::Layer {
