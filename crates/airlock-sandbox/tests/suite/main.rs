@@ -5,6 +5,7 @@
 
 #[macro_use]
 mod common;
+mod concurrency;
 mod env;
 mod failclosed;
 mod fds;
