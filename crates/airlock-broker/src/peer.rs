@@ -152,13 +152,15 @@ impl Peer {
 /// A pidfd for the peer: SO_PEERPIDFD where the kernel has it (the kernel
 /// pins the very process that connected), else `pidfd_open` on the pid.
 fn peer_pidfd<S: AsFd>(sock: &S, pid: u32) -> std::io::Result<OwnedFd> {
-    let _ = sock.as_fd();
-    let p = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "peer pid is 0"))?;
-    Ok(rustix::process::pidfd_open(
-        p,
-        rustix::process::PidfdFlags::empty(),
-    )?)
+    match airlock_sandbox::peer_pidfd(sock.as_fd()) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            tracing::debug!(error = %e, "SO_PEERPIDFD unavailable; pinning the peer with pidfd_open");
+            let p = rustix::process::Pid::from_raw(pid as i32)
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "peer pid is 0"))?;
+            Ok(rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())?)
+        }
+    }
 }
 
 /// A pidfd polls readable once its process has exited.

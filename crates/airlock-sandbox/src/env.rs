@@ -8,12 +8,24 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/us
 pub const ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TERM", "TZ", "USER"];
 
 /// Substrings that mark a name as secret (matched case-insensitively).
-pub const SECRET_MARKERS: &[&str] = &["KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH"];
+pub const SECRET_MARKERS: &[&str] = &[
+    "KEY",
+    "SECRET",
+    "TOKEN",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIAL",
+    "AUTH",
+];
 
 /// True for names the dynamic loader or an interpreter honours to run
 /// foreign code (`LD_PRELOAD`, `LD_LIBRARY_PATH`, `LD_AUDIT`, ...).
 pub fn is_loader_var(name: &str) -> bool {
-    name.starts_with("LD_") || name == "GCONV_PATH" || name == "MALLOC_TRACE" || name == "HOSTALIASES" || name == "LOCALDOMAIN"
+    name.starts_with("LD_")
+        || name == "GCONV_PATH"
+        || name == "MALLOC_TRACE"
+        || name == "HOSTALIASES"
+        || name == "LOCALDOMAIN"
 }
 
 /// True when the name looks like it holds a secret.
@@ -52,12 +64,17 @@ where
         if name.is_empty() || is_loader_var(&name) {
             continue;
         }
-        let value = value.or_else(|| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()));
+        let value = value.or_else(|| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        });
         if let Some(v) = value {
             out.insert(name, v);
         }
     }
-    out.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    out.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
     out.into_iter().collect()
 }
 
@@ -66,7 +83,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -85,7 +105,15 @@ mod tests {
         let names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, vec!["HOME", "LC_ALL", "PATH"]);
         // Named explicitly: passed, even when secret-looking. Loader vars never.
-        let out = scrub_env(host, &["GITHUB_TOKEN".into(), "LD_PRELOAD".into(), "NEW=1".into(), "MISSING".into()]);
+        let out = scrub_env(
+            host,
+            &[
+                "GITHUB_TOKEN".into(),
+                "LD_PRELOAD".into(),
+                "NEW=1".into(),
+                "MISSING".into(),
+            ],
+        );
         let names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, vec!["GITHUB_TOKEN", "HOME", "LC_ALL", "NEW", "PATH"]);
     }
@@ -98,7 +126,14 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for n in ["API_KEY", "my_secret", "x_token_y", "DB_PASSWORD", "GOOGLE_APPLICATION_CREDENTIALS", "SSH_AUTH_SOCK"] {
+        for n in [
+            "API_KEY",
+            "my_secret",
+            "x_token_y",
+            "DB_PASSWORD",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "SSH_AUTH_SOCK",
+        ] {
             assert!(is_secret_name(n), "{n}");
         }
         for n in ["PATH", "HOME", "TERM"] {

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,7 +16,8 @@ use crate::limits::{Mechanism, RunCgroup};
 use crate::mounts::{self, Access, RootInputs};
 use crate::syscall::{self, ChildPlan, LandlockPlan};
 use crate::{
-    ExitKind, LandlockState, Layer, LayerReport, Outcome, SandboxError, SandboxSpec, StdioMode, Violation, WorkspaceMode,
+    ExitKind, LandlockState, Layer, LayerReport, Outcome, SandboxError, SandboxSpec, StdioMode,
+    Violation, WorkspaceMode,
 };
 
 /// Host id the sandbox runs as when Airlock is started as root and the
@@ -43,7 +44,11 @@ pub struct Running {
     pid: i32,
     pidfd: Arc<OwnedFd>,
     status_rd: OwnedFd,
+    /// Held while the sandbox may run; its hang-up makes init exit.
+    _lifeline: OwnedFd,
     start: Instant,
+    /// When spawn began (for debug timings).
+    t0: Instant,
     cgroup: Option<RunCgroup>,
     report: LayerReport,
     placeholders: Vec<PathBuf>,
@@ -51,7 +56,9 @@ pub struct Running {
     upper: Option<PathBuf>,
     out: Option<JoinHandle<Vec<u8>>>,
     err: Option<JoinHandle<Vec<u8>>>,
-    notify: Option<(Arc<AtomicBool>, JoinHandle<Vec<Violation>>)>,
+    /// The seccomp notification listener, served by `wait`.
+    notify: Option<OwnedFd>,
+    tally: Tally,
     done: bool,
 }
 
@@ -62,13 +69,22 @@ pub fn run(spec: &SandboxSpec) -> Result<Outcome, SandboxError> {
 
 fn absolute(p: &Path, what: &str) -> Result<PathBuf, SandboxError> {
     if !p.is_absolute() {
-        return Err(SandboxError::Spec(format!("{what} {} is not absolute", p.display())));
+        return Err(SandboxError::Spec(format!(
+            "{what} {} is not absolute",
+            p.display()
+        )));
     }
     std::fs::canonicalize(p).map_err(|e| SandboxError::io(format!("{what} {}", p.display()), e))
 }
 
+fn owned_by_root(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).is_ok_and(|m| m.uid() == 0)
+}
+
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
-    CString::new(s.as_ref()).map_err(|_| SandboxError::Spec("argument or environment contains a NUL byte".into()))
+    CString::new(s.as_ref())
+        .map_err(|_| SandboxError::Spec("argument or environment contains a NUL byte".into()))
 }
 
 fn parse_net(entries: &[String]) -> Result<(Vec<u16>, Vec<u8>), SandboxError> {
@@ -78,17 +94,22 @@ fn parse_net(entries: &[String]) -> Result<(Vec<u16>, Vec<u8>), SandboxError> {
     for e in entries {
         let (host, port) = match e.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
-                let port: u16 = p.parse().map_err(|_| SandboxError::Spec(format!("--allow-net {e:?}: bad port")))?;
-                (h.trim_matches(|c| c == '[' || c == ']').to_string(), vec![port])
+                let port: u16 = p
+                    .parse()
+                    .map_err(|_| SandboxError::Spec(format!("--allow-net {e:?}: bad port")))?;
+                (
+                    h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                    vec![port],
+                )
             }
             _ => (e.clone(), vec![443, 80]),
         };
         if host.is_empty() {
             return Err(SandboxError::Spec(format!("--allow-net {e:?}: empty host")));
         }
-        let addrs = (host.as_str(), port[0])
-            .to_socket_addrs()
-            .map_err(|err| SandboxError::Spec(format!("--allow-net {e:?}: cannot resolve {host}: {err}")))?;
+        let addrs = (host.as_str(), port[0]).to_socket_addrs().map_err(|err| {
+            SandboxError::Spec(format!("--allow-net {e:?}: cannot resolve {host}: {err}"))
+        })?;
         for a in addrs {
             if host.parse::<std::net::IpAddr>().is_err() {
                 hosts.push_str(&format!("{} {}\n", a.ip(), host));
@@ -124,6 +145,7 @@ fn failure_message(step: u32, descs: &[String]) -> String {
         STEP_STDIO => "setting up stdio".into(),
         STEP_EXEC => "exec".into(),
         STEP_NOTIFY => "passing the seccomp listener".into(),
+        STEP_CGROUP => "joining the run's cgroup".into(),
         s if s >= STEP_SRC => format!("opening mount source #{}", s - STEP_SRC),
         _ => format!("step {step}"),
     }
@@ -147,13 +169,27 @@ fn userns_hint() -> String {
     h.join("; ")
 }
 
-/// Start the sandbox described by `spec`.
+/// Start the sandbox described by `spec`; returns once the command has
+/// been executed inside it (or with the error naming the step that failed).
+///
+/// Call [`Running::wait`] (or [`Running::wait_forwarding`]) promptly: the
+/// blocked system calls of the command are answered there, and until then a
+/// denied call waits. Dropping the [`Running`] kills the sandbox. Safe to
+/// call from a multi-threaded process: nothing between the clone and the
+/// command's `execve` allocates or takes a lock.
 pub fn spawn(spec: &SandboxSpec) -> Result<Running, SandboxError> {
     match spawn_once(spec, false) {
-        Err(SandboxError::Layer { layer: Layer::Overlay, why, .. }) if spec.allow_degraded.contains(&Layer::Overlay) => {
+        Err(SandboxError::Layer {
+            layer: Layer::Overlay,
+            why,
+            ..
+        }) if spec.allow_degraded.contains(&Layer::Overlay) => {
             tracing::warn!("overlay unavailable ({why}); workspace mounted read-only");
             let mut r = spawn_once(spec, true)?;
-            r.report.degraded.push((Layer::Overlay, format!("{why}; workspace mounted read-only")));
+            r.report.degraded.push((
+                Layer::Overlay,
+                format!("{why}; workspace mounted read-only"),
+            ));
             Ok(r)
         }
         r => r,
@@ -161,11 +197,15 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Running, SandboxError> {
 }
 
 fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, SandboxError> {
+    let t0 = Instant::now();
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
         return Err(SandboxError::Spec("empty command".into()));
     }
     if !spec.cwd.is_absolute() {
-        return Err(SandboxError::Spec(format!("cwd {} is not absolute", spec.cwd.display())));
+        return Err(SandboxError::Spec(format!(
+            "cwd {} is not absolute",
+            spec.cwd.display()
+        )));
     }
     let degraded_ok = |l: Layer| spec.allow_degraded.contains(&l);
     let mut degraded: Vec<(Layer, String)> = vec![];
@@ -176,23 +216,44 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         Some(w) => {
             let base = absolute(&w.base, "workspace")?;
             if !base.is_dir() {
-                return Err(SandboxError::Spec(format!("workspace {} is not a directory", base.display())));
+                return Err(SandboxError::Spec(format!(
+                    "workspace {} is not a directory",
+                    base.display()
+                )));
             }
             let mode = match (&w.mode, overlay_fallback) {
                 (WorkspaceMode::Staged { .. }, true) => WorkspaceMode::ReadOnly,
-                (WorkspaceMode::Staged { upper, work }, false) => {
-                    WorkspaceMode::Staged { upper: absolute(upper, "upper dir")?, work: absolute(work, "work dir")? }
-                }
+                (WorkspaceMode::Staged { upper, work }, false) => WorkspaceMode::Staged {
+                    upper: absolute(upper, "upper dir")?,
+                    work: absolute(work, "work dir")?,
+                },
                 (m, _) => m.clone(),
             };
             Some((base, mode))
         }
     };
-    let allow_read = spec.allow_read.iter().map(|p| absolute(p, "--allow-read")).collect::<Result<Vec<_>, _>>()?;
-    let allow_write = spec.allow_write.iter().map(|p| absolute(p, "--allow-write")).collect::<Result<Vec<_>, _>>()?;
-    let hidden: Vec<PathBuf> = spec.hidden.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+    let allow_read = spec
+        .allow_read
+        .iter()
+        .map(|p| absolute(p, "--allow-read"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let allow_write = spec
+        .allow_write
+        .iter()
+        .map(|p| absolute(p, "--allow-write"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hidden: Vec<PathBuf> = spec
+        .hidden
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
     let cwd = std::fs::canonicalize(&spec.cwd).unwrap_or_else(|_| spec.cwd.clone());
-    let home = spec.env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| PathBuf::from(v)).filter(|p| p.is_absolute());
+    let home = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| PathBuf::from(v))
+        .filter(|p| p.is_absolute());
 
     // Identity.
     let euid = rustix::process::geteuid().as_raw();
@@ -210,16 +271,45 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     } else {
         (euid, egid)
     };
+    // As root over a root-owned workspace, the unprivileged uid inside could
+    // not write it: a staged workspace gets an idmapped clone of it as the
+    // overlay's lower layer, on which root's files appear as the sandbox
+    // user's (copied up into the upper dir as that user's). Never for
+    // write-through: there the sandbox would own root's files on disk and
+    // could chmod one setuid (new files would be root's too).
+    let ws_tree: Option<OwnedFd> = match &workspace {
+        Some((b, WorkspaceMode::Staged { .. })) if root_mode && owned_by_root(b) => {
+            match syscall::idmapped_tree(&cstr(b.as_os_str().as_bytes())?, uid, gid) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot idmap the root-owned workspace {} ({e}); the sandbox user {uid} can only write what it may",
+                        b.display()
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     if root_mode {
         if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
             for d in [upper, work] {
-                std::os::unix::fs::lchown(d, Some(uid), Some(gid)).map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
+                use std::os::unix::fs::MetadataExt;
+                let owned =
+                    std::fs::symlink_metadata(d).is_ok_and(|m| m.uid() == uid && m.gid() == gid);
+                if !owned {
+                    std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+                        .map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
+                }
             }
         }
     }
 
     // Network.
-    let (net_ports, hosts_file) = if spec.allow_net.is_empty() { (vec![], None) } else {
+    let (net_ports, hosts_file) = if spec.allow_net.is_empty() {
+        (vec![], None)
+    } else {
         let (p, h) = parse_net(&spec.allow_net)?;
         (p, Some(h))
     };
@@ -264,7 +354,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let mut seccomp_on = false;
     if !syscall::seccomp_available() {
         if !degraded_ok(Layer::Seccomp) {
-            return Err(SandboxError::Layer { layer: Layer::Seccomp, why: "seccomp is not available".into(), hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into() });
+            return Err(SandboxError::Layer {
+                layer: Layer::Seccomp,
+                why: "seccomp is not available".into(),
+                hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into(),
+            });
         }
         degraded.push((Layer::Seccomp, "seccomp not available".into()));
     } else {
@@ -280,8 +374,19 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     }
 
     // Limits.
-    let run_id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    let mut mech = crate::limits::detect();
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    // A cgroup only when there is something for it to limit: joining one
+    // costs an RCU grace period on cgroup v1.
+    let wants_cgroup = spec.limits.memory.is_some() || spec.limits.pids.is_some();
+    let mut mech = if wants_cgroup {
+        crate::limits::detect()
+    } else {
+        Mechanism::Rlimit
+    };
     let mut cgroup = None;
     if mech != Mechanism::Rlimit {
         match RunCgroup::create(mech, &run_id, &spec.limits) {
@@ -293,9 +398,21 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
     }
     let rlimits = crate::limits::rlimits(&spec.limits, mech);
+    let cgroup_tasks: Vec<std::fs::File> = match &cgroup {
+        Some(cg) => cg
+            .self_join_files()
+            .map_err(|why| SandboxError::Layer {
+                layer: Layer::Limits,
+                why,
+                hint: "run as root or delegate a cgroup v2 subtree".into(),
+            })?
+            .unwrap_or_default(),
+        None => vec![],
+    };
 
     // Root plan. Mount sources are opened by the child at fixed descriptor
     // numbers above everything open now.
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "layers prepared");
     let fd_base = fd_base()?;
     let ws_ref = workspace.as_ref().map(|(b, m)| (b.as_path(), m));
     let prot_ok = !degraded_ok(Layer::ProtectedPaths);
@@ -309,9 +426,14 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         protected: Some(&spec.protected),
         chown_to: if root_mode { Some((uid, gid)) } else { None },
         fd_base,
+        ws_tree: ws_tree.as_ref().map(|f| f.as_raw_fd()),
     }) {
         Ok(p) => p,
-        Err(SandboxError::Layer { layer: Layer::ProtectedPaths, why, .. }) if !prot_ok => {
+        Err(SandboxError::Layer {
+            layer: Layer::ProtectedPaths,
+            why,
+            ..
+        }) if !prot_ok => {
             degraded.push((Layer::ProtectedPaths, why));
             mounts::build(&RootInputs {
                 workspace: ws_ref,
@@ -323,11 +445,20 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 protected: None,
                 chown_to: None,
                 fd_base,
+                ws_tree: ws_tree.as_ref().map(|f| f.as_raw_fd()),
             })?
         }
         Err(e) => return Err(e),
     };
-    let mounts::RootPlan { ops, descs, landlock: ll_paths, protected_mounted, placeholders, srcs } = plan;
+    let mounts::RootPlan {
+        ops,
+        descs,
+        landlock: ll_paths,
+        protected_mounted,
+        placeholders,
+        srcs,
+        src_clone,
+    } = plan;
     let cleanup_placeholders = PlaceholderGuard(placeholders);
 
     let landlock = match ll_setup {
@@ -346,10 +477,29 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 if !is_dir {
                     m &= crate::landlock::file_rights(a);
                 }
-                paths.push((CString::new(p.as_os_str().as_bytes()).map_err(|_| SandboxError::Spec("NUL in path".into()))?, m));
+                paths.push((
+                    CString::new(p.as_os_str().as_bytes())
+                        .map_err(|_| SandboxError::Spec("NUL in path".into()))?,
+                    m,
+                ));
             }
-            let ports = if s.net { net_ports.iter().map(|p| (crate::landlock::NET_CONNECT_TCP, u64::from(*p))).collect() } else { vec![] };
-            Some((LandlockPlan { ruleset: s.ruleset, paths, ports, restrict_flags: s.restrict_flags }, s.scopes))
+            let ports = if s.net {
+                net_ports
+                    .iter()
+                    .map(|p| (crate::landlock::NET_CONNECT_TCP, u64::from(*p)))
+                    .collect()
+            } else {
+                vec![]
+            };
+            Some((
+                LandlockPlan {
+                    ruleset: s.ruleset,
+                    paths,
+                    ports,
+                    restrict_flags: s.restrict_flags,
+                },
+                s.scopes,
+            ))
         }
     };
     let (landlock, scopes) = match landlock {
@@ -361,6 +511,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let (sync_rd, sync_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (err_rd, err_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (status_rd, status_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+    let (lifeline_rd, lifeline_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (notify_parent, notify_child) = if notify_filter.is_some() {
         let (a, b) = syscall::socketpair().map_err(|e| SandboxError::io("socketpair", e))?;
         (Some(a), Some(b))
@@ -376,7 +527,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let mut cap_max = 0usize;
     if let StdioMode::Capture { max_bytes } = &spec.stdio {
         cap_max = *max_bytes;
-        let null: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| SandboxError::io("open /dev/null", e))?.into();
+        let null: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| SandboxError::io("open /dev/null", e))?
+            .into();
         let (o_r, o_w) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
         let (e_r, e_w) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
         stdio = [null.as_raw_fd(), o_w.as_raw_fd(), e_w.as_raw_fd()];
@@ -390,16 +543,31 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let exec_paths: Vec<CString> = if argv0.contains('/') {
         vec![cstr(argv0)?]
     } else {
-        let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(crate::env::DEFAULT_PATH);
-        path.split(':').filter(|d| d.starts_with('/')).map(|d| cstr(format!("{d}/{argv0}"))).collect::<Result<_, _>>()?
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(crate::env::DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| cstr(format!("{d}/{argv0}")))
+            .collect::<Result<_, _>>()?
     };
     let argv: Vec<CString> = spec.argv.iter().map(cstr).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = spec.env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
 
     let mut plan = ChildPlan {
         srcs,
+        src_clone,
         src_base: fd_base,
         sync_rd: sync_rd.as_raw_fd(),
+        sync_wr: sync_wr.as_raw_fd(),
+        lifeline_rd: lifeline_rd.as_raw_fd(),
         err_wr: err_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
         setid: if root_mode { Some((uid, gid)) } else { None },
@@ -408,6 +576,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         loopback: !with_net,
         cwd: cstr(cwd.as_os_str().as_bytes())?,
         rlimits,
+        cgroup_tasks: cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
         landlock,
         seccomp: seccomp_progs,
         notify_filter,
@@ -421,18 +590,28 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     };
     plan.seal();
 
-    let mut flags = (libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP) as u64;
-    let mut namespaces: Vec<String> = ["user", "mount", "pid", "ipc", "uts", "cgroup"].iter().map(|s| s.to_string()).collect();
+    let mut flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP) as u64;
+    let mut namespaces: Vec<String> = ["user", "mount", "pid", "ipc", "uts", "cgroup"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     if !with_net {
         flags |= libc::CLONE_NEWNET as u64;
         namespaces.push("net".into());
     }
 
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
     let start = Instant::now();
     let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
         why: format!("clone3 with new user/mount/pid/net/ipc/uts/cgroup namespaces: {e}"),
         hint: userns_hint(),
     })?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "cloned");
     let pidfd = Arc::new(pidfd);
     // From here on, a failure must kill and reap the child.
     let kill = |pidfd: &Arc<OwnedFd>| {
@@ -440,6 +619,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         let _ = syscall::wait_pidfd(pidfd.as_raw_fd());
     };
     drop(sync_rd);
+    drop(lifeline_rd);
     drop(err_wr);
     drop(status_wr);
     drop(notify_child);
@@ -452,20 +632,38 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
         write_file(format!("/proc/{pid}/uid_map"), &format!("{uid_map}\n"))?;
         write_file(format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n"))?;
-        if let Some(cg) = &cgroup {
-            cg.add(pid).map_err(|why| SandboxError::Layer { layer: Layer::Limits, why, hint: "run as root or delegate a cgroup v2 subtree".into() })?;
-        }
         Ok(())
     })();
     if let Err(e) = setup {
         kill(&pidfd);
         return Err(e);
     }
-    // Go.
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "namespaces set up");
+    // Go: the child builds its root while we move it into the cgroup (a
+    // cgroup v1 migration waits for an RCU grace period, ~10 ms); it waits
+    // for the second byte before starting the command.
     let mut sync_file = std::fs::File::from(sync_wr);
-    if let Err(e) = std::io::Write::write_all(&mut sync_file, b"g") {
+    // Without a cgroup both bytes go at once: one wake-up less.
+    let parent_joins = cgroup.is_some() && cgroup_tasks.is_empty();
+    let go: &[u8] = if parent_joins { b"g" } else { b"gc" };
+    if let Err(e) = std::io::Write::write_all(&mut sync_file, go) {
         kill(&pidfd);
         return Err(SandboxError::io("starting the sandbox", e));
+    }
+    if let Some(cg) = cgroup.as_ref().filter(|_| parent_joins) {
+        if let Err(why) = cg.add(pid) {
+            kill(&pidfd);
+            return Err(SandboxError::Layer {
+                layer: Layer::Limits,
+                why,
+                hint: "run as root or delegate a cgroup v2 subtree".into(),
+            });
+        }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup joined");
+    }
+    // A child that already failed has closed its end; its report follows.
+    if parent_joins {
+        let _ = std::io::Write::write_all(&mut sync_file, b"c");
     }
     drop(sync_file);
     let mut buf = vec![];
@@ -475,7 +673,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         kill(&pidfd);
         let source = std::io::Error::from_raw_os_error(errno);
         let what = failure_message(step, &descs);
-        let is_overlay = (step as usize) < descs.len() && descs[step as usize].starts_with("mount overlay");
+        let is_overlay =
+            (step as usize) < descs.len() && descs[step as usize].starts_with("mount overlay");
         return Err(if is_overlay {
             SandboxError::Layer {
                 layer: Layer::Overlay,
@@ -483,31 +682,42 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 hint: "Linux 5.11+ (overlayfs in user namespaces) with the upper dir on a filesystem supporting user xattrs (ext4, xfs, btrfs, tmpfs 6.6+)".into(),
             }
         } else if step >= syscall::STEP_SRC {
-            let path = plan.srcs.get((step - syscall::STEP_SRC) as usize).map(|c| c.to_string_lossy().to_string()).unwrap_or_default();
-            SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), source }
+            let path = plan
+                .srcs
+                .get((step - syscall::STEP_SRC) as usize)
+                .map(|c| c.to_string_lossy().to_string())
+                .unwrap_or_default();
+            SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), error: source }
         } else if step == syscall::STEP_EXEC {
-            SandboxError::Exec { cmd: spec.argv[0].clone(), source }
+            SandboxError::Exec {
+                cmd: spec.argv[0].clone(),
+                error: source,
+            }
         } else if (syscall::STEP_LANDLOCK_OPEN..=syscall::STEP_LANDLOCK_RESTRICT).contains(&step) {
-            SandboxError::Layer { layer: Layer::Landlock, why: format!("{what}: {source}"), hint: "a kernel with Landlock enabled".into() }
+            SandboxError::Layer {
+                layer: Layer::Landlock,
+                why: format!("{what}: {source}"),
+                hint: "a kernel with Landlock enabled".into(),
+            }
         } else if step == syscall::STEP_SECCOMP {
-            SandboxError::Layer { layer: Layer::Seccomp, why: format!("{what}: {source}"), hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into() }
+            SandboxError::Layer {
+                layer: Layer::Seccomp,
+                why: format!("{what}: {source}"),
+                hint: "a kernel with CONFIG_SECCOMP_FILTER=y".into(),
+            }
         } else {
-            SandboxError::Setup { step: what, source }
+            SandboxError::Setup {
+                step: what,
+                error: source,
+            }
         });
     }
 
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "command executed");
     // Seccomp notifications.
     let notify = match notify_parent {
         Some(sock) => match syscall::recv_fd(sock.as_raw_fd()) {
-            Ok(Some(fd)) => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let s2 = stop.clone();
-                let h = std::thread::Builder::new()
-                    .name("airlock-seccomp".into())
-                    .spawn(move || supervise(fd, s2))
-                    .map_err(|e| SandboxError::io("thread", e))?;
-                Some((stop, h))
-            }
+            Ok(Some(fd)) => Some(fd),
             _ => None,
         },
         None => None,
@@ -542,15 +752,33 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         landlock_scopes: scopes,
         seccomp: seccomp_on,
         seccomp_notify: notify.is_some(),
-        limits_mechanism: mech.as_str().into(),
+        limits_mechanism: if spec.limits == crate::Limits::default() {
+            "none".into()
+        } else {
+            mech.as_str().into()
+        },
         workspace: match &workspace {
             None => "none".into(),
+            Some((_, WorkspaceMode::Staged { .. })) if ws_tree.is_some() => {
+                "staged-overlay+idmap".into()
+            }
             Some((_, WorkspaceMode::Staged { .. })) => "staged-overlay".into(),
             Some((_, WorkspaceMode::WriteThrough)) => "write-through".into(),
             Some((_, WorkspaceMode::ReadOnly)) => "read-only".into(),
         },
         protected_mounted,
-        network: if with_net { format!("host-tcp-ports:{}", net_ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")) } else { "none".into() },
+        network: if with_net {
+            format!(
+                "host-tcp-ports:{}",
+                net_ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            "none".into()
+        },
         degraded,
     };
     let upper = match &workspace {
@@ -561,7 +789,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         pid,
         pidfd,
         status_rd,
+        _lifeline: lifeline_wr,
         start,
+        t0,
         cgroup,
         report,
         placeholders: cleanup_placeholders.take(),
@@ -570,6 +800,14 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         out,
         err,
         notify,
+        tally: Tally {
+            net_ports: if with_net {
+                Some(net_ports.clone())
+            } else {
+                None
+            },
+            ..Tally::default()
+        },
         done: false,
     })
 }
@@ -584,9 +822,13 @@ fn fd_base() -> Result<i32, SandboxError> {
         .max()
         .unwrap_or(2);
     let base = max_open + 128;
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
     if (base as u64) + 64 > soft {
-        return Err(SandboxError::Spec(format!("too many open descriptors ({max_open}) for RLIMIT_NOFILE {soft}")));
+        return Err(SandboxError::Spec(format!(
+            "too many open descriptors ({max_open}) for RLIMIT_NOFILE {soft}"
+        )));
     }
     Ok(base)
 }
@@ -628,16 +870,35 @@ fn describe(n: &syscall::SeccompNotif) -> String {
         return format!("x32 syscall {}", nr & !0x4000_0000);
     }
     match nr {
-        libc::SYS_socket | libc::SYS_socketpair => format!("{}({})", crate::seccomp::syscall_name(nr), family_name(n.data.args[0] & 0xffff_ffff)),
+        libc::SYS_socket | libc::SYS_socketpair => format!(
+            "{}({})",
+            crate::seccomp::syscall_name(nr),
+            family_name(n.data.args[0] & 0xffff_ffff)
+        ),
         libc::SYS_ioctl => {
             let req = n.data.args[1] & 0xffff_ffff;
-            let name = crate::seccomp::DENIED_IOCTLS.iter().find(|(r, _)| *r == req).map(|(_, s)| *s).unwrap_or("?");
+            let name = crate::seccomp::DENIED_IOCTLS
+                .iter()
+                .find(|(r, _)| *r == req)
+                .map(|(_, s)| *s)
+                .unwrap_or("?");
             format!("ioctl({name})")
         }
         libc::SYS_clone | libc::SYS_unshare => {
-            let names: Vec<&str> =
-                crate::seccomp::NAMESPACE_FLAGS.iter().filter(|(f, _)| n.data.args[0] & f != 0).map(|(_, s)| *s).collect();
-            format!("{}({})", if nr == libc::SYS_clone { "clone" } else { "unshare" }, names.join("|"))
+            let names: Vec<&str> = crate::seccomp::NAMESPACE_FLAGS
+                .iter()
+                .filter(|(f, _)| n.data.args[0] & f != 0)
+                .map(|(_, s)| *s)
+                .collect();
+            format!(
+                "{}({})",
+                if nr == libc::SYS_clone {
+                    "clone"
+                } else {
+                    "unshare"
+                },
+                names.join("|")
+            )
         }
         _ => crate::seccomp::syscall_name(nr),
     }
@@ -653,39 +914,128 @@ fn native_arch() -> u32 {
     }
 }
 
-fn supervise(fd: OwnedFd, stop: Arc<AtomicBool>) -> Vec<Violation> {
-    let mut counts: BTreeMap<String, (usize, u32)> = BTreeMap::new();
-    let raw = fd.as_raw_fd();
-    let mut order = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        match syscall::poll_in(&[raw], 100) {
-            Ok(r) if r[0] => {}
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-        match syscall::notif_recv(raw) {
-            Ok(n) => {
-                let what = describe(&n);
-                let _ = syscall::notif_deny(raw, n.id, libc::EPERM);
-                let e = counts.entry(what).or_insert_with(|| {
-                    order += 1;
-                    (order, 0)
-                });
-                e.1 += 1;
+/// Blocked calls, counted in the order first seen.
+#[derive(Default)]
+struct Tally {
+    counts: BTreeMap<(String, String), (usize, u32)>,
+    /// TCP ports the sandbox may reach; `None`: no network at all.
+    net_ports: Option<Vec<u16>>,
+}
+
+impl Tally {
+    /// Answer one pending seccomp notification with EPERM and count it.
+    fn serve(&mut self, fd: RawFd) {
+        // An error is EINTR, or ENOENT: the caller died before we answered.
+        if let Ok(n) = syscall::notif_recv(fd) {
+            if n.data.arch == native_arch() && i64::from(n.data.nr) == libc::SYS_connect {
+                // Sent to us to be recorded, not decided: read the address,
+                // let the call go on, and count it if the sandbox refuses it.
+                let dest = read_sockaddr(&n).filter(|_| syscall::notif_id_valid(fd, n.id));
+                let _ = syscall::notif_continue(fd, n.id);
+                if let Some((ip, port)) = dest {
+                    if self.refused(ip, port) {
+                        let what = match ip {
+                            std::net::IpAddr::V4(a) => format!("connect {a}:{port}"),
+                            std::net::IpAddr::V6(a) => format!("connect [{a}]:{port}"),
+                        };
+                        self.count("network", what);
+                    }
+                }
+                return;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(_) => break,
+            let what = describe(&n);
+            let _ = syscall::notif_deny(fd, n.id, libc::EPERM);
+            self.count("syscall", what);
         }
     }
-    let mut v: Vec<(usize, Violation)> =
-        counts.into_iter().map(|(what, (o, count))| (o, Violation { kind: "syscall".into(), what, count })).collect();
-    v.sort_by_key(|(o, _)| *o);
-    v.into_iter().map(|(_, x)| x).collect()
+
+    fn count(&mut self, kind: &str, what: String) {
+        let next = self.counts.len();
+        self.counts
+            .entry((kind.to_string(), what))
+            .or_insert((next, 0))
+            .1 += 1;
+    }
+
+    /// Whether the sandbox refuses a TCP/UDP connection to `ip:port`: with
+    /// no network, anything but loopback (the sandbox's own); with a grant,
+    /// ports outside it (Landlock).
+    fn refused(&self, ip: std::net::IpAddr, port: u16) -> bool {
+        let loopback = match ip {
+            std::net::IpAddr::V4(a) => a.is_loopback(),
+            std::net::IpAddr::V6(a) => {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+            }
+        };
+        match &self.net_ports {
+            None => !loopback,
+            Some(ports) => !ports.contains(&port),
+        }
+    }
+
+    fn violations(&self) -> Vec<Violation> {
+        let mut v: Vec<(usize, Violation)> = self
+            .counts
+            .iter()
+            .map(|((kind, what), (o, count))| {
+                (
+                    *o,
+                    Violation {
+                        kind: kind.clone(),
+                        what: what.clone(),
+                        count: *count,
+                    },
+                )
+            })
+            .collect();
+        v.sort_by_key(|(o, _)| *o);
+        v.into_iter().map(|(_, x)| x).collect()
+    }
+}
+
+/// The IPv4/IPv6 destination of a notified `connect`, read from the
+/// caller's memory (`None` for other families or when it cannot be read).
+fn read_sockaddr(n: &syscall::SeccompNotif) -> Option<(std::net::IpAddr, u16)> {
+    use std::os::unix::fs::FileExt;
+    let len = (n.data.args[2] as usize).min(28);
+    if len < 8 {
+        return None;
+    }
+    let mem = std::fs::File::open(format!("/proc/{}/mem", n.pid)).ok()?;
+    let mut b = [0u8; 28];
+    mem.read_exact_at(&mut b[..len], n.data.args[1]).ok()?;
+    let family = i32::from(u16::from_ne_bytes([b[0], b[1]]));
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        libc::AF_INET => Some((std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]).into(), port)),
+        libc::AF_INET6 if len >= 24 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[8..24]);
+            Some((std::net::Ipv6Addr::from(a).into(), port))
+        }
+        _ => None,
+    }
+}
+
+/// Bytes in use on the filesystem holding `p` (0 when unknown).
+fn fs_used(p: &Path) -> u64 {
+    match rustix::fs::statvfs(p) {
+        Ok(s) => s
+            .f_blocks
+            .saturating_sub(s.f_bfree)
+            .saturating_mul(s.f_frsize),
+        Err(_) => 0,
+    }
 }
 
 fn upper_size(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(p).into_iter().filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum()
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 impl Running {
@@ -696,7 +1046,9 @@ impl Running {
 
     /// A handle to signal the command while another thread waits.
     pub fn signaller(&self) -> Signaller {
-        Signaller { pidfd: self.pidfd.clone() }
+        Signaller {
+            pidfd: self.pidfd.clone(),
+        }
     }
 
     /// What is applied (before the command finishes).
@@ -704,17 +1056,49 @@ impl Running {
         &self.report
     }
 
-    /// Wait for the command (enforcing the timeout and the disk limit),
-    /// collect what happened and clean up.
-    pub fn wait(mut self) -> Result<Outcome, SandboxError> {
+    /// Wait for the command (enforcing the timeout and the disk limit, and
+    /// answering its blocked system calls), collect what happened and clean
+    /// up. Call it promptly after [`spawn`]: a denied system call waits for
+    /// its answer until then.
+    pub fn wait(self) -> Result<Outcome, SandboxError> {
+        self.wait_inner(None)
+    }
+
+    /// Like [`Running::wait`], and forward `signals` (e.g. SIGINT, SIGTERM)
+    /// received by this process to the command instead of letting them act
+    /// on the caller. They are blocked in the calling thread meanwhile (so
+    /// call it from the thread that would receive them, e.g. the only one).
+    pub fn wait_forwarding(self, signals: &[i32]) -> Result<Outcome, SandboxError> {
+        let tap = syscall::SignalTap::new(signals)
+            .map_err(|e| SandboxError::io("blocking signals", e))?;
+        self.wait_inner(Some(&tap))
+    }
+
+    fn wait_inner(mut self, tap: Option<&syscall::SignalTap>) -> Result<Outcome, SandboxError> {
         let deadline = self.limits.timeout.map(|t| self.start + t);
-        let disk_watch = match (&self.upper, self.limits.disk) {
-            (Some(u), Some(max)) => Some((u.clone(), max)),
+        // The disk cap: statvfs of the upper dir's filesystem is cheap and
+        // counts dirty (not yet written) data, so it is checked every 5 ms;
+        // when the filesystem grew by more than the cap since the last
+        // baseline, the upper dir itself is measured.
+        let mut disk_watch = match (&self.upper, self.limits.disk) {
+            (Some(u), Some(max)) => {
+                let base = fs_used(u).saturating_sub(upper_size(u));
+                Some((u.clone(), max, base))
+            }
             _ => None,
         };
         let mut timed_out = false;
         let mut disk_hit = false;
         let raw = self.pidfd.as_raw_fd();
+        let mut fds = vec![raw];
+        let notify_at = self.notify.as_ref().map(|n| {
+            fds.push(n.as_raw_fd());
+            fds.len() - 1
+        });
+        let tap_at = tap.map(|t| {
+            fds.push(t.raw());
+            fds.len() - 1
+        });
         loop {
             let now = Instant::now();
             let mut tick: i32 = -1;
@@ -727,25 +1111,50 @@ impl Running {
                 tick = (d - now).as_millis().min(i32::MAX as u128) as i32 + 1;
             }
             if disk_watch.is_some() {
-                tick = if tick < 0 { 250 } else { tick.min(250) };
+                tick = if tick < 0 { 5 } else { tick.min(5) };
             }
-            match syscall::poll_in(&[raw], tick) {
-                Ok(r) if r[0] => break,
-                Ok(_) => {}
+            match syscall::poll_revents(&fds, tick) {
+                Ok(r) if r[0] != 0 => break,
+                Ok(r) => {
+                    if let (Some(i), Some(n)) = (notify_at, &self.notify) {
+                        if r[i] & libc::POLLIN != 0 {
+                            self.tally.serve(n.as_raw_fd());
+                        }
+                    }
+                    if let (Some(i), Some(t)) = (tap_at, tap) {
+                        if r[i] != 0 {
+                            while let Some(sig) = t.next() {
+                                let _ = syscall::pidfd_signal(raw, sig);
+                            }
+                        }
+                    }
+                }
                 Err(e) => return Err(SandboxError::io("waiting for the sandbox", e)),
             }
-            if let Some((u, max)) = &disk_watch {
-                if upper_size(u) > *max {
-                    disk_hit = true;
-                    let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
-                    break;
+            if let Some((u, max, base)) = &mut disk_watch {
+                let used = fs_used(u);
+                if used.saturating_sub(*base) > *max {
+                    let size = upper_size(u);
+                    if size > *max {
+                        disk_hit = true;
+                        let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
+                        break;
+                    }
+                    // Someone else wrote to the filesystem: new baseline.
+                    *base = used.saturating_sub(size);
                 }
             }
         }
-        let reaped = syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
+        let reaped =
+            syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
+        tracing::debug!(us = self.t0.elapsed().as_micros() as u64, "reaped");
         let duration = self.start.elapsed();
         let mut st = [0u8; 4];
-        let mut f = std::fs::File::from(self.status_rd.try_clone().map_err(|e| SandboxError::io("dup", e))?);
+        let mut f = std::fs::File::from(
+            self.status_rd
+                .try_clone()
+                .map_err(|e| SandboxError::io("dup", e))?,
+        );
         let status = match f.read_exact(&mut st) {
             Ok(()) => Some(i32::from_ne_bytes(st)),
             Err(_) => None,
@@ -756,9 +1165,15 @@ impl Running {
                 tracing::warn!("cgroup cleanup: {e}");
             }
         }
+        tracing::debug!(
+            us = self.start.elapsed().as_micros() as u64,
+            "cgroup removed"
+        );
         mounts::remove_placeholders(&self.placeholders);
 
-        let cpu_used = Duration::from_secs(reaped.rusage.ru_utime.tv_sec as u64 + reaped.rusage.ru_stime.tv_sec as u64);
+        let cpu_used = Duration::from_secs(
+            reaped.rusage.ru_utime.tv_sec as u64 + reaped.rusage.ru_stime.tv_sec as u64,
+        );
         let kind = if timed_out {
             ExitKind::Timeout
         } else if disk_hit {
@@ -779,7 +1194,9 @@ impl Running {
                     let sig = libc::WTERMSIG(s);
                     match sig {
                         libc::SIGXCPU => ExitKind::CpuLimit,
-                        libc::SIGKILL if self.limits.cpu_time.is_some_and(|c| cpu_used >= c) => ExitKind::CpuLimit,
+                        libc::SIGKILL if self.limits.cpu_time.is_some_and(|c| cpu_used >= c) => {
+                            ExitKind::CpuLimit
+                        }
                         libc::SIGXFSZ => ExitKind::DiskLimit,
                         _ if stats.pids_hit => ExitKind::PidsLimit,
                         _ => ExitKind::Signaled(sig),
@@ -794,18 +1211,32 @@ impl Running {
                 }
             }
         };
-        let violations = match self.notify.take() {
-            Some((stop, h)) => {
-                stop.store(true, Ordering::Relaxed);
-                h.join().unwrap_or_default()
-            }
-            None => vec![],
-        };
-        let stdout = self.out.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        let stderr = self.err.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        let peak_memory = stats.peak_memory.or_else(|| u64::try_from(reaped.rusage.ru_maxrss).ok().map(|k| k * 1024));
+        let violations = self.tally.violations();
+        let stdout = self
+            .out
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let stderr = self
+            .err
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let peak_memory = stats.peak_memory.or_else(|| {
+            u64::try_from(reaped.rusage.ru_maxrss)
+                .ok()
+                .map(|k| k * 1024)
+        });
         self.done = true;
-        Ok(Outcome { status: kind, duration, peak_memory, report: self.report.clone(), violations, stdout, stderr })
+        Ok(Outcome {
+            status: kind,
+            duration,
+            peak_memory,
+            report: self.report.clone(),
+            violations,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -815,9 +1246,6 @@ impl Drop for Running {
             // Dropped without wait(): kill and reap so nothing outlives us.
             let _ = syscall::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
             let _ = syscall::wait_pidfd(self.pidfd.as_raw_fd());
-            if let Some((stop, _)) = &self.notify {
-                stop.store(true, Ordering::Relaxed);
-            }
             mounts::remove_placeholders(&self.placeholders);
         }
     }

@@ -24,7 +24,11 @@ mod tests {
         let fd = f.as_raw_fd();
         rustix::io::fcntl_setfd(&f, rustix::io::FdFlags::empty()).unwrap();
         let mut spec = SandboxSpec::new(
-            vec!["/bin/sh".into(), "-c".into(), format!("ls /proc/self/fd; cat /proc/self/fd/{fd} 2>&1; ls /proc/1/fd 2>&1; true")],
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("ls /proc/self/fd; cat /proc/self/fd/{fd} 2>&1; ls /proc/1/fd 2>&1; true"),
+            ],
             "/".into(),
         );
         spec.stdio = StdioMode::Capture { max_bytes: 1 << 16 };
@@ -37,7 +41,10 @@ mod tests {
         };
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(!text.contains("host-only"), "{text}");
-        let fds: Vec<&str> = text.lines().take_while(|l| l.chars().all(|c| c.is_ascii_digit())).collect();
+        let fds: Vec<&str> = text
+            .lines()
+            .take_while(|l| l.chars().all(|c| c.is_ascii_digit()))
+            .collect();
         // 0,1,2 and the fd ls itself opened to list the directory.
         assert!(fds.len() <= 4, "descriptors visible inside: {fds:?}");
         assert!(!fds.contains(&fd.to_string().as_str()) || fd <= 3, "{text}");

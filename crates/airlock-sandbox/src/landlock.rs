@@ -10,7 +10,9 @@
 
 use std::os::fd::OwnedFd;
 
-use landlock::{Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, Scope, ABI};
+use landlock::{
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, Scope, ABI,
+};
 
 /// `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON`: keep audit logging of denials
 /// after `execve` (ABI ≥ 7; off by default in the kernel).
@@ -103,24 +105,39 @@ pub fn create(abi: i32, net: bool) -> Result<Setup, String> {
     let mut net_handled = false;
     if net {
         if abi >= 4 {
-            rs = rs.handle_access(AccessNet::from_all(ABI::V4)).map_err(|e| e.to_string())?;
+            rs = rs
+                .handle_access(AccessNet::from_all(ABI::V4))
+                .map_err(|e| e.to_string())?;
             net_handled = true;
         } else {
-            missing.push(format!("TCP port rules need Landlock ABI 4 (kernel has {abi})"));
+            missing.push(format!(
+                "TCP port rules need Landlock ABI 4 (kernel has {abi})"
+            ));
         }
     }
     let mut scopes = Vec::new();
     if abi >= 6 {
-        rs = rs.scope(Scope::from_all(ABI::V6)).map_err(|e| e.to_string())?;
+        rs = rs
+            .scope(Scope::from_all(ABI::V6))
+            .map_err(|e| e.to_string())?;
         scopes = vec!["abstract-unix-socket".to_string(), "signal".to_string()];
     } else {
-        missing.push(format!("abstract Unix socket and signal scoping need Landlock ABI 6 (kernel has {abi})"));
+        missing.push(format!(
+            "abstract Unix socket and signal scoping need Landlock ABI 6 (kernel has {abi})"
+        ));
     }
     let created = rs.create().map_err(|e| e.to_string())?;
     let fd: Option<OwnedFd> = created.into();
     let ruleset = fd.ok_or_else(|| "Landlock ruleset was not created".to_string())?;
     let restrict_flags = if abi >= 7 { LOG_NEW_EXEC_ON } else { 0 };
-    Ok(Setup { abi, scopes, net: net_handled, missing, ruleset, restrict_flags })
+    Ok(Setup {
+        abi,
+        scopes,
+        net: net_handled,
+        missing,
+        ruleset,
+        restrict_flags,
+    })
 }
 
 #[cfg(test)]

@@ -23,8 +23,53 @@
 //! # Ok::<(), airlock_sandbox::SandboxError>(())
 //! ```
 //!
+//! # Architecture
+//!
+//! **Bird's-eye view.** [`spawn`] turns a [`SandboxSpec`] into a
+//! `ChildPlan`: every C string, pointer array, mount operation, Landlock
+//! rule, rlimit and BPF program the child will need, prepared in the parent.
+//! One `clone3` (all namespace flags, `CLONE_PIDFD`) starts the sandbox's
+//! init, which only makes raw system calls on that plan (it is a forked copy
+//! of a possibly multi-threaded process: no allocation, no locks, not even
+//! glibc's `set*id` wrappers, which wait for threads that do not exist in
+//! the copy). The parent writes the uid/gid maps, releases the child with a
+//! byte on a pipe, joins the cgroup meanwhile, and learns of success when
+//! the close-on-exec error pipe reaches end-of-file (or reads the failed
+//! step and errno from it). Init builds the root, applies rlimits,
+//! `NO_NEW_PRIVS`, Landlock, drops capabilities, installs seccomp (passing
+//! the notification listener back over a socket), forks the command
+//! (`setsid`, stdio, `close_range`, `execve`) and then only forwards signals
+//! and reports the command's wait status. [`Running::wait`] polls the pidfd,
+//! the seccomp listener (answering and counting blocked calls) and, with
+//! [`Running::wait_forwarding`], a signalfd; it enforces the timeout and the
+//! disk cap, then builds the [`Outcome`].
+//!
+//! **Code map.**
+//! - `exec.rs`: the orchestration above; [`spawn`], [`run`], [`Running`].
+//! - `syscall.rs`: every `unsafe` block: the child's code (`child_main`,
+//!   `command_main`), raw wrappers (pidfd, waitid, seccomp notifications,
+//!   signalfd) and [`peer_pidfd`] for the broker.
+//! - `mounts.rs`: the mount plan, the Landlock table that mirrors it, the
+//!   protected-path walk and placeholders.
+//! - `landlock.rs`, `seccomp.rs`, `limits.rs`, `env.rs`, `fd_cleanup.rs`:
+//!   one mechanism each. `probe.rs` backs `airlock doctor`; `profile.rs`
+//!   the named profiles shared with the broker.
+//!
+//! **Invariants.**
+//! - Nothing between `clone3` and `execve` allocates, locks or returns.
+//! - Host paths are opened once, by the child in its own mount namespace
+//!   with `RESOLVE_NO_SYMLINKS`, and mounted through `/proc/self/fd/N`.
+//! - The uid map never maps host root; as root the child switches to an
+//!   unprivileged uid before it mounts anything.
+//! - A layer that cannot be applied is an error unless the caller listed it
+//!   in [`SandboxSpec::allow_degraded`]; every degradation is in
+//!   [`LayerReport::degraded`].
+//! - When init exits, for whatever reason, the kernel kills everything in
+//!   the pid namespace; init exits when the command does, when the caller's
+//!   lifeline pipe hangs up, or when it is killed (timeout, drop).
+//!
 //! The only `unsafe` code of the project lives in the private `syscall`
-//! module.
+//! module, each block with a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -48,6 +93,7 @@ pub use env::scrub_env;
 pub use exec::{run, spawn, Running, Signaller};
 pub use probe::{probe, Check, Probe};
 pub use profile::Profile;
+pub use syscall::peer_pidfd;
 
 /// How the workspace is visible inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,21 +128,37 @@ pub struct WorkspaceMount {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Memory in bytes (cgroup memory limit, else `RLIMIT_DATA`).
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<u64>,
     /// Number of processes/threads (cgroup pids.max, else `RLIMIT_NPROC`
     /// in the sandbox's own user namespace).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
     /// CPU time per process (`RLIMIT_CPU`).
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu_time: Option<Duration>,
     /// Wall-clock time; the whole sandbox is killed when it runs out.
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Largest file the command may write (`RLIMIT_FSIZE`), and the cap on
     /// the total size of the staging upper dir (checked while it runs).
-    #[serde(default)]
+    #[serde(
+        default,
+        with = "limits::serde_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disk: Option<u64>,
 }
 
@@ -118,7 +180,13 @@ pub enum Layer {
 
 impl Layer {
     /// All layers, for help texts.
-    pub const ALL: &'static [Layer] = &[Layer::Landlock, Layer::Seccomp, Layer::Overlay, Layer::ProtectedPaths, Layer::Limits];
+    pub const ALL: &'static [Layer] = &[
+        Layer::Landlock,
+        Layer::Seccomp,
+        Layer::Overlay,
+        Layer::ProtectedPaths,
+        Layer::Limits,
+    ];
 
     /// The kebab-case name used on the command line and in records.
     pub fn as_str(self) -> &'static str {
@@ -265,11 +333,26 @@ impl ExitKind {
         match self {
             ExitKind::Exited(_) => None,
             ExitKind::Signaled(s) => Some(format!("command killed by signal {s}")),
-            ExitKind::Timeout => Some(format!("timed out after {:?}; the whole sandbox was killed", limits.timeout.unwrap_or_default())),
-            ExitKind::MemoryLimit => Some(format!("killed: memory limit of {} bytes reached", limits.memory.unwrap_or(0))),
-            ExitKind::PidsLimit => Some(format!("process limit of {} reached", limits.pids.unwrap_or(0))),
-            ExitKind::CpuLimit => Some(format!("killed: CPU time limit of {:?} reached", limits.cpu_time.unwrap_or_default())),
-            ExitKind::DiskLimit => Some(format!("killed: disk limit of {} bytes reached", limits.disk.unwrap_or(0))),
+            ExitKind::Timeout => Some(format!(
+                "timed out after {:?}; the whole sandbox was killed",
+                limits.timeout.unwrap_or_default()
+            )),
+            ExitKind::MemoryLimit => Some(format!(
+                "killed: memory limit of {} bytes reached",
+                limits.memory.unwrap_or(0)
+            )),
+            ExitKind::PidsLimit => Some(format!(
+                "process limit of {} reached",
+                limits.pids.unwrap_or(0)
+            )),
+            ExitKind::CpuLimit => Some(format!(
+                "killed: CPU time limit of {:?} reached",
+                limits.cpu_time.unwrap_or_default()
+            )),
+            ExitKind::DiskLimit => Some(format!(
+                "killed: disk limit of {} bytes reached",
+                limits.disk.unwrap_or(0)
+            )),
         }
     }
 }
@@ -304,7 +387,7 @@ pub struct LayerReport {
     pub seccomp: bool,
     /// Whether blocked system calls are reported (seccomp user notification).
     pub seccomp_notify: bool,
-    /// `cgroup-v2`, `cgroup-v1` or `rlimit`.
+    /// `cgroup-v2`, `cgroup-v1`, `rlimit`, or `none` (no limits asked for).
     pub limits_mechanism: String,
     /// How the workspace was mounted (`staged-overlay`, `write-through`,
     /// `read-only`, `none`).
@@ -333,8 +416,16 @@ pub fn summarize_violations(v: &[Violation]) -> Option<String> {
     if v.is_empty() {
         return None;
     }
-    let parts: Vec<String> =
-        v.iter().map(|x| if x.count > 1 { format!("{} (x{})", x.what, x.count) } else { x.what.clone() }).collect();
+    let parts: Vec<String> = v
+        .iter()
+        .map(|x| {
+            if x.count > 1 {
+                format!("{} (x{})", x.what, x.count)
+            } else {
+                x.what.clone()
+            }
+        })
+        .collect();
     Some(format!("blocked: {}", parts.join(", ")))
 }
 
@@ -384,28 +475,36 @@ pub enum SandboxError {
         hint: String,
     },
     /// Setting up the sandbox failed at a named step.
-    #[error("sandbox setup failed at {step}: {source}")]
+    #[error("sandbox setup failed at {step}: {error}")]
     Setup {
         /// The step.
         step: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The command could not be executed inside the sandbox.
-    #[error("cannot execute {cmd:?} in the sandbox: {source}")]
+    #[error("cannot execute {cmd:?} in the sandbox: {error}")]
     Exec {
-        /// argv[0].
+        /// `argv[0]`.
         cmd: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// A config file (profiles) cannot be read or is malformed.
+    #[error("{path}: {why}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
     },
     /// Host-side I/O failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What we were doing.
         what: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -413,13 +512,18 @@ impl SandboxError {
     /// The API error code.
     pub fn code(&self) -> airlock_core::ErrorCode {
         match self {
-            SandboxError::Spec(_) => airlock_core::ErrorCode::InvalidValue,
+            SandboxError::Spec(_) | SandboxError::Config { .. } => {
+                airlock_core::ErrorCode::InvalidValue
+            }
             SandboxError::Exec { .. } => airlock_core::ErrorCode::NotFound,
             _ => airlock_core::ErrorCode::SandboxUnavailable,
         }
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> SandboxError {
-        SandboxError::Io { what: what.into(), source }
+        SandboxError::Io {
+            what: what.into(),
+            error: source,
+        }
     }
 }

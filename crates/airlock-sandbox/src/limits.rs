@@ -87,7 +87,9 @@ fn v2_parent() -> Option<PathBuf> {
 
 fn v1_dir(controller: &str) -> Option<PathBuf> {
     let own = own_cgroup(controller)?;
-    let dir = Path::new(V1_ROOT).join(controller).join(own.trim_start_matches('/'));
+    let dir = Path::new(V1_ROOT)
+        .join(controller)
+        .join(own.trim_start_matches('/'));
     if dir.join("cgroup.procs").exists() && writable(&dir) {
         Some(dir)
     } else {
@@ -135,7 +137,12 @@ impl RunCgroup {
     /// Create `airlock-<name>` cgroups and set the limits.
     pub fn create(mechanism: Mechanism, name: &str, limits: &Limits) -> Result<RunCgroup, String> {
         let leaf = format!("airlock-{name}");
-        let mut cg = RunCgroup { mechanism, memory: None, pids: None, removed: false };
+        let mut cg = RunCgroup {
+            mechanism,
+            memory: None,
+            pids: None,
+            removed: false,
+        };
         match mechanism {
             Mechanism::Rlimit => return Err("no cgroup mechanism".into()),
             Mechanism::CgroupV2 => {
@@ -153,10 +160,14 @@ impl RunCgroup {
                 }
             }
             Mechanism::CgroupV1 => {
-                let md = v1_dir("memory").ok_or("cgroup v1 memory controller not writable")?.join(&leaf);
+                let md = v1_dir("memory")
+                    .ok_or("cgroup v1 memory controller not writable")?
+                    .join(&leaf);
                 fs::create_dir(&md).map_err(|e| format!("mkdir {}: {e}", md.display()))?;
                 cg.memory = Some(md.clone());
-                let pd = v1_dir("pids").ok_or("cgroup v1 pids controller not writable")?.join(&leaf);
+                let pd = v1_dir("pids")
+                    .ok_or("cgroup v1 pids controller not writable")?
+                    .join(&leaf);
                 fs::create_dir(&pd).map_err(|e| format!("mkdir {}: {e}", pd.display()))?;
                 cg.pids = Some(pd.clone());
                 if let Some(m) = limits.memory {
@@ -187,6 +198,28 @@ impl RunCgroup {
         v
     }
 
+    /// For cgroup v1: the `tasks` files, opened for writing. The sandbox's
+    /// init writes `0` to each to move itself: a single thread moving
+    /// itself skips the global threadgroup lock, whose write side waits for
+    /// an RCU grace period (~10 ms) when a pid is written to `cgroup.procs`.
+    /// The kernel checks the opener's credentials, so the child may do it
+    /// after giving up its own. `None` for v2.
+    pub fn self_join_files(&self) -> Result<Option<Vec<std::fs::File>>, String> {
+        if self.mechanism != Mechanism::CgroupV1 {
+            return Ok(None);
+        }
+        let mut v = vec![];
+        for d in self.dirs() {
+            let p = d.join("tasks");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(|e| format!("open {}: {e}", p.display()))?;
+            v.push(f);
+        }
+        Ok(Some(v))
+    }
+
     /// Move `pid` into the cgroup(s).
     pub fn add(&self, pid: i32) -> Result<(), String> {
         for d in self.dirs() {
@@ -198,10 +231,15 @@ impl RunCgroup {
     /// Read peak memory and whether limits were hit.
     pub fn stats(&self) -> CgroupStats {
         let mut s = CgroupStats::default();
-        let num = |p: PathBuf| fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        let num = |p: PathBuf| {
+            fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
         let kv = |p: PathBuf, key: &str| -> Option<u64> {
             let t = fs::read_to_string(p).ok()?;
-            t.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().parse().ok()))
+            t.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().parse().ok()))
         };
         if let Some(m) = &self.memory {
             match self.mechanism {
@@ -326,8 +364,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             (&s[..i], m)
         }
     };
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (use e.g. 512M, 2G)"))?;
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("bad size {s:?}"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (use e.g. 512M, 2G)"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("bad size {s:?}"))
 }
 
 /// Parse a duration like `30s`, `10m`, `1h`, `500ms`, `90` (seconds).
@@ -347,6 +389,72 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(d)
+}
+
+/// Serde for optional sizes: an integer of bytes or a string like `512M`.
+pub mod serde_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+
+    /// Serialize as a plain number of bytes.
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_u64(*n),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Accept `1073741824` or `"1G"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::N(n)) => Ok(Some(n)),
+            Some(Raw::S(t)) => super::parse_size(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Serde for optional durations: a string like `30s`, `10m`, `500ms`, or
+/// an integer of seconds. Serialized as a string (`"30s"`, `"1500ms"`).
+pub mod serde_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+
+    /// `"30s"` for whole seconds, else `"1500ms"`.
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) if d.subsec_millis() == 0 => s.serialize_str(&format!("{}s", d.as_secs())),
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Accept `30` (seconds) or `"30s"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::N(n)) => Ok(Some(Duration::from_secs(n))),
+            Some(Raw::S(t)) => super::parse_duration(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -377,14 +485,22 @@ mod tests {
 
     #[test]
     fn rlimit_table() {
-        let l = Limits { memory: Some(1 << 20), pids: Some(5), cpu_time: Some(Duration::from_secs(2)), timeout: None, disk: Some(4096) };
+        let l = Limits {
+            memory: Some(1 << 20),
+            pids: Some(5),
+            cpu_time: Some(Duration::from_secs(2)),
+            timeout: None,
+            disk: Some(4096),
+        };
         let r = rlimits(&l, Mechanism::Rlimit);
         assert!(r.contains(&(libc::RLIMIT_DATA as i32, 1 << 20, 1 << 20)));
         assert!(r.contains(&(libc::RLIMIT_NPROC as i32, 6, 6)));
         assert!(r.contains(&(libc::RLIMIT_CPU as i32, 2, 3)));
         assert!(r.contains(&(libc::RLIMIT_FSIZE as i32, 4096, 4096)));
         let r = rlimits(&l, Mechanism::CgroupV1);
-        assert!(!r.iter().any(|x| x.0 == libc::RLIMIT_DATA as i32 || x.0 == libc::RLIMIT_NPROC as i32));
+        assert!(!r
+            .iter()
+            .any(|x| x.0 == libc::RLIMIT_DATA as i32 || x.0 == libc::RLIMIT_NPROC as i32));
     }
 
     #[test]
@@ -394,8 +510,13 @@ mod tests {
             eprintln!("SKIPPED: no writable cgroup here (not root or not delegated)");
             return;
         }
-        let l = Limits { memory: Some(64 << 20), pids: Some(10), ..Default::default() };
-        let mut cg = RunCgroup::create(m, &format!("test-{}", std::process::id()), &l).expect("create");
+        let l = Limits {
+            memory: Some(64 << 20),
+            pids: Some(10),
+            ..Default::default()
+        };
+        let mut cg =
+            RunCgroup::create(m, &format!("test-{}", std::process::id()), &l).expect("create");
         let dirs: Vec<PathBuf> = cg.dirs().into_iter().cloned().collect();
         assert!(dirs.iter().all(|d| d.exists()));
         let st = cg.stats();

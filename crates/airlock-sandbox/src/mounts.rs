@@ -28,7 +28,9 @@ use crate::{SandboxError, WorkspaceMode};
 pub(crate) const NEWROOT: &str = "/tmp";
 
 /// System directories bound read-only when present.
-pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"];
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
+];
 
 /// Files under `/etc` masked with an empty file.
 pub const MASKED_FILES: &[&str] = &[
@@ -47,7 +49,7 @@ pub const MASKED_DIRS: &[&str] = &["/etc/sudoers.d", "/etc/ssl/private"];
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Bound on the protected-path walk (directory entries visited).
-pub const WALK_LIMIT: usize = 200_000;
+pub const WALK_LIMIT: usize = 1_000_000;
 
 /// Landlock class of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +74,13 @@ pub(crate) struct RootPlan {
     /// Mount sources (host paths) the child opens as `/proc/self/fd/N`,
     /// `N = fd_base + index`.
     pub srcs: Vec<CString>,
+    /// Indexes in `srcs` to clone with `open_tree` (see `Builder::bind`).
+    pub src_clone: Vec<usize>,
 }
 
 fn cs(p: impl AsRef<Path>) -> Result<CString, SandboxError> {
-    CString::new(p.as_ref().as_os_str().as_bytes()).map_err(|_| SandboxError::Spec(format!("{}: contains NUL", p.as_ref().display())))
+    CString::new(p.as_ref().as_os_str().as_bytes())
+        .map_err(|_| SandboxError::Spec(format!("{}: contains NUL", p.as_ref().display())))
 }
 
 fn nr(p: &Path) -> PathBuf {
@@ -96,6 +101,10 @@ pub(crate) struct RootInputs<'a> {
     pub chown_to: Option<(u32, u32)>,
     /// First descriptor number for mount sources in the child.
     pub fd_base: i32,
+    /// A descriptor (inherited by the child) holding an idmapped detached
+    /// clone of the workspace, to use instead of the workspace path (see
+    /// `syscall::idmapped_tree`).
+    pub ws_tree: Option<i32>,
 }
 
 struct Builder {
@@ -113,7 +122,13 @@ impl Builder {
         let mut cur = PathBuf::from("/");
         for c in inside.components().skip(1) {
             cur.push(c);
-            self.op(MountOp::Mkdir { path: cs(nr(&cur))?, mode: 0o755 }, format!("mkdir {}", cur.display()));
+            self.op(
+                MountOp::Mkdir {
+                    path: cs(nr(&cur))?,
+                    mode: 0o755,
+                },
+                format!("mkdir {}", cur.display()),
+            );
         }
         Ok(())
     }
@@ -125,7 +140,12 @@ impl Builder {
             if let Some(parent) = inside.parent() {
                 self.mkdir_p(parent)?;
             }
-            self.op(MountOp::Touch { path: cs(nr(inside))? }, format!("create mount point {}", inside.display()));
+            self.op(
+                MountOp::Touch {
+                    path: cs(nr(inside))?,
+                },
+                format!("create mount point {}", inside.display()),
+            );
             Ok(())
         }
     }
@@ -137,19 +157,54 @@ impl Builder {
     }
 
     fn bind(&mut self, host: &Path, inside: &Path, ro: bool) -> Result<(), SandboxError> {
-        let src = self.fd_src(host)?;
-        self.op(MountOp::Bind { src, dst: cs(nr(inside))? }, format!("bind {} -> {}", host.display(), inside.display()));
-        if ro {
-            self.op(MountOp::ReadOnly { path: cs(nr(inside))?, recursive: true }, format!("make {} read-only", inside.display()));
+        if Path::new(NEWROOT).starts_with(host) {
+            // The new root's tmpfs covers this directory: a bind through
+            // its descriptor would find the tmpfs on top. Clone the tree
+            // (open_tree) before that mount instead and move it in.
+            let fd = self.fd_base + self.plan.srcs.len() as i32;
+            self.plan.srcs.push(cs(host)?);
+            self.plan.src_clone.push(self.plan.srcs.len() - 1);
+            self.op(
+                MountOp::MoveTree {
+                    fd,
+                    dst: cs(nr(inside))?,
+                },
+                format!("bind {} -> {}", host.display(), inside.display()),
+            );
         } else {
-            self.op(MountOp::NoSuid { path: cs(nr(inside))? }, format!("make {} nosuid", inside.display()));
+            let src = self.fd_src(host)?;
+            self.op(
+                MountOp::Bind {
+                    src,
+                    dst: cs(nr(inside))?,
+                },
+                format!("bind {} -> {}", host.display(), inside.display()),
+            );
+        }
+        if ro {
+            self.op(
+                MountOp::ReadOnly {
+                    path: cs(nr(inside))?,
+                    recursive: true,
+                },
+                format!("make {} read-only", inside.display()),
+            );
+        } else {
+            self.op(
+                MountOp::NoSuid {
+                    path: cs(nr(inside))?,
+                },
+                format!("make {} nosuid", inside.display()),
+            );
         }
         Ok(())
     }
 }
 
 fn is_dir(p: &Path) -> Result<bool, SandboxError> {
-    std::fs::metadata(p).map(|m| m.is_dir()).map_err(|e| SandboxError::io(format!("stat {}", p.display()), e))
+    std::fs::metadata(p)
+        .map(|m| m.is_dir())
+        .map_err(|e| SandboxError::io(format!("stat {}", p.display()), e))
 }
 
 /// Build the plan.
@@ -162,38 +217,91 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
             protected_mounted: vec![],
             placeholders: vec![],
             srcs: vec![],
+            src_clone: vec![],
         },
         fd_base: inp.fd_base,
     };
     b.op(MountOp::MakePrivate, "make mounts private".into());
     b.op(
-        MountOp::Tmpfs { target: cs(NEWROOT)?, opts: cs("mode=0755,size=16m")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+        MountOp::Tmpfs {
+            target: cs(NEWROOT)?,
+            opts: cs("mode=0755,size=16m")?,
+            flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
+        },
         "mount tmpfs root".into(),
     );
-    b.op(MountOp::WriteFile { path: cs(nr(Path::new("/.empty")))?, data: vec![], mode: 0o444 }, "create empty file".into());
-    b.op(MountOp::Mkdir { path: cs(nr(Path::new("/.emptydir")))?, mode: 0o555 }, "create empty dir".into());
-    b.plan.landlock.push((PathBuf::from("/"), Access::ListOnly, true));
+    b.op(
+        MountOp::WriteFile {
+            path: cs(nr(Path::new("/.empty")))?,
+            data: vec![],
+            mode: 0o444,
+        },
+        "create empty file".into(),
+    );
+    b.op(
+        MountOp::Mkdir {
+            path: cs(nr(Path::new("/.emptydir")))?,
+            mode: 0o555,
+        },
+        "create empty dir".into(),
+    );
+    b.plan
+        .landlock
+        .push((PathBuf::from("/"), Access::ListOnly, true));
 
     // System directories.
     for d in SYSTEM_DIRS {
         let p = Path::new(d);
-        let Ok(md) = std::fs::symlink_metadata(p) else { continue };
+        let Ok(md) = std::fs::symlink_metadata(p) else {
+            continue;
+        };
         if md.file_type().is_symlink() {
-            let target = std::fs::read_link(p).map_err(|e| SandboxError::io(format!("readlink {d}"), e))?;
-            b.op(MountOp::Symlink { target: cs(&target)?, link: cs(nr(p))? }, format!("symlink {d}"));
+            let target =
+                std::fs::read_link(p).map_err(|e| SandboxError::io(format!("readlink {d}"), e))?;
+            b.op(
+                MountOp::Symlink {
+                    target: cs(&target)?,
+                    link: cs(nr(p))?,
+                },
+                format!("symlink {d}"),
+            );
         } else if md.is_dir() {
-            b.op(MountOp::Mkdir { path: cs(nr(p))?, mode: 0o755 }, format!("mkdir {d}"));
+            b.op(
+                MountOp::Mkdir {
+                    path: cs(nr(p))?,
+                    mode: 0o755,
+                },
+                format!("mkdir {d}"),
+            );
             let src = cs(p)?;
-            b.op(MountOp::Bind { src, dst: cs(nr(p))? }, format!("bind {d}"));
+            b.op(
+                MountOp::Bind {
+                    src,
+                    dst: cs(nr(p))?,
+                },
+                format!("bind {d}"),
+            );
             if *d == "/etc" {
                 for f in MASKED_FILES {
                     if Path::new(f).is_file() {
-                        b.op(MountOp::Bind { src: cs(nr(Path::new("/.empty")))?, dst: cs(nr(Path::new(f)))? }, format!("mask {f}"));
+                        b.op(
+                            MountOp::Bind {
+                                src: cs(nr(Path::new("/.empty")))?,
+                                dst: cs(nr(Path::new(f)))?,
+                            },
+                            format!("mask {f}"),
+                        );
                     }
                 }
                 for f in MASKED_DIRS {
                     if Path::new(f).is_dir() {
-                        b.op(MountOp::Bind { src: cs(nr(Path::new("/.emptydir")))?, dst: cs(nr(Path::new(f)))? }, format!("mask {f}"));
+                        b.op(
+                            MountOp::Bind {
+                                src: cs(nr(Path::new("/.emptydir")))?,
+                                dst: cs(nr(Path::new(f)))?,
+                            },
+                            format!("mask {f}"),
+                        );
                     }
                 }
                 if let Ok(rd) = std::fs::read_dir("/etc/ssh") {
@@ -202,30 +310,76 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                         let n = name.to_string_lossy();
                         if n.starts_with("ssh_host_") && n.ends_with("_key") {
                             let f = Path::new("/etc/ssh").join(&*n);
-                            b.op(MountOp::Bind { src: cs(nr(Path::new("/.empty")))?, dst: cs(nr(&f))? }, format!("mask {}", f.display()));
+                            b.op(
+                                MountOp::Bind {
+                                    src: cs(nr(Path::new("/.empty")))?,
+                                    dst: cs(nr(&f))?,
+                                },
+                                format!("mask {}", f.display()),
+                            );
                         }
                     }
                 }
                 if let Some(data) = &inp.hosts_file {
-                    b.op(MountOp::WriteFile { path: cs(nr(Path::new("/.hosts")))?, data: data.clone(), mode: 0o444 }, "write hosts file".into());
-                    b.op(MountOp::Bind { src: cs(nr(Path::new("/.hosts")))?, dst: cs(nr(Path::new("/etc/hosts")))? }, "bind /etc/hosts".into());
+                    b.op(
+                        MountOp::WriteFile {
+                            path: cs(nr(Path::new("/.hosts")))?,
+                            data: data.clone(),
+                            mode: 0o444,
+                        },
+                        "write hosts file".into(),
+                    );
+                    b.op(
+                        MountOp::Bind {
+                            src: cs(nr(Path::new("/.hosts")))?,
+                            dst: cs(nr(Path::new("/etc/hosts")))?,
+                        },
+                        "bind /etc/hosts".into(),
+                    );
                 }
             }
-            b.op(MountOp::ReadOnly { path: cs(nr(p))?, recursive: true }, format!("make {d} read-only"));
+            b.op(
+                MountOp::ReadOnly {
+                    path: cs(nr(p))?,
+                    recursive: true,
+                },
+                format!("make {d} read-only"),
+            );
             b.plan.landlock.push((p.to_path_buf(), Access::Ro, true));
         }
     }
 
     // /proc
-    b.op(MountOp::Mkdir { path: cs(nr(Path::new("/proc")))?, mode: 0o555 }, "mkdir /proc".into());
-    b.op(MountOp::Proc { target: cs(nr(Path::new("/proc")))? }, "mount /proc".into());
+    b.op(
+        MountOp::Mkdir {
+            path: cs(nr(Path::new("/proc")))?,
+            mode: 0o555,
+        },
+        "mkdir /proc".into(),
+    );
+    b.op(
+        MountOp::Proc {
+            target: cs(nr(Path::new("/proc")))?,
+        },
+        "mount /proc".into(),
+    );
     b.plan.landlock.push(("/proc".into(), Access::Proc, true));
 
     // /dev
     let dev = Path::new("/dev");
-    b.op(MountOp::Mkdir { path: cs(nr(dev))?, mode: 0o755 }, "mkdir /dev".into());
     b.op(
-        MountOp::Tmpfs { target: cs(nr(dev))?, opts: cs("mode=0755,size=64k")?, flags: (libc::MS_NOSUID | libc::MS_NOEXEC) as libc::c_ulong },
+        MountOp::Mkdir {
+            path: cs(nr(dev))?,
+            mode: 0o755,
+        },
+        "mkdir /dev".into(),
+    );
+    b.op(
+        MountOp::Tmpfs {
+            target: cs(nr(dev))?,
+            opts: cs("mode=0755,size=64k")?,
+            flags: (libc::MS_NOSUID | libc::MS_NOEXEC) as libc::c_ulong,
+        },
         "mount /dev".into(),
     );
     for d in DEVICES {
@@ -233,36 +387,97 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         if !host.exists() {
             continue;
         }
-        b.op(MountOp::Touch { path: cs(nr(&host))? }, format!("create {}", host.display()));
-        b.op(MountOp::Bind { src: cs(&host)?, dst: cs(nr(&host))? }, format!("bind {}", host.display()));
+        b.op(
+            MountOp::Touch {
+                path: cs(nr(&host))?,
+            },
+            format!("create {}", host.display()),
+        );
+        b.op(
+            MountOp::Bind {
+                src: cs(&host)?,
+                dst: cs(nr(&host))?,
+            },
+            format!("bind {}", host.display()),
+        );
     }
-    b.op(MountOp::Mkdir { path: cs(nr(&dev.join("pts")))?, mode: 0o755 }, "mkdir /dev/pts".into());
-    b.op(MountOp::Devpts { target: cs(nr(&dev.join("pts")))? }, "mount /dev/pts".into());
-    for (t, l) in [("pts/ptmx", "ptmx"), ("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr")] {
-        b.op(MountOp::Symlink { target: cs(t)?, link: cs(nr(&dev.join(l)))? }, format!("symlink /dev/{l}"));
-    }
-    b.op(MountOp::Mkdir { path: cs(nr(&dev.join("shm")))?, mode: 0o1777 }, "mkdir /dev/shm".into());
     b.op(
-        MountOp::Tmpfs { target: cs(nr(&dev.join("shm")))?, opts: cs("mode=1777")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+        MountOp::Mkdir {
+            path: cs(nr(&dev.join("pts")))?,
+            mode: 0o755,
+        },
+        "mkdir /dev/pts".into(),
+    );
+    b.op(
+        MountOp::Devpts {
+            target: cs(nr(&dev.join("pts")))?,
+        },
+        "mount /dev/pts".into(),
+    );
+    for (t, l) in [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        b.op(
+            MountOp::Symlink {
+                target: cs(t)?,
+                link: cs(nr(&dev.join(l)))?,
+            },
+            format!("symlink /dev/{l}"),
+        );
+    }
+    b.op(
+        MountOp::Mkdir {
+            path: cs(nr(&dev.join("shm")))?,
+            mode: 0o1777,
+        },
+        "mkdir /dev/shm".into(),
+    );
+    b.op(
+        MountOp::Tmpfs {
+            target: cs(nr(&dev.join("shm")))?,
+            opts: cs("mode=1777")?,
+            flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
+        },
         "mount /dev/shm".into(),
     );
     b.plan.landlock.push(("/dev".into(), Access::Dev, true));
     b.plan.landlock.push(("/dev/shm".into(), Access::Rw, true));
 
     // /tmp
-    b.op(MountOp::Mkdir { path: cs(nr(Path::new("/tmp")))?, mode: 0o1777 }, "mkdir /tmp".into());
     b.op(
-        MountOp::Tmpfs { target: cs(nr(Path::new("/tmp")))?, opts: cs("mode=1777")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+        MountOp::Mkdir {
+            path: cs(nr(Path::new("/tmp")))?,
+            mode: 0o1777,
+        },
+        "mkdir /tmp".into(),
+    );
+    b.op(
+        MountOp::Tmpfs {
+            target: cs(nr(Path::new("/tmp")))?,
+            opts: cs("mode=1777")?,
+            flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
+        },
         "mount /tmp".into(),
     );
     b.plan.landlock.push(("/tmp".into(), Access::Rw, true));
 
     // $HOME: private and empty.
     if let Some(home) = inp.home {
-        if home != Path::new("/") && !home.starts_with("/tmp") && !SYSTEM_DIRS.iter().any(|d| home.starts_with(d)) {
+        if home != Path::new("/")
+            && home != Path::new("/tmp")
+            && !SYSTEM_DIRS.iter().any(|d| home.starts_with(d))
+        {
             b.mkdir_p(home)?;
             b.op(
-                MountOp::Tmpfs { target: cs(nr(home))?, opts: cs("mode=0700")?, flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong },
+                MountOp::Tmpfs {
+                    target: cs(nr(home))?,
+                    opts: cs("mode=0700")?,
+                    flags: (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
+                },
                 format!("mount private {}", home.display()),
             );
             b.plan.landlock.push((home.to_path_buf(), Access::Rw, true));
@@ -286,8 +501,37 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         let dir = is_dir(p)?;
         b.mountpoint(p, dir)?;
         match g {
+            G::Ws(WorkspaceMode::Staged { .. }) if Path::new(NEWROOT).starts_with(p) => {
+                return Err(SandboxError::Spec(format!(
+                    "the workspace {} cannot be staged: choose a directory below it",
+                    p.display()
+                )));
+            }
             G::Ws(WorkspaceMode::Staged { upper, work }) => {
-                let l = b.fd_src(p)?;
+                // The idmapped tree is attached at a scratch point on the new
+                // root, used as the lower layer, and detached again (the
+                // overlay keeps its own private clone of each layer).
+                let scratch = Path::new("/.airlock-lower");
+                let l = match inp.ws_tree {
+                    Some(fd) => {
+                        b.op(
+                            MountOp::Mkdir {
+                                path: cs(nr(scratch))?,
+                                mode: 0o700,
+                            },
+                            "mkdir lower scratch".into(),
+                        );
+                        b.op(
+                            MountOp::MoveTree {
+                                fd,
+                                dst: cs(nr(scratch))?,
+                            },
+                            "attach the idmapped workspace".into(),
+                        );
+                        cs(nr(scratch))?
+                    }
+                    None => b.fd_src(p)?,
+                };
                 let u = b.fd_src(upper)?;
                 let w = b.fd_src(work)?;
                 let opts = format!(
@@ -296,7 +540,21 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                     u.to_string_lossy(),
                     w.to_string_lossy()
                 );
-                b.op(MountOp::Overlay { target: cs(nr(p))?, opts: cs(opts)? }, format!("mount overlay on {}", p.display()));
+                b.op(
+                    MountOp::Overlay {
+                        target: cs(nr(p))?,
+                        opts: cs(opts)?,
+                    },
+                    format!("mount overlay on {}", p.display()),
+                );
+                if inp.ws_tree.is_some() {
+                    b.op(
+                        MountOp::Detach {
+                            path: cs(nr(scratch))?,
+                        },
+                        "detach lower scratch".into(),
+                    );
+                }
                 b.plan.landlock.push((p.to_path_buf(), Access::Rw, true));
             }
             G::Ws(WorkspaceMode::WriteThrough) | G::Write => {
@@ -315,10 +573,24 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         if !grants.iter().any(|(g, _)| h.starts_with(g)) {
             continue;
         }
-        let Ok(md) = std::fs::metadata(h) else { continue };
+        let Ok(md) = std::fs::metadata(h) else {
+            continue;
+        };
         let src = if md.is_dir() { "/.emptydir" } else { "/.empty" };
-        b.op(MountOp::Bind { src: cs(nr(Path::new(src)))?, dst: cs(nr(h))? }, format!("hide {}", h.display()));
-        b.op(MountOp::ReadOnly { path: cs(nr(h))?, recursive: true }, format!("make {} read-only", h.display()));
+        b.op(
+            MountOp::Bind {
+                src: cs(nr(Path::new(src)))?,
+                dst: cs(nr(h))?,
+            },
+            format!("hide {}", h.display()),
+        );
+        b.op(
+            MountOp::ReadOnly {
+                path: cs(nr(h))?,
+                recursive: true,
+            },
+            format!("make {} read-only", h.display()),
+        );
     }
 
     // Protected paths in a writable workspace.
@@ -329,28 +601,72 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 _ => None,
             };
             let found = walk_protected(ws, upper, prot)?;
-            if let Some(upper) = upper {
-                let made = make_placeholders(ws, upper, prot, &found, inp.chown_to)?;
+            {
+                // Staged: placeholders go to the upper dir (never committed:
+                // protected). Write-through: into the real tree for the run.
+                let target = upper.unwrap_or(ws);
+                let made = make_placeholders(ws, target, prot, &found, inp.chown_to)?;
                 for (rel, created) in made {
                     b.plan.placeholders.extend(created);
                     let inside = ws.join(&rel);
-                    b.op(MountOp::Bind { src: cs(nr(&inside))?, dst: cs(nr(&inside))? }, format!("protect {}", inside.display()));
-                    b.op(MountOp::ReadOnly { path: cs(nr(&inside))?, recursive: true }, format!("protect {}", inside.display()));
+                    b.op(
+                        MountOp::Bind {
+                            src: cs(nr(&inside))?,
+                            dst: cs(nr(&inside))?,
+                        },
+                        format!("protect {}", inside.display()),
+                    );
+                    b.op(
+                        MountOp::ReadOnly {
+                            path: cs(nr(&inside))?,
+                            recursive: true,
+                        },
+                        format!("protect {}", inside.display()),
+                    );
                     b.plan.protected_mounted.push(rel);
                 }
             }
             for rel in found.existing {
                 let inside = ws.join(&rel);
-                b.op(MountOp::Bind { src: cs(nr(&inside))?, dst: cs(nr(&inside))? }, format!("protect {}", inside.display()));
-                b.op(MountOp::ReadOnly { path: cs(nr(&inside))?, recursive: true }, format!("protect {}", inside.display()));
+                b.op(
+                    MountOp::Bind {
+                        src: cs(nr(&inside))?,
+                        dst: cs(nr(&inside))?,
+                    },
+                    format!("protect {}", inside.display()),
+                );
+                b.op(
+                    MountOp::ReadOnly {
+                        path: cs(nr(&inside))?,
+                        recursive: true,
+                    },
+                    format!("protect {}", inside.display()),
+                );
                 b.plan.protected_mounted.push(rel);
             }
         }
     }
 
-    b.op(MountOp::PivotRoot { newroot: cs(NEWROOT)? }, "pivot_root".into());
-    b.op(MountOp::ReadOnly { path: cs("/dev")?, recursive: false }, "make /dev read-only".into());
-    b.op(MountOp::ReadOnly { path: cs("/")?, recursive: false }, "make / read-only".into());
+    b.op(
+        MountOp::PivotRoot {
+            newroot: cs(NEWROOT)?,
+        },
+        "pivot_root".into(),
+    );
+    b.op(
+        MountOp::ReadOnly {
+            path: cs("/dev")?,
+            recursive: false,
+        },
+        "make /dev read-only".into(),
+    );
+    b.op(
+        MountOp::ReadOnly {
+            path: cs("/")?,
+            recursive: false,
+        },
+        "make / read-only".into(),
+    );
     Ok(b.plan)
 }
 
@@ -367,12 +683,24 @@ pub struct Found {
 
 /// Walk `ws` (and the staged `upper`, whose entries are part of the view)
 /// for protected paths, up to [`WALK_LIMIT`] entries.
-pub fn walk_protected(ws: &Path, upper: Option<&Path>, prot: &airlock_fs::ProtectedPaths) -> Result<Found, SandboxError> {
-    let mut found = Found { existing: vec![], repo_roots: vec![String::new()] };
+pub fn walk_protected(
+    ws: &Path,
+    upper: Option<&Path>,
+    prot: &airlock_fs::ProtectedPaths,
+) -> Result<Found, SandboxError> {
+    let mut found = Found {
+        existing: vec![],
+        repo_roots: vec![String::new()],
+    };
+    let matcher = compiled(prot)?;
+    let names = candidate_names(&prot.patterns);
     let mut seen = std::collections::BTreeSet::new();
     let mut visited = 0usize;
     for root in std::iter::once(ws).chain(upper) {
-        let mut it = walkdir::WalkDir::new(root).follow_links(false).min_depth(1).into_iter();
+        let mut it = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .min_depth(1)
+            .into_iter();
         while let Some(entry) = it.next() {
             let Ok(entry) = entry else { continue };
             visited += 1;
@@ -383,15 +711,30 @@ pub fn walk_protected(ws: &Path, upper: Option<&Path>, prot: &airlock_fs::Protec
                     hint: "choose a smaller --workspace".into(),
                 });
             }
-            let Ok(rel) = entry.path().strip_prefix(root) else { continue };
+            let is_git = entry.file_name() == ".git";
+            // Only names a pattern ends with can match (the walk sees a
+            // protected directory before anything in it).
+            if !is_git
+                && names
+                    .as_ref()
+                    .is_some_and(|n| !n.contains(entry.file_name()))
+            {
+                continue;
+            }
+            let Ok(rel) = entry.path().strip_prefix(root) else {
+                continue;
+            };
             let rel = rel.to_string_lossy().to_string();
-            if entry.file_name() == ".git" {
-                let parent = rel.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+            if is_git {
+                let parent = rel
+                    .rsplit_once('/')
+                    .map(|(p, _)| p.to_string())
+                    .unwrap_or_default();
                 if !found.repo_roots.contains(&parent) {
                     found.repo_roots.push(parent);
                 }
             }
-            if protected_match(prot, &rel, entry.file_type().is_dir()) {
+            if protected_match(&matcher, &rel, entry.file_type().is_dir()) {
                 if seen.insert(rel.clone()) {
                     found.existing.push(rel);
                 }
@@ -414,8 +757,52 @@ pub fn walk_protected(ws: &Path, upper: Option<&Path>, prot: &airlock_fs::Protec
     Ok(found)
 }
 
-fn protected_match(prot: &airlock_fs::ProtectedPaths, rel: &str, is_dir: bool) -> bool {
-    prot.matches(rel).is_some() || (is_dir && prot.matches(&format!("{rel}/")).is_some())
+/// The last literal component of every pattern (`hooks` for
+/// `**/.git/hooks`, `.husky` for `**/.husky/**`): an entry whose name is not
+/// among them cannot match. `None` when some pattern ends in a glob (then
+/// every entry is checked).
+fn candidate_names(patterns: &[String]) -> Option<std::collections::HashSet<std::ffi::OsString>> {
+    let mut names = std::collections::HashSet::new();
+    for p in patterns {
+        let last = p
+            .trim_end_matches('/')
+            .split('/')
+            .rfind(|c| *c != "**" && !c.is_empty())?;
+        if last.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+            return None;
+        }
+        names.insert(std::ffi::OsString::from(last));
+    }
+    Some(names)
+}
+
+fn protected_match(m: &airlock_fs::ProtectedMatcher, rel: &str, is_dir: bool) -> bool {
+    m.matches(rel).is_some() || (is_dir && m.matches(&format!("{rel}/")).is_some())
+}
+
+type MatcherCache =
+    std::sync::Mutex<Option<(Vec<String>, std::sync::Arc<airlock_fs::ProtectedMatcher>)>>;
+
+/// The compiled matcher for `prot`, reused while the list stays the same
+/// (compiling the glob set costs about a millisecond). A list that does not
+/// compile is an error: the protected paths cannot be found.
+fn compiled(
+    prot: &airlock_fs::ProtectedPaths,
+) -> Result<std::sync::Arc<airlock_fs::ProtectedMatcher>, SandboxError> {
+    static CACHE: MatcherCache = std::sync::Mutex::new(None);
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((pats, m)) = c.as_ref() {
+        if *pats == prot.patterns {
+            return Ok(m.clone());
+        }
+    }
+    let m = std::sync::Arc::new(prot.compile().map_err(|e| SandboxError::Layer {
+        layer: crate::Layer::ProtectedPaths,
+        why: format!("the protected path list does not compile: {e}"),
+        hint: "fix the protected path patterns in the config".into(),
+    })?);
+    *c = Some((prot.patterns.clone(), m.clone()));
+    Ok(m)
 }
 
 /// A minimal glob match used when the fs crate's matcher is unavailable:
@@ -441,12 +828,16 @@ pub fn concrete_patterns(patterns: &[String]) -> Vec<(String, bool)> {
     let mut v = vec![];
     for p in patterns {
         let p2 = p.strip_prefix("**/").unwrap_or(p);
-        let dir = p2.ends_with('/') || p2.ends_with("/**") || p2.ends_with("/hooks") || p2 == "hooks";
+        let dir =
+            p2.ends_with('/') || p2.ends_with("/**") || p2.ends_with("/hooks") || p2 == "hooks";
         let p2 = p2.trim_end_matches("/**").trim_end_matches('/');
         if p2.is_empty() || p2.contains(['*', '?', '[', '{']) {
             continue;
         }
-        v.push((p2.to_string(), dir));
+        match v.iter_mut().find(|(q, _): &&mut (String, bool)| q == p2) {
+            Some(e) => e.1 |= dir,
+            None => v.push((p2.to_string(), dir)),
+        }
     }
     v
 }
@@ -465,18 +856,36 @@ fn make_placeholders(
 ) -> Result<Vec<(String, Vec<PathBuf>)>, SandboxError> {
     let mut out = vec![];
     for root in &found.repo_roots {
-        for (pat, dir) in concrete_patterns(&prot.patterns) {
-            let rel = if root.is_empty() { pat.clone() } else { format!("{root}/{pat}") };
+        // Only inside an existing `.git`: those names are invisible to the
+        // tools working on the tree (a placeholder `.vscode` would show up
+        // in `git status`). Elsewhere a new protected path can be staged but
+        // never committed (commit refuses protected paths).
+        for (pat, dir) in concrete_patterns(&prot.patterns)
+            .into_iter()
+            .filter(|(p, _)| p.starts_with(".git/"))
+        {
+            let rel = if root.is_empty() {
+                pat.clone()
+            } else {
+                format!("{root}/{pat}")
+            };
             let lower = ws.join(&rel);
             let up = upper.join(&rel);
             if std::fs::symlink_metadata(&lower).is_ok() || std::fs::symlink_metadata(&up).is_ok() {
                 continue;
             }
-            let parent_rel = Path::new(&rel).parent().map(Path::to_path_buf).unwrap_or_default();
+            let parent_rel = Path::new(&rel)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             if !ws.join(&parent_rel).is_dir() && !upper.join(&parent_rel).is_dir() {
                 continue;
             }
-            if found.existing.iter().any(|e| rel.starts_with(&format!("{e}/"))) {
+            if found
+                .existing
+                .iter()
+                .any(|e| rel.starts_with(&format!("{e}/")))
+            {
                 continue;
             }
             let mut created = vec![];
@@ -485,22 +894,37 @@ fn make_placeholders(
             for c in parent_rel.components() {
                 cur.push(c);
                 if std::fs::symlink_metadata(&cur).is_err() {
-                    std::fs::create_dir(&cur).map_err(|e| SandboxError::io(format!("mkdir {}", cur.display()), e))?;
-                    if let Ok(m) = std::fs::metadata(ws.join(cur.strip_prefix(upper).unwrap_or(&cur))) {
-                        let _ = std::fs::set_permissions(&cur, std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o7777));
+                    std::fs::create_dir(&cur)
+                        .map_err(|e| SandboxError::io(format!("mkdir {}", cur.display()), e))?;
+                    if let Ok(m) =
+                        std::fs::metadata(ws.join(cur.strip_prefix(upper).unwrap_or(&cur)))
+                    {
+                        let _ = std::fs::set_permissions(
+                            &cur,
+                            std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o7777),
+                        );
                     }
                     if let Some((u, g)) = chown_to {
-                        std::os::unix::fs::lchown(&cur, Some(u), Some(g)).map_err(|e| SandboxError::io(format!("chown {}", cur.display()), e))?;
+                        std::os::unix::fs::lchown(&cur, Some(u), Some(g))
+                            .map_err(|e| SandboxError::io(format!("chown {}", cur.display()), e))?;
                     }
                     created.push(cur.clone());
                 }
             }
             if dir {
-                std::fs::create_dir(&up).map_err(|e| SandboxError::io(format!("mkdir {}", up.display()), e))?;
-                let _ = std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o555));
+                std::fs::create_dir(&up)
+                    .map_err(|e| SandboxError::io(format!("mkdir {}", up.display()), e))?;
+                let _ = std::fs::set_permissions(
+                    &up,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o555),
+                );
             } else {
-                std::fs::write(&up, b"").map_err(|e| SandboxError::io(format!("create {}", up.display()), e))?;
-                let _ = std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o444));
+                std::fs::write(&up, b"")
+                    .map_err(|e| SandboxError::io(format!("create {}", up.display()), e))?;
+                let _ = std::fs::set_permissions(
+                    &up,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o444),
+                );
             }
             created.push(up);
             created.reverse();
@@ -515,8 +939,16 @@ pub(crate) fn remove_placeholders(paths: &[PathBuf]) {
     let mut paths = paths.to_vec();
     paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in &paths {
-        let Ok(md) = std::fs::symlink_metadata(p) else { continue };
-        let r = if md.is_dir() { std::fs::remove_dir(p) } else if md.len() == 0 { std::fs::remove_file(p) } else { Ok(()) };
+        let Ok(md) = std::fs::symlink_metadata(p) else {
+            continue;
+        };
+        let r = if md.is_dir() {
+            std::fs::remove_dir(p)
+        } else if md.len() == 0 {
+            std::fs::remove_file(p)
+        } else {
+            Ok(())
+        };
         if let Err(e) = r {
             tracing::debug!("placeholder {} left: {e}", p.display());
         }
@@ -528,15 +960,46 @@ mod tests {
     use super::*;
 
     fn prot(p: &[&str]) -> airlock_fs::ProtectedPaths {
-        airlock_fs::ProtectedPaths { patterns: p.iter().map(|s| s.to_string()).collect() }
+        airlock_fs::ProtectedPaths {
+            patterns: p.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn candidate_names_cover_the_default_list() {
+        let n = candidate_names(&airlock_fs::ProtectedPaths::default().patterns).unwrap();
+        for x in [
+            "hooks",
+            "config",
+            ".husky",
+            ".vscode",
+            ".bashrc",
+            "fish",
+            "config.worktree",
+            ".mcp.json",
+        ] {
+            assert!(n.contains(std::ffi::OsStr::new(x)), "{x}");
+        }
+        assert!(candidate_names(&["**/*.pem".to_string()]).is_none());
     }
 
     #[test]
     fn concrete() {
-        let c = concrete_patterns(&["**/.git/hooks".into(), "**/.git/config".into(), ".vscode/".into(), "*.rc".into(), ".mcp.json".into()]);
+        let c = concrete_patterns(&[
+            "**/.git/hooks".into(),
+            "**/.git/config".into(),
+            ".vscode/".into(),
+            "*.rc".into(),
+            ".mcp.json".into(),
+        ]);
         assert_eq!(
             c,
-            vec![(".git/hooks".into(), true), (".git/config".into(), false), (".vscode".into(), true), (".mcp.json".into(), false)]
+            vec![
+                (".git/hooks".into(), true),
+                (".git/config".into(), false),
+                (".vscode".into(), true),
+                (".mcp.json".into(), false)
+            ]
         );
     }
 
@@ -560,7 +1023,14 @@ mod tests {
         std::fs::write(ws.join("vendor/lib/.git/config"), "x").unwrap();
         let p = prot(&["**/.git/hooks", "**/.git/config"]);
         let f = walk_protected(ws, None, &p).unwrap();
-        assert_eq!(f.existing, vec![".git/hooks".to_string(), "vendor/lib/.git/config".into(), "vendor/lib/.git/hooks".into()]);
+        assert_eq!(
+            f.existing,
+            vec![
+                ".git/hooks".to_string(),
+                "vendor/lib/.git/config".into(),
+                "vendor/lib/.git/hooks".into()
+            ]
+        );
         assert!(f.repo_roots.contains(&"vendor/lib".to_string()));
         assert!(f.repo_roots.contains(&String::new()));
     }
@@ -571,12 +1041,22 @@ mod tests {
         let ws = t.path().join("ws");
         let upper = t.path().join("upper");
         std::fs::create_dir_all(ws.join(".git")).unwrap();
+        std::fs::create_dir_all(ws.join("sub/.git")).unwrap();
         std::fs::create_dir_all(&upper).unwrap();
         let p = prot(&["**/.git/hooks", "**/.git/config", ".vscode/"]);
         let f = walk_protected(&ws, Some(&upper), &p).unwrap();
         let made = make_placeholders(&ws, &upper, &p, &f, None).unwrap();
         let rels: Vec<&str> = made.iter().map(|(r, _)| r.as_str()).collect();
-        assert_eq!(rels, vec![".git/hooks", ".git/config", ".vscode"]);
+        // Only inside .git directories: no clutter in the tree itself.
+        assert_eq!(
+            rels,
+            vec![
+                ".git/hooks",
+                ".git/config",
+                "sub/.git/hooks",
+                "sub/.git/config"
+            ]
+        );
         assert!(upper.join(".git/hooks").is_dir());
         assert!(upper.join(".git/config").is_file());
         let all: Vec<PathBuf> = made.into_iter().flat_map(|(_, c)| c).collect();

@@ -40,7 +40,9 @@ pub struct Probe {
 }
 
 fn read(p: &str) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Container or WSL, if detected.
@@ -70,7 +72,10 @@ pub fn environment() -> Option<String> {
 }
 
 fn trial(ws_mode: Option<&str>) -> Result<(), SandboxError> {
-    let t = tempfile::Builder::new().prefix("airlock-probe").tempdir().map_err(|e| SandboxError::io("temp dir", e))?;
+    let t = tempfile::Builder::new()
+        .prefix("airlock-probe")
+        .tempdir()
+        .map_err(|e| SandboxError::io("temp dir", e))?;
     let ws = t.path().join("ws");
     let upper = t.path().join("upper");
     let work = t.path().join("work");
@@ -85,18 +90,43 @@ fn trial(ws_mode: Option<&str>) -> Result<(), SandboxError> {
     let mut spec = SandboxSpec::new(vec!["/bin/true".into()], ws.clone());
     spec.stdio = StdioMode::Capture { max_bytes: 4096 };
     spec.workspace = match ws_mode {
-        Some("staged") => Some(WorkspaceMount { base: ws.clone(), mode: WorkspaceMode::Staged { upper, work } }),
-        Some(_) => Some(WorkspaceMount { base: ws.clone(), mode: WorkspaceMode::ReadOnly }),
+        Some("staged") => Some(WorkspaceMount {
+            base: ws.clone(),
+            mode: WorkspaceMode::Staged { upper, work },
+        }),
+        Some(_) => Some(WorkspaceMount {
+            base: ws.clone(),
+            mode: WorkspaceMode::ReadOnly,
+        }),
         None => None,
     };
     if ws_mode.is_none() {
         spec.cwd = "/".into();
         spec.allow_degraded = vec![Layer::Landlock, Layer::Seccomp];
     }
-    let o = crate::run(&spec)?;
+    let o = crate::run(&spec);
+    // overlayfs leaves `work/work` with mode 000: open it up so that the
+    // temp dir can be removed by an unprivileged user too.
+    open_up(t.path());
+    let o = o?;
     match o.status {
         crate::ExitKind::Exited(0) => Ok(()),
-        s => Err(SandboxError::Spec(format!("/bin/true ended with {s:?}: {}", String::from_utf8_lossy(&o.stderr)))),
+        s => Err(SandboxError::Spec(format!(
+            "/bin/true ended with {s:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ))),
+    }
+}
+
+fn open_up(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(md) = std::fs::symlink_metadata(p) {
+        if md.is_dir() {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                open_up(&e.path());
+            }
+        }
     }
 }
 
@@ -136,14 +166,29 @@ pub fn probe() -> Probe {
         detail: match abi {
             Some(a) => format!(
                 "ABI {a}{}{}{}",
-                if a >= 4 { "; TCP port rules" } else { "; no TCP port rules (ABI 4)" },
-                if a >= 6 { "; abstract-socket and signal scoping" } else { "; no scoping (ABI 6)" },
-                if a >= 7 { "; audit logging of denials" } else { "" }
+                if a >= 4 {
+                    "; TCP port rules"
+                } else {
+                    "; no TCP port rules (ABI 4)"
+                },
+                if a >= 6 {
+                    "; abstract-socket and signal scoping"
+                } else {
+                    "; no scoping (ABI 6)"
+                },
+                if a >= 7 {
+                    "; denials go to the kernel audit log (when audit is enabled)"
+                } else {
+                    ""
+                }
             ),
             None => "not enabled".into(),
         },
-        cost: "the filesystem view rests on mount namespaces alone; --allow-net cannot restrict ports".into(),
-        enable: "CONFIG_SECURITY_LANDLOCK=y and `landlock` in the lsm= kernel boot parameter".into(),
+        cost:
+            "the filesystem view rests on mount namespaces alone; --allow-net cannot restrict ports"
+                .into(),
+        enable: "CONFIG_SECURITY_LANDLOCK=y and `landlock` in the lsm= kernel boot parameter"
+            .into(),
     });
 
     let sc = crate::syscall::seccomp_available();
@@ -151,15 +196,28 @@ pub fn probe() -> Probe {
         name: "seccomp".into(),
         ok: sc,
         detail: if sc {
-            format!("filter mode available; blocked calls reported: {}", if crate::syscall::notif_sizes_ok() { "yes (user notification)" } else { "no" })
+            format!(
+                "filter mode available; blocked calls reported: {}",
+                if crate::syscall::notif_sizes_ok() {
+                    "yes (user notification)"
+                } else {
+                    "no"
+                }
+            )
         } else {
             "unavailable".into()
         },
-        cost: "dangerous system calls (ptrace, io_uring, bpf, namespaces, TIOCSTI...) stay reachable".into(),
+        cost:
+            "dangerous system calls (ptrace, io_uring, bpf, namespaces, TIOCSTI...) stay reachable"
+                .into(),
         enable: "CONFIG_SECCOMP_FILTER=y".into(),
     });
 
-    let ov = if bare.is_ok() { trial(Some("staged")) } else { Err(SandboxError::Spec("user namespaces unavailable".into())) };
+    let ov = if bare.is_ok() {
+        trial(Some("staged"))
+    } else {
+        Err(SandboxError::Spec("user namespaces unavailable".into()))
+    };
     checks.push(Check {
         name: "overlayfs in a user namespace".into(),
         ok: ov.is_ok(),
@@ -186,6 +244,59 @@ pub fn probe() -> Probe {
         enable: "delegate a cgroup v2 subtree with memory and pids (systemd: `systemd-run --user -p Delegate=yes ...` or Delegate=yes in user@.service)".into(),
     });
 
-    let default_ok = checks.iter().filter(|c| c.name != "cgroups").all(|c| c.ok);
-    Probe { checks, landlock_abi: abi, limits_mechanism: mech.as_str().into(), environment: env, default_profile_runs: default_ok }
+    if root {
+        // A root-owned staged workspace is idmapped for the sandbox user.
+        let t = tempfile::Builder::new().prefix("airlock-probe").tempdir();
+        let idmap = match &t {
+            Ok(t) => crate::syscall::idmapped_tree(
+                &std::ffi::CString::new(t.path().as_os_str().as_encoded_bytes())
+                    .unwrap_or_default(),
+                crate::exec::NOBODY,
+                crate::exec::NOBODY,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        checks.push(Check {
+            name: "idmapped mounts".into(),
+            ok: idmap.is_ok(),
+            detail: match &idmap {
+                Ok(()) => "root-owned workspaces are idmapped for the sandbox user".into(),
+                Err(e) => format!("cannot idmap a directory under the temp dir: {e}"),
+            },
+            cost: "started as root, the sandbox (as nobody) cannot change a root-owned workspace".into(),
+            enable: "Linux 5.12+ and a filesystem that allows idmapped mounts (ext4, xfs, btrfs, tmpfs 6.3+)".into(),
+        });
+    }
+
+    // The broker identifies agents by a pidfd of the socket's peer.
+    let peer = std::os::unix::net::UnixStream::pair()
+        .and_then(|(a, _b)| crate::syscall::peer_pidfd(std::os::fd::AsFd::as_fd(&a)).map(|_| ()));
+    checks.push(Check {
+        name: "peer pidfd".into(),
+        ok: peer.is_ok(),
+        detail: match &peer {
+            Ok(()) => {
+                "SO_PEERPIDFD works: the broker can pin the agent process behind a socket".into()
+            }
+            Err(e) => format!("SO_PEERPIDFD: {e}"),
+        },
+        cost: "the broker can only identify an agent by pid, which can be recycled".into(),
+        enable: "Linux 6.5+".into(),
+    });
+
+    // Optional checks: the default profile runs without them.
+    let optional = ["cgroups", "idmapped mounts", "peer pidfd"];
+    let default_ok = checks
+        .iter()
+        .filter(|c| !optional.contains(&c.name.as_str()))
+        .all(|c| c.ok);
+    Probe {
+        checks,
+        landlock_abi: abi,
+        limits_mechanism: mech.as_str().into(),
+        environment: env,
+        default_profile_runs: default_ok,
+    }
 }

@@ -3,22 +3,31 @@
 //! Two filters are installed: the deny list (its matches are turned into
 //! `SECCOMP_RET_USER_NOTIF`, so the supervisor records each attempt and
 //! answers `EPERM`; or plain `EPERM` when notification is unavailable), and a
-//! one-rule filter answering `ENOSYS` to `clone3` (its flags live in memory
-//! a BPF filter cannot read, so libc falls back to `clone`, whose flags are
-//! checked). Before the syscall dispatch, the architecture is checked (any
-//! non-native ABI, e.g. i386 via `int 0x80`, gets `EPERM`) and x32 system
-//! call numbers (bit `0x40000000`) get `EPERM`.
+//! filter answering `ENOSYS` to `clone3` and `openat2` (their flags and mode
+//! live in memory a BPF filter cannot read, so libc falls back to `clone`
+//! and `openat`, whose arguments are checked). Before the syscall dispatch,
+//! the architecture is checked (any non-native ABI, e.g. i386 via
+//! `int 0x80`, gets `EPERM`) and x32 system call numbers (bit `0x40000000`)
+//! get `EPERM`. Setting setuid/setgid bits (chmod family, creating modes of
+//! open/openat/creat/mknod) is refused too.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+use seccompiler::{
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+};
 
 use crate::SandboxError;
 
 const RET_ERRNO: u32 = 0x0005_0000;
 const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// `fchmodat2` (Linux 6.6; the same number on every architecture).
+const SYS_FCHMODAT2: i64 = 452;
+/// `__O_TMPFILE` (without the `O_DIRECTORY` part of `O_TMPFILE`).
+const TMPFILE_BIT: u64 = 0o20_000_000;
 
 /// Namespace flags refused in `clone` and `unshare`.
 pub const NAMESPACE_FLAGS: &[(u64, &str)] = &[
@@ -77,13 +86,20 @@ pub const ALLOWED_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_IN
 
 /// Terminal ioctls refused (injecting input, Linux console control).
 #[allow(clippy::unnecessary_cast)] // the ioctl type differs between libcs
-pub const DENIED_IOCTLS: &[(u64, &str)] = &[(libc::TIOCSTI as u64, "TIOCSTI"), (libc::TIOCLINUX as u64, "TIOCLINUX")];
+pub const DENIED_IOCTLS: &[(u64, &str)] = &[
+    (libc::TIOCSTI as u64, "TIOCSTI"),
+    (libc::TIOCLINUX as u64, "TIOCLINUX"),
+];
 
 /// The compiled programs.
 #[derive(Clone)]
 pub struct Programs {
     /// The deny list (matches return EPERM).
     pub deny: Vec<libc::sock_filter>,
+    /// The deny list plus `connect`, for use with user notification only:
+    /// the supervisor lets each `connect` continue and records those the
+    /// sandbox refuses (see [`Programs::deny_notify`]).
+    pub deny_and_connect: Vec<libc::sock_filter>,
     /// `clone3` → ENOSYS.
     pub clone3: Vec<libc::sock_filter>,
 }
@@ -92,7 +108,7 @@ impl Programs {
     /// The deny list with its `EPERM` returns turned into user notifications.
     pub fn deny_notify(&self) -> Vec<libc::sock_filter> {
         let eperm = RET_ERRNO | libc::EPERM as u32;
-        let mut out = self.deny.clone();
+        let mut out = self.deny_and_connect.clone();
         for ins in out.iter_mut() {
             if ins.code == (libc::BPF_RET | libc::BPF_K) as u16 && ins.k == eperm {
                 ins.k = RET_USER_NOTIF;
@@ -102,7 +118,12 @@ impl Programs {
     }
 }
 
-fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, val: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+fn cond(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    val: u64,
+) -> Result<SeccompCondition, seccompiler::BackendError> {
     SeccompCondition::new(arg, len, op, val)
 }
 
@@ -116,7 +137,16 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     // on x86_64 and aarch64; unshare's only argument is the flags).
     let mut ns_rules = Vec::new();
     for (flag, _) in NAMESPACE_FLAGS {
-        ns_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*flag), *flag).map_err(e)?]).map_err(e)?);
+        ns_rules.push(
+            SeccompRule::new(vec![cond(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(*flag),
+                *flag,
+            )
+            .map_err(e)?])
+            .map_err(e)?,
+        );
     }
     rules.insert(libc::SYS_clone, ns_rules.clone());
     rules.insert(libc::SYS_unshare, ns_rules);
@@ -124,17 +154,37 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     let mut fam_rules = Vec::new();
     for fam in 0..=63i32 {
         if !ALLOWED_FAMILIES.contains(&fam) {
-            fam_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fam as u64).map_err(e)?]).map_err(e)?);
+            fam_rules.push(
+                SeccompRule::new(vec![cond(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    fam as u64,
+                )
+                .map_err(e)?])
+                .map_err(e)?,
+            );
         }
     }
-    fam_rules.push(SeccompRule::new(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, 64).map_err(e)?]).map_err(e)?);
+    fam_rules.push(
+        SeccompRule::new(vec![
+            cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, 64).map_err(e)?
+        ])
+        .map_err(e)?,
+    );
     let mut socket_rules = fam_rules.clone();
     if deny_udp {
         for fam in [libc::AF_INET, libc::AF_INET6] {
             socket_rules.push(
                 SeccompRule::new(vec![
                     cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fam as u64).map_err(e)?,
-                    cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64).map_err(e)?,
+                    cond(
+                        1,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::MaskedEq(0xf),
+                        libc::SOCK_DGRAM as u64,
+                    )
+                    .map_err(e)?,
                 ])
                 .map_err(e)?,
             );
@@ -145,33 +195,160 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
     // ioctl(fd, TIOCSTI/TIOCLINUX).
     let mut ioctl_rules = Vec::new();
     for (req, _) in DENIED_IOCTLS {
-        ioctl_rules.push(SeccompRule::new(vec![cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req).map_err(e)?]).map_err(e)?);
+        ioctl_rules.push(
+            SeccompRule::new(vec![cond(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                *req,
+            )
+            .map_err(e)?])
+            .map_err(e)?,
+        );
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    // No setuid/setgid bits: whatever the sandbox writes directly (a
+    // write-through workspace, --allow-write) must not become a program
+    // that runs as its owner or group for someone else. (Staged files have
+    // them stripped at commit.) By mode argument: chmod and friends always;
+    // open/openat/creat when they create (O_CREAT or O_TMPFILE); mknod.
+    const SUID_SGID: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+    let mode_rules = |arg: u8| -> Result<Vec<SeccompRule>, String> {
+        SUID_SGID
+            .iter()
+            .map(|bit| {
+                SeccompRule::new(vec![cond(
+                    arg,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(*bit),
+                    *bit,
+                )
+                .map_err(e)?])
+                .map_err(e)
+            })
+            .collect()
+    };
+    let create_rules = |flags_arg: u8, mode_arg: u8| -> Result<Vec<SeccompRule>, String> {
+        let mut v = vec![];
+        for create in [libc::O_CREAT as u64, TMPFILE_BIT] {
+            for bit in SUID_SGID {
+                v.push(
+                    SeccompRule::new(vec![
+                        cond(
+                            flags_arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::MaskedEq(create),
+                            create,
+                        )
+                        .map_err(e)?,
+                        cond(
+                            mode_arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::MaskedEq(bit),
+                            bit,
+                        )
+                        .map_err(e)?,
+                    ])
+                    .map_err(e)?,
+                );
+            }
+        }
+        Ok(v)
+    };
+    rules.insert(libc::SYS_fchmod, mode_rules(1)?);
+    rules.insert(libc::SYS_fchmodat, mode_rules(2)?);
+    rules.insert(SYS_FCHMODAT2, mode_rules(2)?);
+    rules.insert(libc::SYS_mknodat, mode_rules(2)?);
+    rules.insert(libc::SYS_openat, create_rules(2, 3)?);
+    #[cfg(target_arch = "x86_64")]
+    {
+        rules.insert(libc::SYS_chmod, mode_rules(1)?);
+        rules.insert(libc::SYS_creat, mode_rules(1)?);
+        rules.insert(libc::SYS_mknod, mode_rules(1)?);
+        rules.insert(libc::SYS_open, create_rules(1, 2)?);
+    }
 
-    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(|x: seccompiler::BackendError| x.to_string())?;
-    let deny_filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(e)?;
-    let deny: seccompiler::BpfProgram = deny_filter.try_into().map_err(e)?;
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|x: seccompiler::BackendError| x.to_string())?;
+    let compile =
+        |rules: BTreeMap<i64, Vec<SeccompRule>>| -> Result<seccompiler::BpfProgram, String> {
+            let f = SeccompFilter::new(
+                rules,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EPERM as u32),
+                arch,
+            )
+            .map_err(e)?;
+            f.try_into().map_err(e)
+        };
+    let deny = compile(rules.clone())?;
+    rules.insert(libc::SYS_connect, vec![]);
+    let deny_and_connect = compile(rules)?;
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, vec![]);
-    let clone3_filter = SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch).map_err(e)?;
+    // openat2's mode lives in a struct the filter cannot read (see the
+    // setuid rules above); callers fall back to openat on ENOSYS.
+    clone3.insert(libc::SYS_openat2, vec![]);
+    let clone3_filter = SeccompFilter::new(
+        clone3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(e)?;
     let clone3: seccompiler::BpfProgram = clone3_filter.try_into().map_err(e)?;
-    Ok(Programs { deny: harden(deny), clone3: harden(clone3) })
+    Ok(Programs {
+        deny: harden(deny, true),
+        deny_and_connect: harden(deny_and_connect, true),
+        clone3: harden(clone3, false),
+    })
 }
 
-/// Convert to libc's struct; answer EPERM (not kill) to foreign
-/// architectures and refuse x32 system call numbers.
-fn harden(p: seccompiler::BpfProgram) -> Vec<libc::sock_filter> {
+/// Convert to libc's struct. With `abi_checks` (the deny list): answer
+/// EPERM (turned into a notification, see [`Programs::deny_notify`]) to
+/// foreign architectures instead of killing, and refuse x32 system call
+/// numbers. Without (the `clone3` filter): let foreign and x32 calls pass to
+/// the deny list. The kernel runs every filter and takes the strictest
+/// answer, and ERRNO outranks USER_NOTIF: an EPERM here would hide the
+/// deny list's notification, so the attempt would go unreported.
+fn harden(p: seccompiler::BpfProgram, abi_checks: bool) -> Vec<libc::sock_filter> {
     let eperm = RET_ERRNO | libc::EPERM as u32;
-    let mut out: Vec<libc::sock_filter> =
-        p.into_iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+    let mut out: Vec<libc::sock_filter> = p
+        .into_iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
     // seccompiler starts with: ld arch; jeq ARCH, +1; ret KILL_PROCESS.
     if out.len() > 3 && out[2].code == (libc::BPF_RET | libc::BPF_K) as u16 {
+        if !abi_checks {
+            out[2].k = RET_ALLOW;
+            return out;
+        }
         out[2].k = eperm;
         let x32 = [
-            libc::sock_filter { code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16, jt: 0, jf: 0, k: 0 },
-            libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
-            libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: eperm },
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: eperm,
+            },
         ];
         out.splice(3..3, x32);
     }
@@ -186,7 +363,11 @@ pub fn programs(deny_udp: bool) -> Result<Programs, SandboxError> {
     let cell = if deny_udp { &NO_UDP } else { &PLAIN };
     cell.get_or_init(|| build(deny_udp))
         .clone()
-        .map_err(|why| SandboxError::Layer { layer: crate::Layer::Seccomp, why, hint: "report this as a bug".into() })
+        .map_err(|why| SandboxError::Layer {
+            layer: crate::Layer::Seccomp,
+            why,
+            hint: "report this as a bug".into(),
+        })
 }
 
 /// Name of a system call in the deny list (for violation reports).
@@ -202,6 +383,12 @@ pub fn syscall_name(nr: i64) -> String {
         libc::SYS_socket => "socket".into(),
         libc::SYS_socketpair => "socketpair".into(),
         libc::SYS_ioctl => "ioctl".into(),
+        libc::SYS_fchmod | libc::SYS_fchmodat | SYS_FCHMODAT2 => "chmod(setuid/setgid)".into(),
+        libc::SYS_openat | libc::SYS_mknodat => "create(setuid/setgid)".into(),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_chmod => "chmod(setuid/setgid)".into(),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open | libc::SYS_creat | libc::SYS_mknod => "create(setuid/setgid)".into(),
         libc::SYS_clone3 => "clone3".into(),
         n => format!("syscall {n}"),
     }

@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use libc::{c_char, c_int, c_ulong, c_void};
+use libc::{c_char, c_int, c_uint, c_ulong, c_void};
 
 // ---------------------------------------------------------------------------
 // Kernel ABI constants and structs not (reliably) exported by libc.
@@ -20,7 +20,10 @@ use libc::{c_char, c_int, c_ulong, c_void};
 const CLONE_PIDFD: u64 = 0x1000;
 const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const AT_RECURSIVE: u32 = 0x8000;
+const OPEN_TREE_CLONE: c_int = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
 const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
 const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
 const LANDLOCK_RULE_NET_PORT: c_int = 2;
@@ -129,6 +132,8 @@ struct SeccompNotifResp {
 // seccomp_notif) and _IOWR('!', 1, struct seccomp_notif_resp).
 const SECCOMP_IOCTL_NOTIF_RECV: c_ulong = 0xc050_2100;
 const SECCOMP_IOCTL_NOTIF_SEND: c_ulong = 0xc018_2101;
+// _IOW('!', 2, __u64)
+const SECCOMP_IOCTL_NOTIF_ID_VALID: c_ulong = 0x4008_2102;
 const SECCOMP_GET_NOTIF_SIZES: c_ulong = 3;
 
 // ---------------------------------------------------------------------------
@@ -140,7 +145,11 @@ pub(crate) enum MountOp {
     /// Make every mount private so nothing propagates back to the host.
     MakePrivate,
     /// Mount a tmpfs.
-    Tmpfs { target: CString, opts: CString, flags: c_ulong },
+    Tmpfs {
+        target: CString,
+        opts: CString,
+        flags: c_ulong,
+    },
     /// `mkdir`; an existing directory is fine.
     Mkdir { path: CString, mode: u32 },
     /// Create an empty file to mount over; an existing entry is fine.
@@ -148,9 +157,17 @@ pub(crate) enum MountOp {
     /// Create a symbolic link.
     Symlink { target: CString, link: CString },
     /// Create a file with the given content.
-    WriteFile { path: CString, data: Vec<u8>, mode: u32 },
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+        mode: u32,
+    },
     /// Bind mount (recursively).
     Bind { src: CString, dst: CString },
+    /// Attach the detached tree held in descriptor `fd` at `dst`.
+    MoveTree { fd: c_int, dst: CString },
+    /// Detach the mount at `path` and remove the directory.
+    Detach { path: CString },
     /// Set mount attributes (read-only) with `mount_setattr`.
     ReadOnly { path: CString, recursive: bool },
     /// Add nosuid/nodev to a mount (and its submounts).
@@ -179,8 +196,18 @@ pub(crate) struct ChildPlan {
     /// own mount namespace with `RESOLVE_NO_SYMLINKS` and moved to
     /// descriptors `src_base + i` (the ops refer to `/proc/self/fd/N`).
     pub srcs: Vec<CString>,
+    /// Indexes of `srcs` whose descriptor is a detached clone of the mount
+    /// tree (`open_tree(OPEN_TREE_CLONE)`), used with [`MountOp::MoveTree`].
+    pub src_clone: Vec<usize>,
     pub src_base: c_int,
     pub sync_rd: RawFd,
+    /// The parent's end of the sync pipe (closed first thing in the child,
+    /// so that the parent's death reads as end-of-file).
+    pub sync_wr: RawFd,
+    /// Read end of the lifeline pipe: its write end lives as long as the
+    /// parent's [`crate::Running`]; when it hangs up, init exits and the
+    /// kernel kills everything in the pid namespace.
+    pub lifeline_rd: RawFd,
     pub err_wr: RawFd,
     pub status_wr: RawFd,
     /// (uid, gid) to switch to inside, when started as root.
@@ -190,6 +217,8 @@ pub(crate) struct ChildPlan {
     pub loopback: bool,
     pub cwd: CString,
     pub rlimits: Vec<(c_int, u64, u64)>,
+    /// cgroup v1 `tasks` files (opened by the parent) to write `0` to.
+    pub cgroup_tasks: Vec<RawFd>,
     pub landlock: Option<LandlockPlan>,
     pub seccomp: Vec<Vec<libc::sock_filter>>,
     /// Index in `seccomp` of the filter installed with a notification
@@ -208,8 +237,18 @@ pub(crate) struct ChildPlan {
 impl ChildPlan {
     /// Fill the NULL-terminated pointer arrays from `argv` and `envp`.
     pub(crate) fn seal(&mut self) {
-        self.argv_ptrs = self.argv.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        self.envp_ptrs = self.envp.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        self.argv_ptrs = self
+            .argv
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        self.envp_ptrs = self
+            .envp
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
     }
 }
 
@@ -231,11 +270,14 @@ pub(crate) const STEP_SETSID: u32 = 10_013;
 pub(crate) const STEP_STDIO: u32 = 10_014;
 pub(crate) const STEP_EXEC: u32 = 10_015;
 pub(crate) const STEP_NOTIFY: u32 = 10_016;
+pub(crate) const STEP_CGROUP: u32 = 10_017;
 /// Opening mount source `i` failed: step `STEP_SRC + i`.
 pub(crate) const STEP_SRC: u32 = 20_000;
 
 fn errno() -> c_int {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Report a failed step to the parent and exit. Async-signal-safe.
@@ -262,6 +304,47 @@ pub(crate) fn decode_failure(buf: &[u8]) -> Option<(u32, i32)> {
 }
 
 // ---------------------------------------------------------------------------
+// Public safe wrappers used by other crates.
+
+/// `SO_PEERPIDFD` (Linux 6.5+; not yet in every libc).
+const SO_PEERPIDFD: c_int = 77;
+
+/// A pidfd for the process at the other end of a connected Unix socket
+/// (`getsockopt(SOL_SOCKET, SO_PEERPIDFD)`, Linux 6.5+). Unlike a pid from
+/// `SO_PEERCRED`, the pidfd cannot be recycled: signals sent through it and
+/// `/proc` lookups checked against it reach the peer or fail.
+///
+/// Fails with `ENOPROTOOPT` on kernels before 6.5 and `ENOTCONN`/`ENOTSOCK`
+/// for a descriptor that is not a connected Unix socket.
+pub fn peer_pidfd(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut fd: c_int = -1;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (one c_int) into `fd`
+    // and updates `len`; both live on the stack for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            &mut fd as *mut c_int as *mut c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fd < 0 || len as usize != std::mem::size_of::<c_int>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SO_PEERPIDFD returned no descriptor",
+        ));
+    }
+    // SAFETY: the kernel installed a fresh pidfd in our table; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+// ---------------------------------------------------------------------------
 // Parent-side helpers.
 
 /// Start the sandbox's init process with `flags` (namespace flags). Returns
@@ -278,7 +361,13 @@ pub(crate) fn spawn(flags: u64, plan: &ChildPlan) -> io::Result<(libc::pid_t, Ow
     // the child gets a copy of the address space and returns 0 here. The
     // child then only runs `child_main`, which makes raw system calls on the
     // prepared plan and never returns or allocates.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -290,10 +379,136 @@ pub(crate) fn spawn(flags: u64, plan: &ChildPlan) -> io::Result<(libc::pid_t, Ow
     Ok((ret as libc::pid_t, fd))
 }
 
+/// A detached clone of the directory tree at `path` (one mount, no
+/// submounts) on which files owned by host uid/gid 0 appear owned by
+/// `uid`/`gid` (an idmapped mount, Linux 5.12+, on filesystems that allow
+/// it). Used when root runs a sandbox as an unprivileged uid over a
+/// root-owned workspace: the sandbox can then write it like its owner,
+/// while new files it creates there are root's on disk, as the
+/// workspace's. Needs CAP_SYS_ADMIN in the initial user namespace.
+pub(crate) fn idmapped_tree(path: &CStr, uid: u32, gid: u32) -> io::Result<OwnedFd> {
+    let userns = mapping_userns(uid, gid)?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: openat2 with a NUL-terminated path and a stack struct of the
+    // size passed; the result is a fresh descriptor we then own.
+    let dir = unsafe {
+        let fd = libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        ) as c_int;
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: open_tree on a descriptor we own with an empty path; returns
+    // a fresh descriptor for the detached clone.
+    let tree = unsafe {
+        let fd = libc::syscall(
+            libc::SYS_open_tree,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | OPEN_TREE_CLONE | libc::O_CLOEXEC) as c_ulong,
+        ) as c_int;
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr on the detached tree with a stack struct of the
+    // size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+/// A user namespace mapping inside 0 to host `uid`/`gid`, for an idmapped
+/// mount. A helper child holds it while the maps are written and its
+/// namespace file is opened; it only blocks on a pipe and exits.
+fn mapping_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
+    let (rd, wr) = pipe()?;
+    let mut pidfd: c_int = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_NEWUSER as u64 | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    use std::os::fd::AsRawFd;
+    let (rd_raw, wr_raw) = (rd.as_raw_fd(), wr.as_raw_fd());
+    // SAFETY: clone3 without CLONE_VM behaves like fork. The child only
+    // makes raw system calls (close, read, _exit) and never returns.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ret == 0 {
+        // SAFETY: raw system calls on integers and a stack buffer.
+        unsafe {
+            libc::close(wr_raw);
+            let mut b = [0u8; 1];
+            libc::read(rd_raw, b.as_mut_ptr() as *mut c_void, 1);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the kernel stored a fresh pidfd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(rd);
+    let pid = ret;
+    let res = (|| {
+        std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))?;
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+        Ok::<OwnedFd, io::Error>(ns.into())
+    })();
+    drop(wr);
+    let _ = wait_pidfd(pidfd.as_raw_fd());
+    res
+}
+
 /// `pidfd_send_signal`.
 pub(crate) fn pidfd_signal(pidfd: RawFd, sig: c_int) -> io::Result<()> {
     // SAFETY: plain syscall with integer arguments and a NULL siginfo.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<c_void>(), 0) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig,
+            std::ptr::null::<c_void>(),
+            0,
+        )
+    };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -317,7 +532,14 @@ pub(crate) fn wait_pidfd(pidfd: RawFd) -> io::Result<Reaped> {
     loop {
         // SAFETY: raw waitid (the 5th argument is the rusage pointer).
         let r = unsafe {
-            libc::syscall(libc::SYS_waitid, libc::P_PIDFD, pidfd, &mut info as *mut libc::siginfo_t, libc::WEXITED, &mut ru as *mut libc::rusage)
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PIDFD,
+                pidfd,
+                &mut info as *mut libc::siginfo_t,
+                libc::WEXITED,
+                &mut ru as *mut libc::rusage,
+            )
         };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -330,29 +552,117 @@ pub(crate) fn wait_pidfd(pidfd: RawFd) -> io::Result<Reaped> {
     }
     // SAFETY: si_status is valid for CLD_* codes, which waitid(WEXITED) returns.
     let status = unsafe { info.si_status() };
-    Ok(Reaped { code: info.si_code, status, rusage: ru })
+    Ok(Reaped {
+        code: info.si_code,
+        status,
+        rusage: ru,
+    })
 }
 
-/// `poll` one descriptor for readability, with a timeout in ms (-1: none).
-pub(crate) fn poll_in(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+/// `poll` descriptors for readability, with a timeout in ms (-1: none);
+/// returns each descriptor's `revents` (all 0 when interrupted).
+pub(crate) fn poll_revents(fds: &[RawFd], timeout_ms: c_int) -> io::Result<Vec<i16>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     // SAFETY: p is a valid array of pollfd of the given length.
     let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EINTR) {
-            return Ok(vec![false; fds.len()]);
+            return Ok(vec![0; fds.len()]);
         }
         return Err(e);
     }
-    Ok(p.iter().map(|x| x.revents != 0).collect())
+    Ok(p.iter().map(|x| x.revents).collect())
+}
+
+/// Signals blocked in the calling thread and readable from a signalfd,
+/// until dropped (which drains what is pending and restores the mask).
+pub(crate) struct SignalTap {
+    fd: OwnedFd,
+    set: libc::sigset_t,
+    old: libc::sigset_t,
+}
+
+impl SignalTap {
+    /// Block `sigs` in this thread and open a signalfd for them.
+    pub(crate) fn new(sigs: &[c_int]) -> io::Result<SignalTap> {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset and
+        // filled by sigaddset; pthread_sigmask and signalfd read it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in sigs {
+                libc::sigaddset(&mut set, s);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+                return Err(e);
+            }
+            Ok(SignalTap {
+                fd: OwnedFd::from_raw_fd(fd),
+                set,
+                old,
+            })
+        }
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// The next pending signal, if any.
+    pub(crate) fn next(&self) -> Option<c_int> {
+        // SAFETY: reads one signalfd_siginfo into a zeroed stack struct.
+        unsafe {
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let n = libc::read(
+                self.raw(),
+                &mut info as *mut libc::signalfd_siginfo as *mut c_void,
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            );
+            if n == std::mem::size_of::<libc::signalfd_siginfo>() as isize {
+                Some(info.ssi_signo as c_int)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SignalTap {
+    fn drop(&mut self) {
+        while self.next().is_some() {}
+        let _ = &self.set;
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
 }
 
 /// The Landlock ABI version of the running kernel (`None`: unsupported).
 pub(crate) fn landlock_abi() -> Option<i32> {
     // SAFETY: querying the version passes NULL/0 and creates nothing.
     let r = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<c_void>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
     };
     if r > 0 {
         Some(r as i32)
@@ -384,7 +694,14 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: fds is a 2-element array for the kernel to fill.
-    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -395,7 +712,10 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Receive one descriptor sent with SCM_RIGHTS (blocking).
 pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr() as *mut c_void, iov_len: 1 };
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut c_void,
+        iov_len: 1,
+    };
     let mut cbuf = [0u64; 8];
     // SAFETY: msghdr is plain data; we point it at live stack buffers.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -414,7 +734,8 @@ pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer the kernel filled.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS {
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
             return Ok(None);
         }
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const c_int);
@@ -427,7 +748,13 @@ pub(crate) fn notif_recv(fd: RawFd) -> io::Result<SeccompNotif> {
     let mut n = SeccompNotif::default();
     // SAFETY: the ioctl fills a zeroed seccomp_notif of the kernel's size
     // (checked against SECCOMP_GET_NOTIF_SIZES by `notif_sizes_ok`).
-    let r = unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV as _, &mut n as *mut SeccompNotif) };
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            SECCOMP_IOCTL_NOTIF_RECV as _,
+            &mut n as *mut SeccompNotif,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -436,20 +763,71 @@ pub(crate) fn notif_recv(fd: RawFd) -> io::Result<SeccompNotif> {
 
 /// Answer a seccomp notification with `-err`.
 pub(crate) fn notif_deny(fd: RawFd, id: u64, err: i32) -> io::Result<()> {
-    let mut resp = SeccompNotifResp { id, val: 0, error: -err, flags: 0 };
+    let mut resp = SeccompNotifResp {
+        id,
+        val: 0,
+        error: -err,
+        flags: 0,
+    };
     // SAFETY: passes a valid seccomp_notif_resp to the notification fd.
-    let r = unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND as _, &mut resp as *mut SeccompNotifResp) };
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            SECCOMP_IOCTL_NOTIF_SEND as _,
+            &mut resp as *mut SeccompNotifResp,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
+/// Let a notified system call go on as if there were no filter
+/// (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). Only for calls the filter sends to
+/// us to be *recorded*, never to decide: the arguments may change after we
+/// looked.
+pub(crate) fn notif_continue(fd: RawFd, id: u64) -> io::Result<()> {
+    let mut resp = SeccompNotifResp {
+        id,
+        val: 0,
+        error: 0,
+        flags: 1,
+    };
+    // SAFETY: passes a valid seccomp_notif_resp to the notification fd.
+    let r = unsafe {
+        libc::ioctl(
+            fd,
+            SECCOMP_IOCTL_NOTIF_SEND as _,
+            &mut resp as *mut SeccompNotifResp,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether notification `id` is still pending (its task alive and waiting),
+/// so that what was read from `/proc/PID/mem` belongs to it.
+pub(crate) fn notif_id_valid(fd: RawFd, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: SECCOMP_IOCTL_NOTIF_ID_VALID reads one u64.
+    unsafe { libc::ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID as _, &mut id as *mut u64) == 0 }
+}
+
 /// Whether the kernel's notification structs have the sizes compiled here.
 pub(crate) fn notif_sizes_ok() -> bool {
     let mut s = NotifSizes::default();
     // SAFETY: SECCOMP_GET_NOTIF_SIZES fills a seccomp_notif_sizes struct.
-    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &mut s as *mut NotifSizes) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_NOTIF_SIZES,
+            0,
+            &mut s as *mut NotifSizes,
+        )
+    };
     r == 0
         && usize::from(s.notif) == std::mem::size_of::<SeccompNotif>()
         && usize::from(s.resp) == std::mem::size_of::<SeccompNotifResp>()
@@ -458,14 +836,25 @@ pub(crate) fn notif_sizes_ok() -> bool {
 // ---------------------------------------------------------------------------
 // The child.
 
-fn sys_mount(src: *const c_char, dst: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void) -> c_int {
+fn sys_mount(
+    src: *const c_char,
+    dst: *const c_char,
+    fstype: *const c_char,
+    flags: c_ulong,
+    data: *const c_void,
+) -> c_int {
     // SAFETY: all pointers are NULL or point to NUL-terminated strings owned
     // by the plan, which outlives the call.
     unsafe { libc::mount(src, dst, fstype, flags, data) }
 }
 
 fn setattr(path: &CStr, set: u64, recursive: bool) -> c_int {
-    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     let flags = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: mount_setattr with a NUL-terminated path and a stack struct of
     // the size passed.
@@ -484,17 +873,43 @@ fn setattr(path: &CStr, set: u64, recursive: bool) -> c_int {
 fn run_op(op: &MountOp) -> Result<(), c_int> {
     let null = std::ptr::null::<c_char>();
     let r: c_int = match op {
-        MountOp::MakePrivate => {
-            sys_mount(null, c"/".as_ptr(), null, (libc::MS_REC | libc::MS_PRIVATE) as c_ulong, std::ptr::null())
-        }
-        MountOp::Tmpfs { target, opts, flags } => {
-            sys_mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), *flags, opts.as_ptr() as *const c_void)
-        }
+        MountOp::MakePrivate => sys_mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            (libc::MS_REC | libc::MS_PRIVATE) as c_ulong,
+            std::ptr::null(),
+        ),
+        MountOp::Tmpfs {
+            target,
+            opts,
+            flags,
+        } => sys_mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            *flags,
+            opts.as_ptr() as *const c_void,
+        ),
         MountOp::Mkdir { path, mode } => {
             // SAFETY: NUL-terminated path owned by the plan.
             let r = unsafe { libc::mkdir(path.as_ptr(), *mode) };
-            if r < 0 && errno() == libc::EEXIST {
-                0
+            // An existing directory is fine, also inside a read-only bind
+            // (where mkdir answers EROFS before it looks).
+            let e = if r < 0 { errno() } else { 0 };
+            if r < 0 && (e == libc::EEXIST || e == libc::EROFS) {
+                // SAFETY: stat buffer is plain data; path is NUL-terminated.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                if unsafe { libc::stat(path.as_ptr(), &mut st) } == 0
+                    && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                {
+                    0
+                } else {
+                    // SAFETY: restoring errno for the caller.
+                    unsafe { *libc::__errno_location() = e };
+                    -1
+                }
             } else {
                 r
             }
@@ -507,7 +922,13 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
                 0
             } else {
                 // SAFETY: NUL-terminated path; the fd is closed right away.
-                let fd = unsafe { libc::open(path.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o444) };
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o444,
+                    )
+                };
                 if fd >= 0 {
                     // SAFETY: closing the descriptor we just opened.
                     unsafe { libc::close(fd) };
@@ -524,7 +945,11 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
         MountOp::WriteFile { path, data, mode } => {
             // SAFETY: NUL-terminated path; data is a live byte buffer.
             unsafe {
-                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC, *mode);
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC,
+                    *mode,
+                );
                 if fd < 0 {
                     -1
                 } else {
@@ -538,8 +963,36 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
                 }
             }
         }
-        MountOp::Bind { src, dst } => {
-            sys_mount(src.as_ptr(), dst.as_ptr(), null, (libc::MS_BIND | libc::MS_REC) as c_ulong, std::ptr::null())
+        MountOp::Bind { src, dst } => sys_mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            null,
+            (libc::MS_BIND | libc::MS_REC) as c_ulong,
+            std::ptr::null(),
+        ),
+        MountOp::MoveTree { fd, dst } => {
+            // SAFETY: move_mount of a descriptor we hold onto a
+            // NUL-terminated path owned by the plan.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    *fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    dst.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) as c_int
+            }
+        }
+        MountOp::Detach { path } => {
+            // SAFETY: umount2/rmdir on a NUL-terminated path owned by the plan.
+            unsafe {
+                if libc::umount2(path.as_ptr(), libc::MNT_DETACH) < 0 {
+                    -1
+                } else {
+                    libc::rmdir(path.as_ptr())
+                }
+            }
         }
         MountOp::ReadOnly { path, recursive } => setattr(path, MOUNT_ATTR_RDONLY, *recursive),
         MountOp::NoSuid { path } => setattr(path, 0x2 | 0x4, true),
@@ -588,11 +1041,19 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
 }
 
 fn set_full_effective_caps() -> c_int {
-    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget/capset with a v3 header and a 2-element data array.
     unsafe {
-        if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) < 0 {
+        if libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        ) < 0
+        {
             return -1;
         }
         for d in data.iter_mut() {
@@ -608,8 +1069,17 @@ fn drop_all_caps() -> c_int {
         for cap in 0..64 {
             libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0);
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0, 0, 0);
-        let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
         let data = [CapData::default(); 2];
         libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) as c_int
     }
@@ -622,7 +1092,11 @@ fn loopback_up() -> c_int {
         if s < 0 {
             return -1;
         }
-        let mut ifr = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
+        let mut ifr = IfReq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
         ifr.name[0] = b'l';
         ifr.name[1] = b'o';
         let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut ifr as *mut IfReq);
@@ -641,7 +1115,10 @@ fn loopback_up() -> c_int {
 
 fn send_fd(sock: RawFd, fd: RawFd) -> c_int {
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr() as *mut c_void, iov_len: 1 };
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut c_void,
+        iov_len: 1,
+    };
     let mut cbuf = [0u64; 8];
     // SAFETY: builds an SCM_RIGHTS control message in a stack buffer large
     // enough for one descriptor, then sendmsg.
@@ -680,14 +1157,46 @@ fn open_srcs(p: &ChildPlan, last_try: bool) {
             if last_try && libc::fcntl(target, libc::F_GETFD) >= 0 {
                 continue;
             }
-            let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_NO_SYMLINKS };
-            let fd = libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) as c_int;
+            let how = OpenHow {
+                flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+                mode: 0,
+                resolve: RESOLVE_NO_SYMLINKS,
+            };
+            let fd = libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            ) as c_int;
             if fd < 0 {
                 if last_try {
                     fail(p.err_wr, STEP_SRC + i as u32, errno());
                 }
                 libc::close(target);
                 continue;
+            }
+            let mut fd = fd;
+            if p.src_clone.contains(&i) {
+                let t = libc::syscall(
+                    libc::SYS_open_tree,
+                    fd,
+                    c"".as_ptr(),
+                    (libc::AT_EMPTY_PATH
+                        | AT_RECURSIVE as c_int
+                        | OPEN_TREE_CLONE
+                        | libc::O_CLOEXEC) as c_ulong,
+                ) as c_int;
+                if t < 0 {
+                    if last_try {
+                        fail(p.err_wr, STEP_SRC + i as u32, errno());
+                    }
+                    libc::close(fd);
+                    libc::close(target);
+                    continue;
+                }
+                libc::close(fd);
+                fd = t;
             }
             if libc::dup3(fd, target, libc::O_CLOEXEC) < 0 {
                 fail(p.err_wr, STEP_SRC + i as u32, errno());
@@ -705,12 +1214,21 @@ fn child_main(p: &ChildPlan) -> ! {
     // or on the stack; nothing allocates and nothing returns to Rust code
     // that could observe the forked state.
     unsafe {
+        // Until the command runs, the spawning thread waits for us; if it
+        // dies, so do we. (PDEATHSIG follows the creating *thread*, so it is
+        // cleared once the lifeline pipe takes over, below.)
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
+        libc::close(p.sync_wr);
         let mut b = [0u8; 1];
         if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
             libc::_exit(1);
         }
-        libc::close(p.sync_rd);
+        // Join the run's cgroup (v1): this single thread moves itself.
+        for &fd in &p.cgroup_tasks {
+            if libc::write(fd, c"0".as_ptr() as *const c_void, 1) != 1 {
+                fail(ew, STEP_CGROUP, errno());
+            }
+        }
 
         // Mount sources: first with the credentials we were cloned with (as
         // root: still the host uid 0 as owner, without capabilities), then,
@@ -718,10 +1236,14 @@ fn child_main(p: &ChildPlan) -> ! {
         open_srcs(p, false);
 
         if let Some((uid, gid)) = p.setid {
-            if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
+            // Raw system calls, not glibc's wrappers: in a multi-threaded
+            // parent, glibc's set*id broadcast the change to every thread it
+            // knows of and wait on a futex for them; those threads do not
+            // exist in this forked copy, so the wait never ends.
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
                 || libc::prctl(libc::PR_SET_KEEPCAPS, 1 as c_ulong, 0, 0, 0) < 0
-                || libc::setresuid(uid, uid, uid) < 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
                 || set_full_effective_caps() < 0
             {
                 fail(ew, STEP_SETID, errno());
@@ -746,7 +1268,10 @@ fn child_main(p: &ChildPlan) -> ! {
             fail(ew, STEP_CHDIR, errno());
         }
         for &(res, cur, max) in &p.rlimits {
-            let rl = libc::rlimit { rlim_cur: cur, rlim_max: max };
+            let rl = libc::rlimit {
+                rlim_cur: cur,
+                rlim_max: max,
+            };
             if libc::setrlimit(res as _, &rl) < 0 {
                 fail(ew, STEP_RLIMIT, errno());
             }
@@ -762,15 +1287,35 @@ fn child_main(p: &ChildPlan) -> ! {
                 if fd < 0 {
                     fail(ew, STEP_LANDLOCK_OPEN, errno());
                 }
-                let attr = LandlockPathBeneathAttr { allowed_access: *access, parent_fd: fd };
-                if libc::syscall(libc::SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &attr as *const _ as *const c_void, 0) < 0 {
+                let attr = LandlockPathBeneathAttr {
+                    allowed_access: *access,
+                    parent_fd: fd,
+                };
+                if libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    rs,
+                    LANDLOCK_RULE_PATH_BENEATH,
+                    &attr as *const _ as *const c_void,
+                    0,
+                ) < 0
+                {
                     fail(ew, STEP_LANDLOCK_RULE, errno());
                 }
                 libc::close(fd);
             }
             for &(access, port) in &ll.ports {
-                let attr = LandlockNetPortAttr { allowed_access: access, port };
-                if libc::syscall(libc::SYS_landlock_add_rule, rs, LANDLOCK_RULE_NET_PORT, &attr as *const _ as *const c_void, 0) < 0 {
+                let attr = LandlockNetPortAttr {
+                    allowed_access: access,
+                    port,
+                };
+                if libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    rs,
+                    LANDLOCK_RULE_NET_PORT,
+                    &attr as *const _ as *const c_void,
+                    0,
+                ) < 0
+                {
                     fail(ew, STEP_LANDLOCK_RULE, errno());
                 }
             }
@@ -782,10 +1327,22 @@ fn child_main(p: &ChildPlan) -> ! {
             fail(ew, STEP_CAPS, errno());
         }
         for (i, f) in p.seccomp.iter().enumerate() {
-            let prog = libc::sock_fprog { len: f.len() as u16, filter: f.as_ptr() as *mut libc::sock_filter };
+            let prog = libc::sock_fprog {
+                len: f.len() as u16,
+                filter: f.as_ptr() as *mut libc::sock_filter,
+            };
             let listen = p.notify_filter == Some(i);
-            let flags = if listen { SECCOMP_FILTER_FLAG_NEW_LISTENER } else { 0 };
-            let r = libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog);
+            let flags = if listen {
+                SECCOMP_FILTER_FLAG_NEW_LISTENER
+            } else {
+                0
+            };
+            let r = libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                flags,
+                &prog as *const libc::sock_fprog,
+            );
             if r < 0 {
                 fail(ew, STEP_SECCOMP, errno());
             }
@@ -800,14 +1357,37 @@ fn child_main(p: &ChildPlan) -> ! {
             libc::close(p.notify_sock);
         }
 
-        // Block every signal in init; they are collected with sigwaitinfo and
+        // Init leads a process group of its own: terminal signals (Ctrl-C)
+        // go to the caller's foreground group, and the caller forwards them
+        // (see `Signaller`), so the command gets each exactly once.
+        libc::setpgid(0, 0);
+
+        // Block every signal in init; they are read from a signalfd and
         // forwarded to the command's process group.
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        let sfd = libc::signalfd(-1, &all, libc::SFD_CLOEXEC);
+        if sfd < 0 {
+            fail(ew, STEP_FORK, errno());
+        }
 
-        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong);
+        // The second byte: the parent has put us into the run's cgroup (so
+        // the command and all it starts are counted there).
+        if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
+            fail(ew, STEP_SYNC, libc::EPIPE);
+        }
+        libc::close(p.sync_rd);
+
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+        );
         if pid < 0 {
             fail(ew, STEP_FORK, errno());
         }
@@ -816,22 +1396,48 @@ fn child_main(p: &ChildPlan) -> ! {
         }
         let pid = pid as libc::pid_t;
 
-        // Init keeps only the status pipe: the command must not be able to
-        // reach host descriptors through /proc/1/fd.
+        // From here the lifeline pipe tells us when the parent is gone.
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0 as c_ulong, 0, 0, 0);
+
+        // Init keeps only the status pipe, the lifeline and its signalfd:
+        // the command must not reach host descriptors through /proc/1/fd.
         let sw = p.status_wr;
-        let max = c_int::MAX as u32;
-        if sw > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (sw - 1) as u32, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, (sw + 1) as u32, max, 0u32);
+        close_all_but(&[sw, p.lifeline_rd, sfd]);
         libc::prctl(libc::PR_SET_DUMPABLE, 0 as c_ulong, 0, 0, 0);
 
         loop {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let sig = libc::sigwaitinfo(&all, &mut info);
-            if sig < 0 {
+            let mut pfd = [
+                libc::pollfd {
+                    fd: sfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: p.lifeline_rd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(pfd.as_mut_ptr(), 2, -1) < 0 {
                 continue;
             }
+            if pfd[1].revents != 0 {
+                // The parent is gone: exiting kills the whole namespace.
+                libc::_exit(1);
+            }
+            if pfd[0].revents == 0 {
+                continue;
+            }
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let n = libc::read(
+                sfd,
+                &mut info as *mut libc::signalfd_siginfo as *mut c_void,
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            );
+            if n != std::mem::size_of::<libc::signalfd_siginfo>() as isize {
+                continue;
+            }
+            let sig = info.ssi_signo as c_int;
             if sig == libc::SIGCHLD {
                 loop {
                     let mut st: c_int = 0;
@@ -850,6 +1456,27 @@ fn child_main(p: &ChildPlan) -> ! {
             }
         }
     }
+}
+
+/// Close every descriptor except those in `keep`. Async-signal-safe.
+fn close_all_but(keep: &[c_int]) {
+    let mut k = [-1 as c_int; 8];
+    let n = keep.len().min(k.len());
+    k[..n].copy_from_slice(&keep[..n]);
+    k[..n].sort_unstable();
+    let mut from: c_int = 0;
+    for &fd in &k[..n] {
+        if fd < from {
+            continue;
+        }
+        if fd > from {
+            // SAFETY: close_range on an integer range.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32) };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from as u32, c_int::MAX as u32, 0u32) };
 }
 
 /// The command process: default signal state, new session, stdio, exec.
@@ -878,7 +1505,12 @@ fn command_main(p: &ChildPlan) -> ! {
         }
         // Everything but 0/1/2 is closed at exec (the error pipe included,
         // which tells the parent the exec happened).
-        libc::syscall(libc::SYS_close_range, 3u32, c_int::MAX as u32, CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            c_int::MAX as u32,
+            CLOSE_RANGE_CLOEXEC,
+        );
         let mut last = libc::ENOENT;
         for path in &p.exec_paths {
             libc::execve(path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
@@ -891,3 +1523,43 @@ fn command_main(p: &ChildPlan) -> ! {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn peer_pidfd_names_this_process() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pidfd = match peer_pidfd(a.as_fd()) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+                eprintln!("SKIPPED: SO_PEERPIDFD needs Linux 6.5+ ({e})");
+                return;
+            }
+            Err(e) => panic!("peer_pidfd: {e}"),
+        };
+        // The pidfd's fdinfo names the peer's pid, which is us.
+        use std::os::fd::AsRawFd;
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).unwrap();
+        let pid_line = info
+            .lines()
+            .find(|l| l.starts_with("Pid:"))
+            .expect("a pidfd has a Pid: line");
+        assert_eq!(
+            pid_line.split_whitespace().nth(1).unwrap(),
+            std::process::id().to_string()
+        );
+        // Signal 0 through it: the peer is alive.
+        pidfd_signal(pidfd.as_raw_fd(), 0).unwrap();
+        drop(b);
+    }
+
+    #[test]
+    fn peer_pidfd_refuses_a_non_socket() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let e = peer_pidfd(f.as_fd()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSOCK));
+    }
+}

@@ -21,6 +21,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Cmd {
     /// Run the broker (agent and operator sockets) until SIGTERM/SIGINT.
     Serve(cmd_serve::ServeArgs),

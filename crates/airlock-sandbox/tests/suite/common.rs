@@ -1,6 +1,116 @@
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::OnceLock;
+
 use airlock_sandbox::{run, Outcome, SandboxSpec, StdioMode, WorkspaceMode, WorkspaceMount};
+
+/// Declare a test that runs as the current user and, when that is root,
+/// again as `nobody` (the same test binary re-executed under `setpriv`).
+macro_rules! sandbox_test {
+    ($(#[$m:meta])* fn $name:ident() $body:block) => {
+        $(#[$m])*
+        #[test]
+        fn $name() {
+            $crate::common::both(concat!(module_path!(), "::", stringify!($name)), || $body)
+        }
+    };
+}
+
+const INNER: &str = "AIRLOCK_SUITE_AS_NOBODY";
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Who runs this test body: `root`, `nobody` or `uid N`.
+pub fn who() -> String {
+    match rustix::process::geteuid().as_raw() {
+        0 => "root".into(),
+        65534 => "nobody".into(),
+        n => format!("uid {n}"),
+    }
+}
+
+/// This test binary, open without close-on-exec so that `setpriv` (after it
+/// became nobody) can run it as `/proc/self/fd/N` although it lives below a
+/// directory nobody cannot enter.
+fn self_exe() -> &'static std::fs::File {
+    static EXE: OnceLock<std::fs::File> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let f = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        rustix::io::fcntl_setfd(&f, rustix::io::FdFlags::empty()).unwrap();
+        f
+    })
+}
+
+/// Run `body` here; as root, also run this test as nobody and require it
+/// to pass there too. Its output (including `SKIPPED:` lines) is shown.
+pub fn both(path: &str, body: impl FnOnce()) {
+    let test = path.split_once("::").map(|(_, t)| t).unwrap_or(path);
+    if std::env::var_os(INNER).is_some() {
+        body();
+        return;
+    }
+    eprintln!("[{}] {test}", who());
+    body();
+    if !is_root() {
+        eprintln!("SKIPPED: [nobody] {test}: the suite is not running as root, so it cannot switch to nobody");
+        return;
+    }
+    let fd = self_exe().as_raw_fd();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(format!("/proc/self/fd/{fd}"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INNER, "1")
+        .env("HOME", "/nonexistent")
+        .env("TMPDIR", "/tmp")
+        .output()
+        .expect("run setpriv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for l in stderr.lines() {
+        eprintln!("[nobody] {l}");
+    }
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "as nobody, {test} failed:\n{stdout}\n{stderr}"
+    );
+}
+
+/// Host processes whose command line contains `marker` (not this one).
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if c.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// A unique marker for this test run.
+pub fn marker(tag: &str) -> String {
+    format!("airlock-suite-{tag}-{}-{}", std::process::id(), rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u32
+}
 
 /// A temp dir with a workspace and staging dirs, readable by the inside
 /// uid when tests run as root.
@@ -10,13 +120,17 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let dir = tempfile::Builder::new().prefix("airlock-sbx").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-sbx")
+            .tempdir()
+            .unwrap();
         for d in ["ws", "upper", "work", "home"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         use std::os::unix::fs::PermissionsExt;
         for d in ["", "ws"] {
-            std::fs::set_permissions(dir.path().join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(dir.path().join(d), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
         }
         let f = Fixture { dir };
         f.own(&f.ws());
@@ -46,6 +160,21 @@ impl Fixture {
         self.own(&p);
         p
     }
+    /// The overlay leaves `work/work` with mode 000; open everything up so
+    /// the temp dir can be removed.
+    fn open_up(p: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(md) = std::fs::symlink_metadata(p) {
+            if md.is_dir() {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+                if let Ok(rd) = std::fs::read_dir(p) {
+                    for e in rd.flatten() {
+                        Self::open_up(&e.path());
+                    }
+                }
+            }
+        }
+    }
     pub fn ws(&self) -> PathBuf {
         self.dir.path().join("ws")
     }
@@ -57,13 +186,25 @@ impl Fixture {
     }
     /// A spec running `sh -c script` in the staged workspace.
     pub fn sh(&self, script: &str) -> SandboxSpec {
-        let mut s = SandboxSpec::new(vec!["/bin/sh".into(), "-c".into(), script.into()], self.ws());
+        let mut s = SandboxSpec::new(
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+            self.ws(),
+        );
         s.workspace = Some(WorkspaceMount {
             base: self.ws(),
-            mode: WorkspaceMode::Staged { upper: self.upper(), work: self.path().join("work") },
+            mode: WorkspaceMode::Staged {
+                upper: self.upper(),
+                work: self.path().join("work"),
+            },
         });
         s.stdio = StdioMode::Capture { max_bytes: 1 << 20 };
         s
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        Self::open_up(self.dir.path());
     }
 }
 
@@ -72,7 +213,7 @@ pub fn try_run(spec: &SandboxSpec) -> Option<Outcome> {
     match run(spec) {
         Ok(o) => Some(o),
         Err(e @ airlock_sandbox::SandboxError::Namespaces { .. }) => {
-            eprintln!("SKIPPED: {e}");
+            eprintln!("SKIPPED: [{}] {e}", who());
             None
         }
         Err(e) => panic!("sandbox failed: {e}"),

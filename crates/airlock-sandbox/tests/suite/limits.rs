@@ -1,2 +1,131 @@
-#[allow(unused_imports)]
+use std::time::Duration;
+
+use airlock_sandbox::ExitKind;
+
 use crate::common::*;
+
+fn mechanism_is_reported(o: &airlock_sandbox::Outcome) {
+    let m = o.report.limits_mechanism.as_str();
+    assert!(["cgroup-v2", "cgroup-v1", "rlimit"].contains(&m), "{m}");
+    if !is_root() {
+        // No cgroup is delegated to nobody here: rlimits and the pid namespace.
+        eprintln!("[{}] limits enforced with {m}", who());
+    }
+}
+
+sandbox_test! {
+    fn timeout_kills_the_whole_sandbox() {
+        let f = Fixture::new();
+        let m = marker("timeout");
+        let mut s = f.sh(&format!("(sleep 300; : {m}) & while :; do :; done"));
+        s.limits.timeout = Some(Duration::from_millis(500));
+        let Some(o) = try_run(&s) else { return };
+        assert_eq!(o.status, ExitKind::Timeout);
+        assert_eq!(o.status.exit_code(), 124);
+        assert!(processes_with(&m).is_empty(), "a process outlived the timeout");
+    }
+}
+
+sandbox_test! {
+    fn nothing_outlives_the_command() {
+        let f = Fixture::new();
+        let m = marker("daemon");
+        let Some(o) = try_run(&f.sh(&format!(
+            "(setsid sh -c 'sleep 300; : {m}' </dev/null >/dev/null 2>&1 &); (nohup sh -c 'trap \"\" HUP TERM; sleep 300; : {m}' >/dev/null 2>&1 &); exit 0"
+        ))) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0));
+        assert!(processes_with(&m).is_empty(), "a daemon outlived the run");
+    }
+}
+
+sandbox_test! {
+    fn memory_limit_stops_a_balloon() {
+        let f = Fixture::new();
+        let mut s = f.sh("python3 -c 'b = bytearray(512 << 20); print(\"allocated\")'");
+        s.limits.memory = Some(64 << 20);
+        let Some(o) = try_run(&s) else { return };
+        assert!(!stdout(&o).contains("allocated"), "512 MiB allocated under a 64 MiB limit");
+        assert_ne!(o.status, ExitKind::Exited(0));
+        if o.report.limits_mechanism.starts_with("cgroup") {
+            assert_eq!(o.status, ExitKind::MemoryLimit, "{}", stderr(&o));
+            assert_eq!(o.status.exit_code(), 120);
+        }
+        mechanism_is_reported(&o);
+    }
+}
+
+sandbox_test! {
+    fn pids_limit_stops_a_fork_loop() {
+        let f = Fixture::new();
+        let mut s = f.sh("i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null; echo spawned; ls /proc | grep -c '^[0-9]'");
+        s.limits.pids = Some(32);
+        s.limits.timeout = Some(Duration::from_secs(20));
+        let Some(o) = try_run(&s) else { return };
+        let out = stdout(&o);
+        let count: usize = out.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        assert!(count <= 32 + 3, "{count} processes under a limit of 32: {out}");
+        mechanism_is_reported(&o);
+    }
+}
+
+sandbox_test! {
+    fn cpu_time_limit_kills() {
+        let f = Fixture::new();
+        let mut s = f.sh("while :; do :; done");
+        s.limits.cpu_time = Some(Duration::from_secs(1));
+        s.limits.timeout = Some(Duration::from_secs(30));
+        let Some(o) = try_run(&s) else { return };
+        assert_eq!(o.status, ExitKind::CpuLimit);
+        assert_eq!(o.status.exit_code(), 122);
+    }
+}
+
+sandbox_test! {
+    fn disk_limit_stops_staging() {
+        let f = Fixture::new();
+        let mut s = f.sh("head -c 67108864 /dev/zero > big; echo done");
+        s.limits.disk = Some(8 << 20);
+        let Some(o) = try_run(&s) else { return };
+        assert_eq!(o.status, ExitKind::DiskLimit, "{}", stdout(&o));
+        let size = std::fs::metadata(f.upper().join("big")).map(|m| m.len()).unwrap_or(0);
+        assert!(size <= 8 << 20, "{size} bytes staged");
+    }
+}
+
+sandbox_test! {
+    fn signals_reach_the_command() {
+        let f = Fixture::new();
+        let s = f.sh("trap 'echo got-term; exit 7' TERM; touch ready; while :; do sleep 0.05; done");
+        let r = match airlock_sandbox::spawn(&s) {
+            Ok(r) => r,
+            Err(e @ airlock_sandbox::SandboxError::Namespaces { .. }) => {
+                eprintln!("SKIPPED: [{}] {e}", who());
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        // The trap is set once `ready` shows up in the staged upper dir.
+        while !f.upper().join("ready").exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r.signaller().signal(libc::SIGTERM).unwrap();
+        let o = r.wait().unwrap();
+        assert_eq!(o.status, ExitKind::Exited(7), "{}", stdout(&o));
+        assert!(stdout(&o).contains("got-term"));
+    }
+}
+
+sandbox_test! {
+    fn dropping_a_running_sandbox_kills_it() {
+        let f = Fixture::new();
+        let m = marker("drop");
+        let s = f.sh(&format!("touch ready; sleep 300; : {m}"));
+        let Ok(r) = airlock_sandbox::spawn(&s) else { return };
+        while !f.upper().join("ready").exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!processes_with(&m).is_empty());
+        drop(r);
+        assert!(processes_with(&m).is_empty(), "the sandbox survived its Running handle");
+    }
+}

@@ -1,51 +1,111 @@
-use airlock_sandbox::ExitKind;
+use airlock_sandbox::{ExitKind, WorkspaceMode};
 
 use crate::common::*;
 
-#[test]
-fn writes_are_staged_in_the_upper_dir() {
-    let f = Fixture::new();
-    f.write("a.txt", "original");
-    let Some(o) = try_run(&f.sh("echo changed > a.txt && echo new > b.txt && rm -f gone.txt; cat a.txt")) else { return };
-    assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
-    assert_eq!(stdout(&o).trim(), "changed");
-    // Real tree untouched; changes in upper.
-    assert_eq!(std::fs::read_to_string(f.ws().join("a.txt")).unwrap(), "original");
-    assert!(!f.ws().join("b.txt").exists());
-    assert_eq!(std::fs::read_to_string(f.upper().join("a.txt")).unwrap(), "changed\n");
-    assert_eq!(std::fs::read_to_string(f.upper().join("b.txt")).unwrap(), "new\n");
-    assert_eq!(o.report.workspace, "staged-overlay");
+sandbox_test! {
+    fn writes_are_staged_in_the_upper_dir() {
+        let f = Fixture::new();
+        f.write("a.txt", "original");
+        let Some(o) = try_run(&f.sh("echo changed > a.txt && echo new > b.txt && rm -f gone.txt; cat a.txt")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), "changed");
+        // Real tree untouched; changes in upper.
+        assert_eq!(std::fs::read_to_string(f.ws().join("a.txt")).unwrap(), "original");
+        assert!(!f.ws().join("b.txt").exists());
+        assert_eq!(std::fs::read_to_string(f.upper().join("a.txt")).unwrap(), "changed\n");
+        assert_eq!(std::fs::read_to_string(f.upper().join("b.txt")).unwrap(), "new\n");
+        assert_eq!(o.report.workspace, "staged-overlay");
+    }
 }
 
-#[test]
-fn deletes_become_whiteouts() {
-    let f = Fixture::new();
-    f.write("old.txt", "x");
-    let Some(o) = try_run(&f.sh("rm old.txt && test ! -e old.txt")) else { return };
-    assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
-    assert!(f.ws().join("old.txt").exists());
-    let md = std::fs::symlink_metadata(f.upper().join("old.txt")).expect("whiteout in upper");
-    use std::os::unix::fs::FileTypeExt;
-    let xattr_whiteout = md.is_file() && md.len() == 0;
-    assert!(md.file_type().is_char_device() || xattr_whiteout, "{md:?}");
+sandbox_test! {
+    fn deletes_become_whiteouts() {
+        let f = Fixture::new();
+        f.write("old.txt", "x");
+        let Some(o) = try_run(&f.sh("rm old.txt && test ! -e old.txt")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        assert!(f.ws().join("old.txt").exists());
+        let md = std::fs::symlink_metadata(f.upper().join("old.txt")).expect("whiteout in upper");
+        use std::os::unix::fs::FileTypeExt;
+        let xattr_whiteout = md.is_file() && md.len() == 0;
+        assert!(md.file_type().is_char_device() || xattr_whiteout, "{md:?}");
+    }
 }
 
-#[test]
-fn write_through_writes_the_real_tree() {
-    let f = Fixture::new();
-    let mut s = f.sh("echo hi > direct.txt");
-    s.workspace.as_mut().unwrap().mode = airlock_sandbox::WorkspaceMode::WriteThrough;
-    let Some(o) = try_run(&s) else { return };
-    assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(f.ws().join("direct.txt")).unwrap(), "hi\n");
+sandbox_test! {
+    fn earlier_staged_changes_are_visible_in_the_next_run() {
+        let f = Fixture::new();
+        let Some(o) = try_run(&f.sh("echo one > staged.txt")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        let o = try_run(&f.sh("cat staged.txt")).unwrap();
+        assert_eq!(stdout(&o).trim(), "one");
+        assert!(!f.ws().join("staged.txt").exists());
+    }
 }
 
-#[test]
-fn read_only_workspace_refuses_writes() {
-    let f = Fixture::new();
-    let mut s = f.sh("echo hi > x.txt");
-    s.workspace.as_mut().unwrap().mode = airlock_sandbox::WorkspaceMode::ReadOnly;
-    let Some(o) = try_run(&s) else { return };
-    assert_ne!(o.status, ExitKind::Exited(0));
-    assert!(!f.ws().join("x.txt").exists());
+sandbox_test! {
+    fn write_through_writes_the_real_tree() {
+        let f = Fixture::new();
+        let mut s = f.sh("echo hi > direct.txt");
+        s.workspace.as_mut().unwrap().mode = WorkspaceMode::WriteThrough;
+        let Some(o) = try_run(&s) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(f.ws().join("direct.txt")).unwrap(), "hi\n");
+        assert_eq!(o.report.workspace, "write-through");
+    }
+}
+
+sandbox_test! {
+    fn read_only_workspace_refuses_writes() {
+        let f = Fixture::new();
+        let mut s = f.sh("echo hi > x.txt");
+        s.workspace.as_mut().unwrap().mode = WorkspaceMode::ReadOnly;
+        let Some(o) = try_run(&s) else { return };
+        assert_ne!(o.status, ExitKind::Exited(0));
+        assert!(!f.ws().join("x.txt").exists());
+        assert!(std::fs::read_dir(f.upper()).unwrap().next().is_none());
+    }
+}
+
+sandbox_test! {
+    fn setuid_bits_do_not_work_in_the_workspace() {
+        // A setuid copy of `id` already in the workspace (as root: root's)
+        // runs without privilege (nosuid mounts, no_new_privs).
+        let f = Fixture::new();
+        let p = f.ws().join("id");
+        std::fs::copy("/usr/bin/id", &p).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let Some(o) = try_run(&f.sh("./id -u && id -u")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        let ids: Vec<&str> = out.lines().collect();
+        assert_eq!(ids.len(), 2, "{out}");
+        assert_eq!(ids[0], ids[1], "the setuid copy changed the effective uid");
+    }
+}
+
+sandbox_test! {
+    fn a_root_owned_workspace_is_writable_when_root_runs_it() {
+        // As root over a root-owned workspace the sandbox runs as nobody on
+        // an idmapped clone of it: it can write there like the owner, and
+        // nothing it writes is root's inside. (As nobody this is the plain
+        // case of one's own workspace.)
+        let f = Fixture::new();
+        let a = f.write("a.txt", "original");
+        if is_root() {
+            std::os::unix::fs::lchown(f.ws(), Some(0), Some(0)).unwrap();
+            std::os::unix::fs::lchown(&a, Some(0), Some(0)).unwrap();
+        }
+        let Some(o) = try_run(&f.sh("id -u; echo changed > a.txt && echo new > b.txt && echo ok")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.ends_with("ok\n"), "{out}");
+        assert_ne!(out.lines().next(), Some("0"), "root inside");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "original");
+        assert_eq!(std::fs::read_to_string(f.upper().join("a.txt")).unwrap(), "changed\n");
+        if is_root() {
+            assert_eq!(o.report.workspace, "staged-overlay+idmap");
+        }
+    }
 }

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Whole-process start-up cost of the sandbox, in one run, interleaved:
+#   bare /bin/true | bwrap (comparable namespaces and mounts) | airlock run
+# Prints the median wall time per process over N runs each (default 300)
+# and the ratio airlock/bwrap.
+#
+#   bench/sandbox.sh                 build airlock (release) and measure
+#   AIRLOCK=/path/airlock bench/sandbox.sh
+#   BENCH_RUNS=500 BENCH_AS=nobody bench/sandbox.sh   (as root: measure as nobody)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+
+if ! command -v bwrap >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null; }
+    fi
+    command -v bwrap >/dev/null || { echo "bench: bwrap (Debian package bubblewrap) is needed" >&2; exit 2; }
+fi
+if [[ -z "${AIRLOCK:-}" ]]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target-sandbox}"
+    (cd "$root" && cargo build -q --release -p airlock)
+    AIRLOCK="$CARGO_TARGET_DIR/release/airlock"
+fi
+PY=/usr/bin/python3
+[[ -x "$PY" ]] || PY="$(command -v python3)"
+exec "$PY" - "$AIRLOCK" "${BENCH_RUNS:-300}" "${BENCH_AS:-}" <<'PYEOF'
+import os, shutil, statistics, subprocess, sys, tempfile, time
+
+airlock, runs, as_user = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+fix = tempfile.mkdtemp(prefix="airlock-bench-")
+os.chmod(fix, 0o755)
+ws = os.path.join(fix, "ws")
+state = os.path.join(fix, "state")
+os.mkdir(ws, 0o755)
+os.mkdir(state, 0o700)
+for i in range(20):
+    with open(os.path.join(ws, "f%d.txt" % i), "w") as f:
+        f.write("x" * 100)
+os.makedirs(os.path.join(ws, ".git/hooks"))
+with open(os.path.join(ws, ".git/config"), "w") as f:
+    f.write("[core]\n")
+binary = os.path.join(fix, "airlock")
+shutil.copy(airlock, binary)
+os.chmod(binary, 0o755)
+
+prefix = []
+if as_user:
+    uid = 65534 if as_user == "nobody" else int(as_user)
+    for d, dirs, files in os.walk(fix):
+        for x in dirs + files:
+            os.lchown(os.path.join(d, x), uid, uid)
+    os.lchown(fix, uid, uid)
+    prefix = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "--"]
+
+env = {"PATH": "/usr/bin:/bin", "HOME": fix, "XDG_STATE_HOME": state, "XDG_CONFIG_HOME": os.path.join(fix, "config")}
+
+def symlink_or_bind(d):
+    p = "/" + d
+    if os.path.islink(p):
+        return ["--symlink", os.readlink(p), p]
+    if os.path.isdir(p):
+        return ["--ro-bind", p, p]
+    return []
+
+bwrap = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+         "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+for d in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+    bwrap += symlink_or_bind(d)
+bwrap += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+          "--bind", ws, ws, "--chdir", ws, "/bin/true"]
+
+cases = [
+    ("bare /bin/true", prefix + ["/bin/true"]),
+    ("bwrap", prefix + bwrap),
+    ("airlock run", prefix + [binary, "run", "--workspace", ws, "--", "/bin/true"]),
+]
+
+# Check each works once, then measure interleaved so that load on the
+# machine hits all three alike.
+for name, cmd in cases:
+    r = subprocess.run(cmd, env=env, cwd=ws, capture_output=True)
+    if r.returncode != 0:
+        print("bench: %s failed (exit %d): %s" % (name, r.returncode, r.stderr.decode()[-500:]), file=sys.stderr)
+        sys.exit(1)
+times = {name: [] for name, _ in cases}
+for i in range(runs):
+    for name, cmd in cases:
+        t = time.perf_counter()
+        subprocess.run(cmd, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times[name].append(time.perf_counter() - t)
+
+rep = subprocess.run(prefix + [binary, "run", "--workspace", ws, "--json", "--", "/bin/true"], env=env, cwd=ws,
+                     capture_output=True).stderr.decode().strip().splitlines()[-1]
+import json
+layers = json.loads(rep)["outcome"]["report"]
+shutil.rmtree(fix, ignore_errors=True)
+
+med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+print("median wall time per process, %d runs each, as %s:" % (runs, as_user or ("root" if os.geteuid() == 0 else "uid %d" % os.geteuid())))
+for name, _ in cases:
+    v = sorted(times[name])
+    print("  %-15s %7.2f ms   (p10 %.2f, p90 %.2f)" % (name, med[name], v[len(v) // 10] * 1000, v[len(v) * 9 // 10] * 1000))
+print("airlock run: workspace %s, Landlock %s (ABI %s), seccomp %s, limits %s, namespaces %s"
+      % (layers["workspace"], layers["landlock"], layers["landlock_abi"], layers["seccomp"], layers["limits_mechanism"],
+         ",".join(layers["namespaces"])))
+print("ratio airlock/bwrap: %.2f" % (med["airlock run"] / med["bwrap"]))
+PYEOF

@@ -1,0 +1,348 @@
+//! `airlock run` and `airlock doctor` end to end, through the built binary,
+//! with a temp workspace and temp state/config dirs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-cli")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("ws")).unwrap();
+        std::fs::write(dir.path().join("ws/a.txt"), "original\n").unwrap();
+        // As root this workspace is root's, as in CI: the sandbox runs as
+        // nobody over an idmapped clone of it.
+        Env { dir }
+    }
+    fn ws(&self) -> PathBuf {
+        self.dir.path().join("ws")
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .current_dir(self.ws())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.dir.path())
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("GITHUB_TOKEN", "cli-canary")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // overlayfs leaves its work/work dir with mode 000.
+        fn open_up(p: &Path) {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = std::fs::symlink_metadata(p) {
+                if m.is_dir() {
+                    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+                    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                        open_up(&e.path());
+                    }
+                }
+            }
+        }
+        open_up(self.dir.path());
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `None` (and SKIPPED) when this machine cannot create the sandbox.
+fn sandbox_works(e: &Env) -> bool {
+    let o = e.run(&["run", "--", "/bin/true"]);
+    if o.status.code() == Some(125)
+        && text(&o.stderr).contains("cannot create the sandbox namespaces")
+    {
+        eprintln!("SKIPPED: {}", text(&o.stderr));
+        return false;
+    }
+    true
+}
+
+#[test]
+fn exit_codes_are_propagated() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    assert_eq!(
+        e.run(&["run", "--", "/bin/sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    assert_eq!(
+        e.run(&["run", "--", "/bin/sh", "-c", "kill -TERM $$"])
+            .status
+            .code(),
+        Some(128 + 15)
+    );
+    let t = e.run(&[
+        "run",
+        "--timeout",
+        "300ms",
+        "--",
+        "/bin/sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    assert_eq!(t.status.code(), Some(124));
+    assert!(text(&t.stderr).contains("timed out"), "{}", text(&t.stderr));
+    // Airlock's own failure: 125 with a message.
+    let bad = e.run(&["run", "--memory", "lots", "--", "/bin/true"]);
+    assert_eq!(bad.status.code(), Some(125));
+    assert!(
+        text(&bad.stderr).contains("--memory"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let missing = e.run(&["run", "--", "/nonexistent/cmd"]);
+    assert_eq!(missing.status.code(), Some(125));
+    assert!(
+        text(&missing.stderr).contains("cannot execute"),
+        "{}",
+        text(&missing.stderr)
+    );
+}
+
+#[test]
+fn changes_are_staged_then_committed() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let o = e.run(&[
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo changed > a.txt; echo new > b.txt",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("change(s) staged in st-"), "{err}");
+    assert!(err.contains("airlock staged diff st-"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(e.ws().join("a.txt")).unwrap(),
+        "original\n"
+    );
+    assert!(!e.ws().join("b.txt").exists());
+    // The next run sees them, and --commit applies them.
+    let o = e.run(&[
+        "run",
+        "--commit",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat a.txt b.txt > both.txt",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("committed"), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(e.ws().join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.ws().join("both.txt")).unwrap(),
+        "changed\nnew\n"
+    );
+}
+
+#[test]
+fn a_failed_command_commits_nothing() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let o = e.run(&[
+        "run",
+        "--commit",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > c.txt; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(!e.ws().join("c.txt").exists());
+    assert!(
+        text(&o.stderr).contains("not committed"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn json_record_and_report_file() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let report = e.dir.path().join("report.json");
+    let o = e.run(&[
+        "run",
+        "--json",
+        "--report",
+        report.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "env; unshare -U true; exit 0",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        !text(&o.stdout).contains("cli-canary"),
+        "a secret reached the command"
+    );
+    let last = text(&o.stderr).lines().last().unwrap().to_string();
+    let rec: serde_json::Value = serde_json::from_str(&last).expect("last stderr line is JSON");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(rec, file);
+    assert_eq!(rec["exit_code"], 0);
+    assert_eq!(rec["outcome"]["status"]["kind"], "exited");
+    assert!(
+        rec["outcome"]["report"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 6
+    );
+    if rec["outcome"]["report"]["seccomp_notify"] == true {
+        assert!(
+            rec["blocked"]
+                .as_str()
+                .unwrap()
+                .contains("unshare(CLONE_NEWUSER)"),
+            "{rec}"
+        );
+        assert!(text(&o.stderr).contains("airlock: blocked: unshare(CLONE_NEWUSER)"));
+    }
+}
+
+#[test]
+fn profiles_from_the_config_file() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    std::fs::create_dir_all(e.dir.path().join("config/airlock")).unwrap();
+    std::fs::write(
+        e.dir.path().join("config/airlock/config.toml"),
+        "[profiles.tiny]\nworkspace = \"read-only\"\nlimits = { timeout = \"200ms\" }\n",
+    )
+    .unwrap();
+    let o = e.run(&[
+        "run",
+        "--profile",
+        "tiny",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > d.txt; sleep 5",
+    ]);
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o.stderr));
+    let o = e.run(&[
+        "run",
+        "--profile",
+        "read-only",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > d.txt",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    let o = e.run(&["run", "--profile", "nope", "--", "/bin/true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o.stderr).contains("unknown profile"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn doctor_reports_every_layer() {
+    let e = Env::new();
+    let o = e.run(&["doctor", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("doctor --json prints JSON");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "user namespaces",
+        "landlock",
+        "seccomp",
+        "overlayfs in a user namespace",
+        "cgroups",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    let runs = v["default_profile_runs"].as_bool().unwrap();
+    assert_eq!(o.status.code(), Some(if runs { 0 } else { 1 }));
+    let human = e.run(&["doctor"]);
+    assert!(
+        text(&human.stdout).contains("landlock"),
+        "{}",
+        text(&human.stdout)
+    );
+}
+
+#[test]
+fn ctrl_c_reaches_the_command() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args([
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-int; exit 3' INT; touch ready; while :; do sleep 0.05; done",
+        ])
+        .current_dir(e.ws())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", e.dir.path())
+        .env("XDG_STATE_HOME", e.dir.path().join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The trap is set once `ready` is staged.
+    let staging = e.dir.path().join("state/airlock/staging");
+    let ready = || {
+        std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|a| a.path().join("upper/ready").exists())
+    };
+    while !ready() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // What a terminal's Ctrl-C does to the foreground job: SIGINT to airlock.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got-int\n");
+}
