@@ -103,14 +103,19 @@ impl Broker {
         let mut spec = SandboxSpec::new(req.argv.clone(), PathBuf::from(&req.cwd));
         let home = std::env::var("HOME").ok();
         let expand = |list: &[String]| -> Vec<PathBuf> {
-            list.iter().filter_map(|p| Profile::expand(p, home.as_deref())).collect()
+            list.iter()
+                .filter_map(|p| Profile::expand(p, home.as_deref()))
+                .collect()
         };
         // The profile's variables first, then the request's (which win).
         let mut extra = profile.env.clone();
         extra.extend(req.env.iter().cloned());
         spec.env = airlock_sandbox::scrub_env(
             [
-                ("PATH".to_string(), airlock_sandbox::env::DEFAULT_PATH.to_string()),
+                (
+                    "PATH".to_string(),
+                    airlock_sandbox::env::DEFAULT_PATH.to_string(),
+                ),
                 ("LANG".to_string(), "C.UTF-8".to_string()),
             ],
             &extra,
@@ -120,7 +125,10 @@ impl Broker {
             mode: match profile.workspace {
                 WorkspaceAccess::ReadOnly => WorkspaceMode::ReadOnly,
                 WorkspaceAccess::WriteThrough => WorkspaceMode::WriteThrough,
-                WorkspaceAccess::Staged => WorkspaceMode::Staged { upper: area.upper_dir(), work: area.work_dir() },
+                WorkspaceAccess::Staged => WorkspaceMode::Staged {
+                    upper: area.upper_dir(),
+                    work: area.work_dir(),
+                },
             },
         });
         spec.allow_read = expand(&profile.allow_read);

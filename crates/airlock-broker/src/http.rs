@@ -371,7 +371,7 @@ pub(crate) async fn no_route(req: Request) -> Response {
             ErrorCode::NotFoundRoute,
             format!("no route {} {}", req.method(), req.uri().path()),
         )
-        .hint("see docs/openapi.yaml for the routes this socket serves"),
+        .hint("see docs/openapi.yaml (agent socket) and docs/openapi-operator.yaml (operator socket) for the routes"),
     )
 }
 
@@ -381,7 +381,7 @@ pub(crate) async fn bad_method(req: Request) -> Response {
             ErrorCode::MethodNotAllowed,
             format!("{} is not allowed on {}", req.method(), req.uri().path()),
         )
-        .hint("see docs/openapi.yaml for each route's method"),
+        .hint("see docs/openapi.yaml (agent socket) and docs/openapi-operator.yaml (operator socket) for each route's method"),
     )
 }
 

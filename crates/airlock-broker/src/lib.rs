@@ -191,27 +191,45 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
 fn remember_tokens(tokens: &TokenAuthority, audit_dir: &Path) -> usize {
     // Tokens live at most `max_duration_seconds` (an hour by default); the
     // last 50,000 records cover far more than that at any realistic rate.
-    let Ok(recs) = airlock_audit::tail(audit_dir, 50_000) else { return 0 };
+    let Ok(recs) = airlock_audit::tail(audit_dir, 50_000) else {
+        return 0;
+    };
     let mut n = 0;
     for r in recs {
         let b = &r.body;
-        let (Some(id), granted) = (b.token_id.as_deref(), &b.execution["granted"]) else { continue };
+        let (Some(id), granted) = (b.token_id.as_deref(), &b.execution["granted"]) else {
+            continue;
+        };
         if !matches!(b.kind.as_str(), "request" | "approval") || !granted.is_object() {
             continue;
         }
         let strs = |k: &str| -> Vec<String> {
-            granted[k].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            granted[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
         };
         let info = airlock_token::TokenInfo {
             id: id.to_string(),
             request_id: b.request_id.clone(),
-            session: b.execution["session"].as_str().unwrap_or_default().to_string(),
-            verbs: strs("verbs").iter().filter_map(|v| airlock_core::Verb::parse(v)).collect(),
+            session: b.execution["session"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            verbs: strs("verbs")
+                .iter()
+                .filter_map(|v| airlock_core::Verb::parse(v))
+                .collect(),
             paths: strs("paths"),
             hosts: strs("hosts"),
             commands: strs("commands"),
             issued_at: parse_rfc3339(&b.ts).unwrap_or(0),
-            expires_at: granted["expires_at"].as_str().and_then(parse_rfc3339).unwrap_or(0),
+            expires_at: granted["expires_at"]
+                .as_str()
+                .and_then(parse_rfc3339)
+                .unwrap_or(0),
             revoked: false,
         };
         if tokens.remember(info) {
@@ -255,6 +273,14 @@ impl Broker {
     pub fn open(cfg: Config, extra_workspaces: &[PathBuf]) -> Result<Broker, BrokerError> {
         let paths = cfg.paths()?;
         cfg.limits.validate().map_err(BrokerError::Config)?;
+        for s in [&paths.socket, &paths.operator_socket] {
+            if std::os::unix::net::UnixStream::connect(s).is_ok() {
+                return Err(BrokerError::AlreadyRunning(format!(
+                    "another broker is already listening on {}; stop it first, or choose another socket (AIRLOCK_SOCKET) and state directory",
+                    s.display()
+                )));
+            }
+        }
         private_dir(&paths.state_dir)?;
         let audit = AuditLog::open(&paths.audit_dir, cfg.audit.max_segment_bytes)?;
         let tokens = TokenAuthority::load_or_create(&paths.state_dir)?;
@@ -274,6 +300,13 @@ impl Broker {
             if let Ok(a) = staging.get(&info.id) {
                 areas.insert((info.session.clone(), info.base.clone()), a);
             }
+        }
+        let remembered = remember_tokens(&tokens, &paths.audit_dir);
+        if remembered > 0 {
+            tracing::info!(
+                tokens = remembered,
+                "live tokens from before the restart are listed again"
+            );
         }
         let user = cfg
             .user

@@ -20,21 +20,7 @@ use crate::{new_id, now_unix, rfc3339, Broker};
 
 /// Refuse agents and their descendants; name the caller otherwise.
 fn gate(b: &Broker, c: &Conn) -> Result<String, ApiError> {
-    if let Some(s) = b.inner.sessions.find(&c.peer) {
-        tracing::warn!(pid = c.peer.pid, exe = ?c.peer.exe, session = %s.id, holder = s.holder.pid, "operator call from inside an agent session refused");
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "this process (pid {}) descends from agent session {} (held by pid {}{}); operator actions are refused to agents and to everything they start",
-                c.peer.pid,
-                s.id,
-                s.holder.pid,
-                s.exe.as_deref().map(|e| format!(", {e}")).unwrap_or_default()
-            ),
-        )
-        .hint("run this command yourself, from a terminal that is not started by the agent"));
-    }
-    Ok(format!("{} (pid {})", b.inner.user, c.peer.pid))
+    b.operator_gate(&c.peer)
 }
 
 async fn body_json<T: serde::de::DeserializeOwned>(
@@ -270,13 +256,7 @@ async fn session_quarantine(
 
 async fn staged_list(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
     gated!(b, c);
-    let b2 = b.clone();
-    let r = tokio::task::spawn_blocking(move || b2.inner.staging.list()).await;
-    match r {
-        Ok(Ok(list)) => json_response(200, &json!({"areas": list})),
-        Ok(Err(e)) => error_response(&crate::fsops::fs_error(e)),
-        Err(e) => error_response(&ApiError::new(ErrorCode::Internal, e.to_string())),
-    }
+    result_response(b.staged_list().await.map(|v| (200, v)))
 }
 
 #[derive(Deserialize, Default)]
@@ -292,17 +272,7 @@ async fn staged_show(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     gated!(b, c);
-    let b2 = b.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
-        let a = b2.inner.staging.get(&id).map_err(crate::fsops::fs_error)?;
-        let changes = a.changes().map_err(crate::fsops::fs_error)?;
-        Ok(json!({"id": a.id(), "session": a.session(), "base": a.base(), "created": a.created(), "changes": changes}))
-    })
-    .await;
-    result_response(
-        r.unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, e.to_string())))
-            .map(|v| (200, v)),
-    )
+    result_response(b.staged_show(&id).await.map(|v| (200, v)))
 }
 
 async fn staged_diff(
@@ -316,19 +286,7 @@ async fn staged_diff(
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };
-    let b2 = b.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
-        let a = b2.inner.staging.get(&id).map_err(crate::fsops::fs_error)?;
-        let d = a
-            .diff(body.paths.as_deref())
-            .map_err(crate::fsops::fs_error)?;
-        Ok(json!({"id": id, "diff": d}))
-    })
-    .await;
-    result_response(
-        r.unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, e.to_string())))
-            .map(|v| (200, v)),
-    )
+    result_response(b.staged_diff(&id, body.paths).await.map(|v| (200, v)))
 }
 
 async fn staged_commit(
@@ -342,7 +300,11 @@ async fn staged_commit(
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };
-    result_response(b.commit(&c, &id, body.paths, &by).await.map(|v| (200, v)))
+    result_response(
+        b.staged_commit(&c.peer, &id, body.paths, &by)
+            .await
+            .map(|v| (200, v)),
+    )
 }
 
 async fn staged_discard(
@@ -356,47 +318,11 @@ async fn staged_discard(
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };
-    let b2 = b.clone();
-    let id2 = id.clone();
-    let paths = body.paths.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
-        let a = b2.inner.staging.get(&id2).map_err(crate::fsops::fs_error)?;
-        match paths {
-            Some(p) => {
-                let n = a.discard(Some(&p)).map_err(crate::fsops::fs_error)?;
-                Ok(json!({"id": id2, "discarded": n}))
-            }
-            None => {
-                let n = a.changes().map(|c| c.len()).unwrap_or(0);
-                b2.inner
-                    .staging
-                    .remove(&id2)
-                    .map_err(crate::fsops::fs_error)?;
-                b2.forget_area(&id2);
-                Ok(json!({"id": id2, "discarded": n, "removed": true}))
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, e.to_string())));
-    let out = match r {
-        Ok(v) => v,
-        Err(e) => return error_response(&e),
-    };
-    let rec = RecordBody {
-        kind: "staging".into(),
-        user: Some(b.inner.user.clone()),
-        request_id: new_id("d"),
-        intent: json!({"action": "discard", "staging_id": id, "paths": body.paths}),
-        decision: json!({"allowed": true, "by": by}),
-        outcome: out.clone(),
-        peer: c.peer.to_json(),
-        ..Default::default()
-    };
-    if let Err(e) = b.record(rec).await {
-        return error_response(&e);
-    }
-    json_response(200, &out)
+    result_response(
+        b.staged_discard(&c.peer, &id, body.paths, &by)
+            .await
+            .map(|v| (200, v)),
+    )
 }
 
 async fn policy_reload(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
@@ -477,10 +403,134 @@ impl Broker {
         }))
     }
 
+    /// The operator gate: refuse any process whose ancestry holds an agent
+    /// session; otherwise name the caller for the audit record.
+    pub fn operator_gate(&self, peer: &crate::peer::Peer) -> Result<String, ApiError> {
+        if let Some(s) = self.inner.sessions.find(peer) {
+            tracing::warn!(pid = peer.pid, exe = ?peer.exe, session = %s.id, holder = s.holder.pid, "operator call from inside an agent session refused");
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "this process (pid {}) descends from agent session {} (held by pid {}{}); operator actions are refused to agents and to everything they start",
+                    peer.pid,
+                    s.id,
+                    s.holder.pid,
+                    s.exe.as_deref().map(|e| format!(", {e}")).unwrap_or_default()
+                ),
+            )
+            .hint("run this command yourself, from a terminal that is not started by the agent"));
+        }
+        Ok(format!("{} (pid {})", self.inner.user, peer.pid))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Broker) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let b = self.clone();
+        tokio::task::spawn_blocking(move || f(b))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    }
+
+    /// Every staging area: `{"areas": [...]}`.
+    pub async fn staged_list(&self) -> Result<Value, ApiError> {
+        self.blocking(|b| {
+            b.inner
+                .staging
+                .list()
+                .map(|l| json!({"areas": l}))
+                .map_err(crate::fsops::fs_error)
+        })
+        .await
+    }
+
+    /// One area and its changes.
+    pub async fn staged_show(&self, id: &str) -> Result<Value, ApiError> {
+        let id = id.to_string();
+        self.blocking(move |b| {
+            let a = b.inner.staging.get(&id).map_err(crate::fsops::fs_error)?;
+            let changes = a.changes().map_err(crate::fsops::fs_error)?;
+            Ok(json!({"id": a.id(), "session": a.session(), "base": a.base(), "created": a.created(), "changes": changes}))
+        })
+        .await
+    }
+
+    /// The unified diff of an area (all of it, or the named paths).
+    pub async fn staged_diff(
+        &self,
+        id: &str,
+        paths: Option<Vec<String>>,
+    ) -> Result<Value, ApiError> {
+        let id = id.to_string();
+        self.blocking(move |b| {
+            let a = b.inner.staging.get(&id).map_err(crate::fsops::fs_error)?;
+            let d = a.diff(paths.as_deref()).map_err(crate::fsops::fs_error)?;
+            Ok(json!({"id": id, "diff": d}))
+        })
+        .await
+    }
+
+    /// Drop staged changes (the named paths, or the whole area), recorded.
+    pub async fn staged_discard(
+        &self,
+        peer: &crate::peer::Peer,
+        id: &str,
+        paths: Option<Vec<String>>,
+        by: &str,
+    ) -> Result<Value, ApiError> {
+        let (id2, p2) = (id.to_string(), paths.clone());
+        let out = self
+            .blocking(move |b| {
+                let a = b.inner.staging.get(&id2).map_err(crate::fsops::fs_error)?;
+                match p2 {
+                    Some(p) => {
+                        let n = a.discard(Some(&p)).map_err(crate::fsops::fs_error)?;
+                        Ok(json!({"id": id2, "discarded": n}))
+                    }
+                    None => {
+                        let n = a.changes().map(|c| c.len()).unwrap_or(0);
+                        b.inner
+                            .staging
+                            .remove(&id2)
+                            .map_err(crate::fsops::fs_error)?;
+                        b.forget_area(&id2);
+                        Ok(json!({"id": id2, "discarded": n, "removed": true}))
+                    }
+                }
+            })
+            .await?;
+        let rec = RecordBody {
+            kind: "staging".into(),
+            user: Some(self.inner.user.clone()),
+            request_id: new_id("d"),
+            intent: json!({"action": "discard", "staging_id": id, "paths": paths}),
+            decision: json!({"allowed": true, "by": by}),
+            outcome: out.clone(),
+            peer: peer.to_json(),
+            ..Default::default()
+        };
+        self.record(rec).await?;
+        Ok(out)
+    }
+
+    /// Commit staged changes: policy is evaluated again on the final change
+    /// set (denied paths stay staged), then each file is applied atomically
+    /// with the staging store's checks; intent and outcome are recorded.
+    pub async fn staged_commit(
+        &self,
+        peer: &crate::peer::Peer,
+        id: &str,
+        paths: Option<Vec<String>>,
+        by: &str,
+    ) -> Result<Value, ApiError> {
+        self.commit(peer, id, paths, by).await
+    }
+
     /// Commit staged changes after re-evaluating policy on the final set.
     async fn commit(
         &self,
-        c: &Conn,
+        peer: &crate::peer::Peer,
         id: &str,
         paths: Option<Vec<String>>,
         by: &str,
@@ -536,7 +586,7 @@ impl Broker {
             execution: json!({"to_commit": allowed}),
             outcome,
             policy_revision: Some(self.inner.policy.revision()),
-            peer: c.peer.to_json(),
+            peer: peer.to_json(),
             ..Default::default()
         };
         self.record(rec(intent.clone(), Value::Null)).await?;

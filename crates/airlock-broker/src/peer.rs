@@ -131,6 +131,26 @@ impl Peer {
         })
     }
 
+    /// This process, identified the same way (for commands that act without
+    /// a running broker, such as `airlock staged commit` offline).
+    pub fn current() -> std::io::Result<Peer> {
+        use std::os::unix::fs::MetadataExt;
+        let pid = std::process::id();
+        let st = proc_stat(pid)?;
+        let md = std::fs::metadata(format!("/proc/{pid}"))?;
+        let exe = std::fs::read_link("/proc/self/exe")
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned));
+        Ok(Peer {
+            uid: md.uid(),
+            gid: md.gid(),
+            pid,
+            start_time: st.id.start_time,
+            exe,
+            ancestry: Arc::new(ancestry(st.id)),
+        })
+    }
+
     /// The record form: `{"uid", "gid", "pid", "exe", "start_time"}`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -156,9 +176,13 @@ fn peer_pidfd<S: AsFd>(sock: &S, pid: u32) -> std::io::Result<OwnedFd> {
         Ok(fd) => Ok(fd),
         Err(e) => {
             tracing::debug!(error = %e, "SO_PEERPIDFD unavailable; pinning the peer with pidfd_open");
-            let p = rustix::process::Pid::from_raw(pid as i32)
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "peer pid is 0"))?;
-            Ok(rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())?)
+            let p = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "peer pid is 0")
+            })?;
+            Ok(rustix::process::pidfd_open(
+                p,
+                rustix::process::PidfdFlags::empty(),
+            )?)
         }
     }
 }

@@ -301,7 +301,12 @@ fn serde_error(msg: &str) -> ApiError {
     // name itself may contain backticks, so cut at the known delimiters.
     let quoted = msg
         .split_once('`')
-        .map(|(_, rest)| rest.rsplit_once("`, expected").map(|(n, _)| n).or_else(|| rest.strip_suffix('`')).unwrap_or(rest))
+        .map(|(_, rest)| {
+            rest.rsplit_once("`, expected")
+                .map(|(n, _)| n)
+                .or_else(|| rest.strip_suffix('`'))
+                .unwrap_or(rest)
+        })
         .map(str::to_owned);
     let (code, hint) = if msg.starts_with("unknown field") {
         (
@@ -365,7 +370,10 @@ mod tests {
             (ErrorCode::UnknownField, Some("bogus"))
         );
         let e = dec(Route::FsRead, r#"{"path":"/a","a`b":1}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::UnknownField, Some("a`b")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::UnknownField, Some("a`b"))
+        );
         let e = dec(Route::FsRead, r#"{}"#).unwrap_err();
         assert_eq!(
             (e.code, e.field.as_deref()),

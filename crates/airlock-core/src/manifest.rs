@@ -195,14 +195,18 @@ impl ManifestLimits {
     /// everything or nothing by accident), and every bound at least 1.
     pub fn validate(&self) -> Result<(), String> {
         for (i, root) in self.path_allowlist.iter().enumerate() {
-            check_abs_normalised(root).map_err(|p| format!("limits.path_allowlist[{i}] {root:?}: {}", p.describe()))?;
+            check_abs_normalised(root)
+                .map_err(|p| format!("limits.path_allowlist[{i}] {root:?}: {}", p.describe()))?;
         }
         for (name, v) in [
             ("max_paths", self.max_paths as u64),
             ("max_hosts", self.max_hosts as u64),
             ("max_commands", self.max_commands as u64),
             ("max_duration_seconds", self.max_duration_seconds),
-            ("max_justification_bytes", self.max_justification_bytes as u64),
+            (
+                "max_justification_bytes",
+                self.max_justification_bytes as u64,
+            ),
             ("max_label_bytes", self.max_label_bytes as u64),
         ] {
             if v == 0 {
@@ -628,10 +632,18 @@ mod tests {
     fn limits_validate_their_allowlist() {
         assert!(ManifestLimits::default().validate().is_ok());
         for bad in ["", "relative", "/a/../b", "/a/"] {
-            let l = ManifestLimits { path_allowlist: vec![bad.into()], ..Default::default() };
+            let l = ManifestLimits {
+                path_allowlist: vec![bad.into()],
+                ..Default::default()
+            };
             assert!(l.validate().is_err(), "{bad:?}");
         }
-        assert!(ManifestLimits { max_paths: 0, ..Default::default() }.validate().is_err());
+        assert!(ManifestLimits {
+            max_paths: 0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -900,7 +900,13 @@ impl TokenAuthority {
         if reg.tokens.contains_key(&info.id) {
             return false;
         }
-        reg.tokens.insert(info.id.clone(), TokenInfo { revoked: false, ..info });
+        reg.tokens.insert(
+            info.id.clone(),
+            TokenInfo {
+                revoked: false,
+                ..info
+            },
+        );
         true
     }
 

@@ -426,19 +426,101 @@ pub enum StagedCmd {
     },
 }
 
-/// The ids to act on: the one given, or every area.
-async fn area_ids(op: &Client, id: Option<String>) -> Result<Vec<String>, ClientError> {
-    if let Some(i) = id {
-        return Ok(vec![i]);
+/// Where staged changes are reviewed: the running broker's operator socket,
+/// or, when no broker runs, the staging store directly (same checks, same
+/// policy, same audit log).
+enum Staging {
+    Remote(Client),
+    Local {
+        broker: airlock_broker::Broker,
+        me: airlock_broker::peer::Peer,
+        by: String,
+    },
+}
+
+fn api_err(e: airlock_core::ApiError) -> ClientError {
+    ClientError::Api {
+        status: e.code.http_status(),
+        error: e,
     }
-    let (_, v) = op.get("/v1/staged").await?;
-    Ok(v["areas"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["changes"].as_u64().unwrap_or(0) > 0)
-        .map(|a| text(&a["id"]))
-        .collect())
+}
+
+impl Staging {
+    async fn open() -> Result<Staging, ClientError> {
+        let op = op();
+        match op.get("/v1/health").await {
+            Ok(_) => Ok(Staging::Remote(op)),
+            Err(ClientError::Connect { .. }) => {
+                let local =
+                    || -> anyhow::Result<(airlock_broker::Broker, airlock_broker::peer::Peer)> {
+                        let cfg = airlock_broker::Config::load_or_default(
+                            std::env::var_os("AIRLOCK_CONFIG")
+                                .map(std::path::PathBuf::from)
+                                .as_deref(),
+                        )?;
+                        Ok((
+                            airlock_broker::Broker::open(cfg, &[])?,
+                            airlock_broker::peer::Peer::current()?,
+                        ))
+                    };
+                let (broker, me) = local().map_err(|e| ClientError::Http {
+                    socket: op.socket().to_path_buf(),
+                    message: format!(
+                        "no broker is running and the staging store cannot be opened here: {e:#}"
+                    ),
+                })?;
+                let by = broker.operator_gate(&me).map_err(api_err)?;
+                eprintln!("airlock: no broker is running; working on the staging store directly");
+                Ok(Staging::Local { broker, me, by })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self) -> Result<Value, ClientError> {
+        match self {
+            Staging::Remote(op) => op.get("/v1/staged").await.map(|(_, v)| v),
+            Staging::Local { broker, .. } => broker.staged_list().await.map_err(api_err),
+        }
+    }
+
+    async fn show(&self, id: &str) -> Result<Value, ClientError> {
+        match self {
+            Staging::Remote(op) => op.get(&format!("/v1/staged/{id}")).await.map(|(_, v)| v),
+            Staging::Local { broker, .. } => broker.staged_show(id).await.map_err(api_err),
+        }
+    }
+
+    async fn act(&self, what: &str, id: &str, paths: &[String]) -> Result<Value, ClientError> {
+        let p = (!paths.is_empty()).then(|| paths.to_vec());
+        match self {
+            Staging::Remote(op) => op
+                .post(&format!("/v1/staged/{id}/{what}"), &paths_body(paths))
+                .await
+                .map(|(_, v)| v),
+            Staging::Local { broker, me, by } => match what {
+                "diff" => broker.staged_diff(id, p).await,
+                "commit" => broker.staged_commit(me, id, p, by).await,
+                _ => broker.staged_discard(me, id, p, by).await,
+            }
+            .map_err(api_err),
+        }
+    }
+
+    /// The ids to act on: the one given, or every area with changes.
+    async fn ids(&self, id: Option<String>) -> Result<Vec<String>, ClientError> {
+        if let Some(i) = id {
+            return Ok(vec![i]);
+        }
+        let v = self.list().await?;
+        Ok(v["areas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["changes"].as_u64().unwrap_or(0) > 0)
+            .map(|a| text(&a["id"]))
+            .collect())
+    }
 }
 
 fn paths_body(paths: &[String]) -> Value {
@@ -451,10 +533,10 @@ fn paths_body(paths: &[String]) -> Value {
 
 pub fn staged(c: StagedCmd) -> anyhow::Result<i32> {
     run(async move {
-        let op = op();
+        let st = Staging::open().await?;
         match c {
             StagedCmd::List { json } => {
-                let (_, v) = op.get("/v1/staged").await?;
+                let v = st.list().await?;
                 if json {
                     print_json(&v);
                     return Ok(0);
@@ -471,7 +553,7 @@ pub fn staged(c: StagedCmd) -> anyhow::Result<i32> {
                         text(&a["base"]),
                         a["changes"]
                     );
-                    let (_, d) = op.get(&format!("/v1/staged/{id}")).await?;
+                    let d = st.show(&id).await?;
                     for ch in d["changes"].as_array().into_iter().flatten() {
                         println!("  {:9} {}", text(&ch["kind"]), text(&ch["path"]));
                     }
@@ -479,20 +561,16 @@ pub fn staged(c: StagedCmd) -> anyhow::Result<i32> {
                 Ok(0)
             }
             StagedCmd::Diff { id, paths } => {
-                for id in area_ids(&op, id).await? {
-                    let (_, v) = op
-                        .post(&format!("/v1/staged/{id}/diff"), &paths_body(&paths))
-                        .await?;
+                for id in st.ids(id).await? {
+                    let v = st.act("diff", &id, &paths).await?;
                     print!("{}", v["diff"].as_str().unwrap_or_default());
                 }
                 Ok(0)
             }
             StagedCmd::Commit { id, paths } => {
                 let mut code = 0;
-                for id in area_ids(&op, id).await? {
-                    let (_, v) = op
-                        .post(&format!("/v1/staged/{id}/commit"), &paths_body(&paths))
-                        .await?;
+                for id in st.ids(id).await? {
+                    let v = st.act("commit", &id, &paths).await?;
                     for p in v["modified_files"].as_array().into_iter().flatten() {
                         println!("committed {}", text(p));
                     }
@@ -509,10 +587,8 @@ pub fn staged(c: StagedCmd) -> anyhow::Result<i32> {
                 Ok(code)
             }
             StagedCmd::Discard { id, paths } => {
-                for id in area_ids(&op, id).await? {
-                    let (_, v) = op
-                        .post(&format!("/v1/staged/{id}/discard"), &paths_body(&paths))
-                        .await?;
+                for id in st.ids(id).await? {
+                    let v = st.act("discard", &id, &paths).await?;
                     println!("{id}: discarded {} change(s)", v["discarded"]);
                 }
                 Ok(0)

@@ -94,7 +94,19 @@ fn main() {
     match code {
         Ok(c) => std::process::exit(c),
         Err(e) => {
-            eprintln!("airlock: {e:#}");
+            // Each cause once: library errors often repeat their source in
+            // their own message.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let s = cause.to_string();
+                if !msg.contains(&s) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&s);
+                }
+            }
+            eprintln!("airlock: {msg}");
             std::process::exit(125);
         }
     }

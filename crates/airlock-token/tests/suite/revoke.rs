@@ -233,7 +233,10 @@ fn corrupt_revocation_list_stops_startup() {
 #[test]
 fn remembered_tokens_are_listed_and_revocable_by_session() {
     let auth = TokenAuthority::ephemeral();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let info = airlock_token::TokenInfo {
         id: "ab".repeat(32),
         request_id: "r-1".into(),
@@ -248,7 +251,14 @@ fn remembered_tokens_are_listed_and_revocable_by_session() {
     };
     assert!(auth.remember(info.clone()));
     assert!(!auth.remember(info.clone()), "idempotent");
-    assert!(!auth.remember(airlock_token::TokenInfo { id: "cd".repeat(32), expires_at: now - 1, ..info.clone() }), "expired ones are ignored");
+    assert!(
+        !auth.remember(airlock_token::TokenInfo {
+            id: "cd".repeat(32),
+            expires_at: now - 1,
+            ..info.clone()
+        }),
+        "expired ones are ignored"
+    );
     assert_eq!(auth.list(now).len(), 1);
     assert_eq!(auth.revoke_session("s-old").unwrap(), 1);
     assert!(auth.list(now)[0].revoked);

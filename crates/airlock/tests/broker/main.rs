@@ -5,6 +5,7 @@ mod approvals;
 mod audit_fail;
 mod bad_input;
 mod crash;
+mod exec;
 mod paths;
 mod policy;
 mod serve;

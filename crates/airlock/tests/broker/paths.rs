@@ -106,7 +106,7 @@ fn concurrent_symlink_swap_never_leaks() {
     std::fs::create_dir_all(ws.join("real-sub")).unwrap();
     std::fs::write(ws.join("real-sub/secret.txt"), "harmless\n").unwrap();
     // `sub` starts as an in-grant symlink; the swapper replaces it atomically.
-    symlink(ws.join("real-sub"), ws.join("sub")).unwrap();
+    symlink("real-sub", ws.join("sub")).unwrap();
     let mut agent = d.agent();
     let t = agent.token(manifest("read_files", &[&ws], 300));
     let stop = Arc::new(AtomicBool::new(false));
@@ -124,7 +124,7 @@ fn concurrent_symlink_swap_never_leaks() {
                 if n % 2 == 0 {
                     symlink(&outside, &tmp).unwrap();
                 } else {
-                    symlink(ws.join("real-sub"), &tmp).unwrap();
+                    symlink("real-sub", &tmp).unwrap();
                 }
                 std::fs::rename(&tmp, ws.join("sub")).unwrap();
                 n += 1;

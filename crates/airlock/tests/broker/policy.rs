@@ -27,15 +27,27 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn request_quotas_per_agent_and_per_action() {
-    let d = Daemon::start("[quotas]\nrequests_per_minute = 5\n[quotas.actions.list_files]\nrequests_per_minute = 1\n");
+    let d = Daemon::start(
+        "[quotas]\nrequests_per_minute = 5\n[quotas.actions.list_files]\nrequests_per_minute = 1\n",
+    );
     let mut a = d.agent();
     let list = manifest("list_files", &[&d.env.ws], 60);
     let read = manifest("read_files", &[&d.env.ws], 60);
     assert_eq!(a.request(list.clone()).0, 200);
     // The per-action quota is used up; other actions are not.
     let (s, v) = a.request(list);
-    assert_eq!((s, v["reason_code"].as_str()), (403, Some("quota_exceeded")), "{v}");
-    assert!(v["reasons"][0].as_str().unwrap().contains("list_files.requests_per_minute"), "{v}");
+    assert_eq!(
+        (s, v["reason_code"].as_str()),
+        (403, Some("quota_exceeded")),
+        "{v}"
+    );
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("list_files.requests_per_minute"),
+        "{v}"
+    );
     for _ in 0..3 {
         assert_eq!(a.request(read.clone()).0, 200);
     }
@@ -44,7 +56,10 @@ fn request_quotas_per_agent_and_per_action() {
     assert_eq!(r["status"], 403, "{r}");
     assert_eq!(r["body"]["reason_code"], "quota_exceeded", "{r}");
     assert!(r["body"]["retry_after"].as_u64().unwrap() > 0, "{r}");
-    assert!(r["retry_after"].as_str().is_some(), "Retry-After header: {r}");
+    assert!(
+        r["retry_after"].as_str().is_some(),
+        "Retry-After header: {r}"
+    );
     assert_eq!(r["body"]["grantable"], false);
 }
 
@@ -119,17 +134,15 @@ fn sighup_reload_and_last_good_policy() {
     // Fixing it: the file watcher picks it up without a signal.
     std::fs::remove_file(dir.join("broken.rego")).unwrap();
     std::fs::remove_file(dir.join("no_reports.rego")).unwrap();
-    let mut last = serde_json::Value::Null;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let (s, v) = a.request(manifest("read_files", &[&report], 60));
         if s == 200 {
             break;
         }
-        last = v;
         assert!(
             std::time::Instant::now() < deadline,
-            "the watcher did not reload: {last}\n{}",
+            "the watcher did not reload: {v}\n{}",
             d.log()
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -12,34 +12,69 @@ fn airlock_socket_overrides_and_status_reports_everything() {
     let custom = env.tmp.path().join("elsewhere/agent.sock");
     let mut c = Command::new(bin());
     env.apply(&mut c);
-    c.env("AIRLOCK_SOCKET", &custom).args(["serve", "--workspace"]).arg(&env.ws).stdout(Stdio::null()).stderr(Stdio::piped());
+    c.env("AIRLOCK_SOCKET", &custom)
+        .args(["serve", "--workspace"])
+        .arg(&env.ws)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !health(&custom) {
-        assert!(Instant::now() < deadline, "broker did not listen on AIRLOCK_SOCKET");
+        assert!(
+            Instant::now() < deadline,
+            "broker did not listen on AIRLOCK_SOCKET"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!env.socket().exists(), "the default socket is not used");
     let op = custom.with_file_name("operator.sock");
-    assert!(health(&op), "the operator socket sits beside the agent socket");
+    assert!(
+        health(&op),
+        "the operator socket sits beside the agent socket"
+    );
     let mut s = Command::new(bin());
     env.apply(&mut s);
-    let out = s.env("AIRLOCK_SOCKET", &custom).args(["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s
+        .env("AIRLOCK_SOCKET", &custom)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["socket"], custom.display().to_string());
     assert_eq!(v["workspaces"][0], env.ws.display().to_string());
-    for k in ["policy", "sessions", "approvals_pending", "tokens_active", "staged", "audit"] {
+    for k in [
+        "policy",
+        "sessions",
+        "approvals_pending",
+        "tokens_active",
+        "staged",
+        "audit",
+    ] {
         assert!(v.get(k).is_some(), "status lacks {k}: {v}");
     }
     assert!(v["audit"]["head_seq"].as_u64().unwrap() >= 1);
     // A second broker on the same socket refuses to start.
     let mut second = Command::new(bin());
     env.apply(&mut second);
-    let o = second.env("AIRLOCK_SOCKET", &custom).arg("serve").output().unwrap();
+    let o = second
+        .env("AIRLOCK_SOCKET", &custom)
+        .arg("serve")
+        .output()
+        .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already"), "{}", String::from_utf8_lossy(&o.stderr));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     assert!(child.wait().unwrap().success());
 }
 
@@ -53,19 +88,34 @@ fn peers_running_as_another_user_are_refused() {
     // Open the socket's directory and file to everyone, as a careless setup
     // might: the broker must still refuse the other user by SO_PEERCRED.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.env.run.join("airlock"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        d.env.run.join("airlock"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::set_permissions(d.env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     for dir in [d.env.tmp.path(), &d.env.run] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\ns.sendall(b'GET /v1/health HTTP/1.1\\r\\nhost: x\\r\\nconnection: close\\r\\n\\r\\n')\nd=b''\nwhile True:\n    c=s.recv(4096)\n    if not c: break\n    d+=c\nprint(d.decode())";
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
         .arg(d.env.socket())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("HTTP/1.1 403"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.starts_with("HTTP/1.1 403"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("peer_refused"), "{text}");
 }
 
@@ -74,7 +124,10 @@ fn tokens_survive_a_restart_and_stay_listed_and_revocable() {
     let mut d = Daemon::start("");
     let mut a = d.agent();
     let (_, v) = a.request(manifest("read_files", &[&d.env.ws], 600));
-    let (token, id) = (v["token"].as_str().unwrap().to_string(), v["token_id"].as_str().unwrap().to_string());
+    let (token, id) = (
+        v["token"].as_str().unwrap().to_string(),
+        v["token_id"].as_str().unwrap().to_string(),
+    );
     let f = p(&d.env.ws.join("report.txt"));
     assert_eq!(d.stop().code(), Some(0));
     d.restart();
@@ -84,5 +137,9 @@ fn tokens_survive_a_restart_and_stay_listed_and_revocable() {
     assert!(listed.contains(&id[..16]), "{listed}");
     d.cli_ok(&["tokens", "revoke", &id[..16]]);
     let (s, v) = a.read(&token, &f);
-    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("token_revoked")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{v}"
+    );
 }
