@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// The same allocator as the `airlock` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use airlock_broker::config::QuotaConfig;
 use airlock_broker::peer::Peer;
 use airlock_broker::{Broker, Config};
@@ -91,6 +95,26 @@ fn in_process(broker: &Broker, ws: &Path) {
             lat
         };
         run(2000);
+        if std::env::var_os("AIRLOCK_BENCH_BREAKDOWN").is_some() {
+            let m = Manifest::parse(&body, &limits).unwrap();
+            let d = broker.decide(&peer, &m);
+            let mut pol = Vec::new();
+            let mut mint = Vec::new();
+            for i in 0..5000 {
+                let t = Instant::now();
+                std::hint::black_box(broker.policy().evaluate(&d.input));
+                pol.push(t.elapsed());
+                let t = Instant::now();
+                std::hint::black_box(
+                    broker
+                        .mint(&m, &d.session.id, &format!("r-{i}"), d.now)
+                        .unwrap(),
+                );
+                mint.push(t.elapsed());
+            }
+            summary("  of which policy evaluation", pol);
+            summary("  of which token mint", mint);
+        }
         let (_, p99) = summary(
             &format!(
                 "in-process decision ({n} path{})",

@@ -12,7 +12,9 @@
 #   5. allow:  read/list/edit/commit of paths inside a workspace
 #
 # Matching of the never-list is by whole path components, case-insensitively,
-# wherever the components appear in the path (not only under $HOME).
+# wherever the components appear in the path (not only under $HOME). The
+# lists are sets so that each check is a set intersection, not a loop: the
+# policy runs on every request and every file access.
 package airlock.default
 
 import rego.v1
@@ -27,36 +29,36 @@ _file_actions := {"read_files", "list_files", "edit_files", "commit"}
 
 _known_actions := {"read_files", "list_files", "edit_files", "exec", "network", "commit"}
 
-# Component sequences that are (or hold) credentials or secrets. Lower case.
-credential_segments := [
-	[".ssh"],
-	[".aws"],
-	[".kube"],
-	[".gnupg"],
-	[".azure"],
-	[".password-store"],
-	[".netrc"],
-	[".git-credentials"],
-	[".pgpass"],
-	[".docker", "config.json"],
-	[".config", "gh", "hosts.yml"],
-	[".config", "gcloud"],
-	[".local", "share", "keyrings"],
-	[".mozilla"],
-	[".config", "google-chrome"],
-	[".config", "chromium"],
-	[".config", "bravesoftware"],
-	[".config", "microsoft-edge"],
-	["snap", "firefox"],
-	["library", "application support", "google", "chrome"],
-	["library", "keychains"],
-	["etc", "shadow"],
-	["etc", "shadow-"],
-	["etc", "gshadow"],
-	["etc", "gshadow-"],
-	["etc", "sudoers"],
-	["etc", "sudoers.d"],
-]
+# Path components that are (or hold) credentials or secrets. Lower case.
+credential_names := {
+	".ssh", ".aws", ".kube", ".gnupg", ".azure", ".password-store",
+	".netrc", ".git-credentials", ".pgpass", ".mozilla",
+}
+
+# Component sequences that are credential stores, written joined by "/".
+credential_sequences := {
+	".docker/config.json",
+	".config/gh/hosts.yml",
+	".config/gcloud",
+	".local/share/keyrings",
+	".config/google-chrome",
+	".config/chromium",
+	".config/bravesoftware",
+	".config/microsoft-edge",
+	"snap/firefox",
+	"library/application support/google/chrome",
+	"library/keychains",
+	"etc/shadow",
+	"etc/shadow-",
+	"etc/gshadow",
+	"etc/gshadow-",
+	"etc/sudoers",
+	"etc/sudoers.d",
+}
+
+# First components of those sequences: only paths with one of them need the
+# sequence check.
+_sequence_starts := {s | some seq in credential_sequences; s := split(seq, "/")[0]}
 
 # OpenSSH's default private key file names.
 private_key_names := {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk"}
@@ -66,17 +68,56 @@ env_templates := {".env.example", ".env.sample", ".env.template"}
 
 # Files that may hold a private key: ask rather than deny (certificates share
 # these suffixes).
-key_suffixes := [".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".ppk"]
+key_suffixes := {".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".ppk"}
 
 # ---------------------------------------------------------------------------
-# Helpers
+# Helpers. The broker's evaluator supplies each path's facts natively in
+# input.path_info (components, component_set, basename, extension, ancestors)
+# and the sets input.workspace_set / input.broker_path_set; the fallbacks
+# compute them when a caller (a `with input as` test) does not.
 # ---------------------------------------------------------------------------
 
 _path := input.path if is_string(input.path)
 
-_comps := [c | some c in split(lower(_path), "/"); c != ""]
+_info := input.path_info if is_object(input.path_info) else := {}
 
-_base := _comps[count(_comps) - 1]
+_comps := c if {
+	c := _info.components
+	is_array(c)
+} else := [c | some c in split(lower(_path), "/"); c != ""]
+
+_comp_set := s if {
+	s := _info.component_set
+	is_set(s)
+} else := {c | some c in _comps}
+
+_base := b if {
+	b := _info.basename
+	is_string(b)
+} else := _comps[count(_comps) - 1]
+
+_ext := e if {
+	e := _info.extension
+	is_string(e)
+} else := concat("", [".", parts[count(parts) - 1]]) if {
+	parts := split(_base, ".")
+	count(parts) > 1
+} else := ""
+
+_ancestors := a if {
+	a := _info.ancestors
+	is_set(a)
+} else := {concat("", ["/", concat("/", array.slice(raw, 0, i + 1))]) | raw := [c | some c in split(_path, "/"); c != ""]; some i, _ in raw} | {"/"}
+
+_workspaces := s if {
+	s := input.workspace_set
+	is_set(s)
+} else := {w | some w in input.workspaces; is_string(w)}
+
+_broker_paths := s if {
+	s := input.broker_path_set
+	is_set(s)
+} else := {b | some b in input.broker_paths; is_string(b)}
 
 # Component-wise "p is r or lies beneath r".
 _within(p, r) if r == "/"
@@ -85,12 +126,7 @@ _within(p, r) if p == r
 
 _within(p, r) if startswith(p, concat("", [r, "/"]))
 
-_workspaces := [w | some w in input.workspaces; is_string(w)]
-
-_inside_workspace if {
-	some w in _workspaces
-	_within(_path, w)
-}
+_inside_workspace if count(_ancestors & _workspaces) > 0
 
 _labels := input.path_info.labels if is_array(input.path_info.labels)
 
@@ -111,23 +147,26 @@ _is_env_name(c) if {
 # ---------------------------------------------------------------------------
 
 _never contains {"rule": "credential_store", "reason": msg} if {
-	some seg in credential_segments
-	some i, c in _comps
-	c == seg[0]
-	array.slice(_comps, i, i + count(seg)) == seg
-	msg := sprintf("%s is a credential store or secret (%s); Airlock never shares it", [_path, concat("/", seg)])
+	some c in credential_names & _comp_set
+	msg := sprintf("%s is a credential store or secret (%s); Airlock never shares it", [_path, c])
 }
 
 _never contains {"rule": "credential_store", "reason": msg} if {
-	some c in _comps
-	c in private_key_names
+	count(_sequence_starts & _comp_set) > 0
+	wrapped := concat("", ["/", concat("/", _comps), "/"])
+	some seq in credential_sequences
+	contains(wrapped, concat("", ["/", seq, "/"]))
+	msg := sprintf("%s is a credential store or secret (%s); Airlock never shares it", [_path, seq])
+}
+
+_never contains {"rule": "credential_store", "reason": msg} if {
+	some c in private_key_names & _comp_set
 	msg := sprintf("%s is a private key (%s); Airlock never shares it", [_path, c])
 }
 
 _never contains {"rule": "credential_store", "reason": msg} if {
-	some c in _comps
-	_is_env_name(c)
-	msg := sprintf("%s is an environment file (%s) that usually holds secrets; Airlock never shares it", [_path, c])
+	_is_env_name(_base)
+	msg := sprintf("%s is an environment file (%s) that usually holds secrets; Airlock never shares it", [_path, _base])
 }
 
 _never contains {"rule": "credential_store", "reason": msg} if {
@@ -139,9 +178,7 @@ _never contains {"rule": "credential_store", "reason": msg} if {
 }
 
 _never contains {"rule": "broker_state", "reason": msg} if {
-	some b in input.broker_paths
-	is_string(b)
-	_within(_path, b)
+	some b in _ancestors & _broker_paths
 	msg := sprintf("%s is Airlock's own state (%s); agents never reach it", [_path, b])
 }
 
@@ -208,7 +245,7 @@ _ask contains {"rule": "outside_workspace", "reason": msg} if {
 	msg := sprintf("%s is outside your workspaces (%s)", [_path, _workspaces_text])
 }
 
-_workspaces_text := concat(", ", _workspaces) if count(_workspaces) > 0 else := "none configured"
+_workspaces_text := concat(", ", [w | some w in input.workspaces; is_string(w)]) if count(_workspaces) > 0 else := "none configured"
 
 _ask contains {"rule": "labelled", "reason": msg} if {
 	input.action != "commit"
@@ -218,17 +255,22 @@ _ask contains {"rule": "labelled", "reason": msg} if {
 }
 
 _ask contains {"rule": "private_key", "reason": msg} if {
-	some s in key_suffixes
-	endswith(_base, s)
-	msg := sprintf("%s may hold a private key (%s); sharing it needs your approval", [_path, s])
+	_ext in key_suffixes
+	msg := sprintf("%s may hold a private key (%s); sharing it needs your approval", [_path, _ext])
 }
 
 _ask contains {"rule": "holds_broker_state", "reason": msg} if {
-	some b in input.broker_paths
-	is_string(b)
-	b != _path
-	_within(b, _path)
+	_path
+	prefix := concat("", [_path, "/"])
+	some b in _broker_paths
+	startswith(b, prefix)
 	msg := sprintf("%s contains Airlock's own state (%s); granting it needs your approval", [_path, b])
+}
+
+_ask contains {"rule": "holds_broker_state", "reason": msg} if {
+	_path == "/"
+	count(_broker_paths) > 0
+	msg := sprintf("/ contains Airlock's own state (%s); granting it needs your approval", [concat(", ", sort(_broker_paths))])
 }
 
 # ---------------------------------------------------------------------------
@@ -236,7 +278,7 @@ _ask contains {"rule": "holds_broker_state", "reason": msg} if {
 # ---------------------------------------------------------------------------
 
 _allow_reason := sprintf("%s of %s, inside your workspace %s", [input.action, _path, _ws]) if {
-	_ws := [w | some w in _workspaces; _within(_path, w)][0]
+	_ws := [w | some w in input.workspaces; _within(_path, w)][0]
 }
 
 # ---------------------------------------------------------------------------

@@ -81,10 +81,24 @@ pub(crate) fn evaluate(set: &ActiveSet, input: &Json, timeout: Duration) -> Deci
             Some(_) => return error_decision(format!("input.{key} must be an array of strings")),
         }
     }
-    let base = match <Value as serde::Deserialize>::deserialize(input) {
+    let mut base = match <Value as serde::Deserialize>::deserialize(input) {
         Ok(v) => v,
         Err(e) => return error_decision(format!("input is not representable: {e}")),
     };
+    // Sets the default policy intersects with each path's facts.
+    if let Ok(map) = base.as_object_mut() {
+        for (key, set_key) in [
+            ("workspaces", "workspace_set"),
+            ("broker_paths", "broker_path_set"),
+        ] {
+            let items = obj
+                .get(key)
+                .and_then(Json::as_array)
+                .map(|a| a.iter().filter_map(Json::as_str).collect::<Vec<_>>())
+                .unwrap_or_default();
+            map.insert(Value::from(set_key), string_set(items.iter().copied()));
+        }
+    }
 
     if paths.is_empty() {
         return match run(set, base, deadline) {
@@ -103,7 +117,7 @@ pub(crate) fn evaluate(set: &ActiveSet, input: &Json, timeout: Duration) -> Deci
     for (i, path) in paths.iter().enumerate() {
         // The path's own entry when aligned; otherwise a conservative one that
         // carries every label of the request.
-        let info = match infos.and_then(|a| a.get(i)) {
+        let mut info = match infos.and_then(|a| a.get(i)) {
             Some(info) if info.get("path").and_then(Json::as_str) == Some(path) => {
                 Value::from(info.clone())
             }
@@ -111,6 +125,7 @@ pub(crate) fn evaluate(set: &ActiveSet, input: &Json, timeout: Duration) -> Deci
                 serde_json::json!({"path": path, "labels": union_labels, "workspace": null}),
             ),
         };
+        add_path_facts(&mut info, path);
         let mut one = base.clone();
         match one.as_object_mut() {
             Ok(map) => {
@@ -125,6 +140,56 @@ pub(crate) fn evaluate(set: &ActiveSet, input: &Json, timeout: Duration) -> Deci
         }
     }
     combine(per_path)
+}
+
+fn string_set<'a>(items: impl Iterator<Item = &'a str>) -> Value {
+    let set: std::collections::BTreeSet<Value> = items.map(Value::from).collect();
+    Value::from(set)
+}
+
+/// Facts about a path, computed natively so that policies test them with set
+/// operations instead of loops (each loop iteration costs the VM about a
+/// microsecond, and policy runs on every request and file access):
+///
+/// - `components`: the path's components, lower-cased, in order;
+/// - `component_set`: the same, as a set;
+/// - `basename`: the last component, lower-cased;
+/// - `extension`: `.` and what follows the basename's last dot, lower-cased
+///   (`""` when there is none);
+/// - `ancestors`: the path itself and every ancestor (`/`, `/a`, `/a/b`), as
+///   written, as a set.
+fn add_path_facts(info: &mut Value, path: &str) {
+    let Ok(map) = info.as_object_mut() else {
+        return;
+    };
+    let lower = path.to_lowercase();
+    let comps: Vec<&str> = lower.split('/').filter(|c| !c.is_empty()).collect();
+    let basename = comps.last().copied().unwrap_or("");
+    let extension = match basename.rfind('.') {
+        Some(i) if i + 1 < basename.len() => &basename[i..],
+        _ => "",
+    };
+    let mut ancestors = vec!["/".to_string()];
+    let mut cur = String::new();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        cur.push('/');
+        cur.push_str(c);
+        ancestors.push(cur.clone());
+    }
+    map.insert(
+        Value::from("components"),
+        Value::from(comps.iter().map(|c| Value::from(*c)).collect::<Vec<_>>()),
+    );
+    map.insert(
+        Value::from("component_set"),
+        string_set(comps.iter().copied()),
+    );
+    map.insert(Value::from("basename"), Value::from(basename));
+    map.insert(Value::from("extension"), Value::from(extension));
+    map.insert(
+        Value::from("ancestors"),
+        string_set(ancestors.iter().map(String::as_str)),
+    );
 }
 
 /// Evaluate the set's entry rule once and read every voter's vote.

@@ -331,3 +331,38 @@ fn engines_are_shared_across_threads() {
         }
     });
 }
+
+#[test]
+fn path_facts_are_supplied_for_every_path() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "facts.rego",
+        r#"package team.facts
+
+import rego.v1
+
+deny contains msg if {
+	".git" in input.path_info.component_set
+	input.path_info.extension == ".lock"
+	"/home/u/proj" in input.path_info.ancestors
+	input.path_info.components[0] == "home"
+	input.path_info.basename == "index.lock"
+	"/home/u/proj" in input.workspace_set
+	msg := "no lock files"
+}
+"#,
+    );
+    let e = engine_in(dir.path(), true);
+    let d = e.evaluate(&input("edit_files", &["/home/u/proj/.GIT/Index.LOCK"]));
+    assert_eq!(
+        (d.decision, d.reasons.clone()),
+        (Deny, vec!["no lock files".to_string()]),
+        "{d:?}"
+    );
+    assert_eq!(
+        e.evaluate(&input("edit_files", &["/home/u/proj/src/a.rs"]))
+            .decision,
+        Allow
+    );
+}

@@ -485,8 +485,9 @@ impl TokenAuthority {
         let context =
             serde_json::to_string(&meta).map_err(|e| invalid_input("grant", e.to_string()))?;
 
-        let mut facts: Vec<Fact> =
-            Vec::with_capacity(4 + verbs.len() * (1 + grant.paths.len()) + grant.paths.len());
+        let mut facts: Vec<Fact> = Vec::with_capacity(
+            4 + verbs.len() + grant.paths.len() + grant.hosts.len() + grant.commands.len(),
+        );
         facts.push(fact("request", &[string(&grant.request_id)]));
         facts.push(fact("session", &[string(&grant.session)]));
         facts.push(fact(
@@ -502,9 +503,6 @@ impl TokenAuthority {
                 "subtree",
                 &[string(p), string(&scope::subtree_prefix(p))],
             ));
-            for v in &verbs {
-                facts.push(fact("right", &[string(p), string(v.as_str())]));
-            }
         }
         for h in &grant.hosts {
             facts.push(fact("host", &[string(h)]));

@@ -5,7 +5,6 @@
 //! ```text
 //! request("<id>"); session("<s>"); issued(<unix>); expires(<unix>);
 //! verb("<verb>");                       // per granted verb
-//! right("<path>", "<verb>");            // per granted path × verb
 //! subtree("<path>", "<path>/");         // per granted path ("/" for the root)
 //! host("<h>"); command("<c>");
 //! check if time($t), $t <= <expiry as a date>;
@@ -19,7 +18,9 @@
 //! satisfy a policy that asks the token for `host("x")`.
 //!
 //! One allow policy is chosen per combination of named resources; it asks
-//! that the verb, the session and every named resource be granted. Paths
+//! that the verb, the session and every named resource be granted (every
+//! granted verb applies to every granted path, so one `verb` fact per verb
+//! and one `subtree` fact per path carry the whole grant). Paths
 //! match component-wise: `$p == $root || $p.starts_with($root + "/")`, with
 //! the `$root + "/"` precomputed in `subtree`.
 //!
@@ -61,8 +62,7 @@ pub(crate) struct Templates {
 }
 
 const POLICY_BASE: &str = "allow if operation($op), verb($op), req_session($s), session($s)";
-const POLICY_PATH: &str =
-    ", path($p), right($root, $op), subtree($root, $pre), $p == $root || $p.starts_with($pre)";
+const POLICY_PATH: &str = ", path($p), subtree($root, $pre), $p == $root || $p.starts_with($pre)";
 const POLICY_HOST: &str = ", req_host($h), host($h)";
 const POLICY_COMMAND: &str = ", req_command($c), command($c)";
 

@@ -3,6 +3,11 @@
 
 use clap::{Parser, Subcommand};
 
+// The broker allocates from many threads at once (policy values, JSON,
+// tokens); mimalloc keeps that from serialising on the allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cmd_agent;
 mod cmd_audit;
 mod cmd_doctor;
