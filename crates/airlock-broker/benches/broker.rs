@@ -42,19 +42,25 @@ fn summary(label: &str, mut lat: Vec<Duration>) -> (Duration, Duration) {
 }
 
 fn config(root: &Path, ws: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.socket = Some(root.join("run/broker.sock"));
-    cfg.operator_socket = Some(root.join("run/operator.sock"));
-    cfg.state_dir = Some(root.join("state"));
-    cfg.workspaces = vec![ws.to_path_buf()];
-    cfg.policy.dir = Some(root.join("policy"));
-    cfg.quotas = QuotaConfig {
-        requests_per_minute: None,
-        files_read_per_hour: None,
-        bytes_read_per_hour: None,
-        actions: Default::default(),
+    let policy = airlock_policy::PolicyConfig {
+        dir: Some(root.join("policy")),
+        ..Default::default()
     };
-    cfg
+    Config {
+        socket: Some(root.join("run/broker.sock")),
+        operator_socket: Some(root.join("run/operator.sock")),
+        state_dir: Some(root.join("state")),
+        workspaces: vec![ws.to_path_buf()],
+        policy,
+        // No quotas: the benchmark measures the decision path, not the counters.
+        quotas: QuotaConfig {
+            requests_per_minute: None,
+            files_read_per_hour: None,
+            bytes_read_per_hour: None,
+            actions: Default::default(),
+        },
+        ..Default::default()
+    }
 }
 
 fn manifest_bytes(ws: &Path, n: usize) -> Vec<u8> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::BrokerError;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Agent socket. Default `$XDG_RUNTIME_DIR/airlock/broker.sock`, else
@@ -53,29 +53,6 @@ pub struct Config {
     pub exec: ExecConfig,
     /// Sandbox profiles (`[profiles.NAME]`), shared with `airlock run`.
     pub profiles: BTreeMap<String, airlock_sandbox::Profile>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            socket: None,
-            operator_socket: None,
-            state_dir: None,
-            workspaces: Vec::new(),
-            allow_uids: Vec::new(),
-            user: None,
-            server: ServerConfig::default(),
-            approvals: ApprovalConfig::default(),
-            limits: ManifestLimits::default(),
-            policy: airlock_policy::PolicyConfig::default(),
-            audit: airlock_audit::AuditConfig::default(),
-            staging: StagingConfig::default(),
-            classify: Vec::new(),
-            quotas: QuotaConfig::default(),
-            exec: ExecConfig::default(),
-            profiles: BTreeMap::new(),
-        }
-    }
 }
 
 /// `[server]`.
@@ -133,7 +110,7 @@ impl Default for ApprovalConfig {
 }
 
 /// `[staging]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StagingConfig {
     /// Staging store. Default `<state_dir>/staging`.
@@ -145,16 +122,6 @@ pub struct StagingConfig {
     pub protected: Option<Vec<String>>,
     /// Added to the protected list (built-in or replaced). Default none.
     pub protected_extra: Vec<String>,
-}
-
-impl Default for StagingConfig {
-    fn default() -> Self {
-        StagingConfig {
-            dir: None,
-            protected: None,
-            protected_extra: Vec::new(),
-        }
-    }
 }
 
 impl StagingConfig {

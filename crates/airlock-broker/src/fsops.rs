@@ -71,6 +71,16 @@ fn encode(data: &[u8]) -> (Encoding, String) {
     }
 }
 
+/// The parts of one `fs` audit record.
+struct FsRecord<'a> {
+    request_id: &'a str,
+    token_id: Option<&'a str>,
+    intent: Value,
+    decision: Value,
+    execution: Value,
+    outcome: Value,
+}
+
 /// One checked access.
 struct Checked {
     cap: Capability,
@@ -189,13 +199,16 @@ impl Broker {
         &self,
         peer: &Peer,
         session: &Session,
-        request_id: &str,
-        token_id: Option<&str>,
-        intent: Value,
-        decision: Value,
-        execution: Value,
-        outcome: Value,
+        r: FsRecord<'_>,
     ) -> Result<(), ApiError> {
+        let FsRecord {
+            request_id,
+            token_id,
+            intent,
+            decision,
+            execution,
+            outcome,
+        } = r;
         let body = RecordBody {
             kind: "fs".into(),
             agent: Some(
@@ -239,12 +252,14 @@ impl Broker {
                     .record_fs(
                         peer,
                         &session,
-                        &crate::new_id("r"),
-                        None,
-                        intent,
-                        json!({"allowed": false, "error": e}),
-                        Value::Null,
-                        Value::Null,
+                        FsRecord {
+                            request_id: &crate::new_id("r"),
+                            token_id: None,
+                            intent,
+                            decision: json!({"allowed": false, "error": e}),
+                            execution: Value::Null,
+                            outcome: Value::Null,
+                        },
                     )
                     .await;
             }
@@ -466,12 +481,14 @@ impl Broker {
         self.record_fs(
             peer,
             session,
-            c.cap.request_id(),
-            Some(c.cap.token_id()),
-            intent,
-            decision,
-            done.execution,
-            done.outcome,
+            FsRecord {
+                request_id: c.cap.request_id(),
+                token_id: Some(c.cap.token_id()),
+                intent,
+                decision,
+                execution: done.execution,
+                outcome: done.outcome,
+            },
         )
         .await?;
         if let Some(n) = done.read_bytes {
@@ -495,12 +512,14 @@ impl Broker {
         self.record_fs(
             peer,
             session,
-            c.cap.request_id(),
-            Some(c.cap.token_id()),
-            intent,
-            decision,
-            json!({"grant_root": c.root}),
-            Value::Null,
+            FsRecord {
+                request_id: c.cap.request_id(),
+                token_id: Some(c.cap.token_id()),
+                intent,
+                decision,
+                execution: json!({"grant_root": c.root}),
+                outcome: Value::Null,
+            },
         )
         .await
     }
@@ -533,12 +552,14 @@ impl Broker {
         self.record_fs(
             peer,
             session,
-            c.cap.request_id(),
-            Some(c.cap.token_id()),
-            intent,
-            decision,
-            json!({"grant_root": c.root}),
-            outcome,
+            FsRecord {
+                request_id: c.cap.request_id(),
+                token_id: Some(c.cap.token_id()),
+                intent,
+                decision,
+                execution: json!({"grant_root": c.root}),
+                outcome,
+            },
         )
         .await?;
         ret

@@ -509,7 +509,7 @@ impl Broker {
                         b.record_policy_change(&rev, &now).await;
                         rev = now;
                     }
-                    if tick % 30 == 0 {
+                    if tick.is_multiple_of(30) {
                         b.housekeeping();
                     }
                 }

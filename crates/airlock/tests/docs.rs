@@ -100,7 +100,7 @@ fn esc(token: &str) -> String {
 }
 
 /// Follow `$ref`s (local to the document) until a non-reference.
-fn deref<'a>(doc: &'a Value, mut pointer: String) -> (String, &'a Value) {
+fn deref(doc: &Value, mut pointer: String) -> (String, &Value) {
     for _ in 0..16 {
         let v = doc
             .pointer(&pointer)

@@ -121,7 +121,7 @@ fn concurrent_symlink_swap_never_leaks() {
                 let tmp = ws.join(format!(".swap{}", n % 2));
                 let _ = std::fs::remove_file(&tmp);
                 let _ = std::fs::remove_dir_all(&tmp);
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     symlink(&outside, &tmp).unwrap();
                 } else {
                     symlink("real-sub", &tmp).unwrap();
