@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -31,6 +32,7 @@ class UnixConnection(http.client.HTTPConnection):
 def main():
     path = sys.argv[1]
     conn = UnixConnection(path)
+    last_used = 0.0
     for line in sys.stdin:
         cmd = json.loads(line)
         op = cmd.get("op")
@@ -50,11 +52,16 @@ def main():
         data = None if body is None else body.encode("utf-8", "surrogateescape")
         if data is not None:
             headers["Content-Type"] = "application/json"
+        # The broker closes keep-alive connections idle for longer than its
+        # header timeout (5 s by default); start afresh rather than race it.
+        if time.monotonic() - last_used > 3:
+            conn.close()
+            conn = UnixConnection(path)
         try:
             try:
                 conn.request(cmd["method"], cmd["path"], body=data, headers=headers)
                 r = conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (http.client.HTTPException, OSError):
                 # The broker closes idle keep-alive connections; retry once on a new one.
                 conn.close()
                 conn = UnixConnection(path)
@@ -66,6 +73,7 @@ def main():
             except ValueError:
                 parsed = {"unparsed": raw.decode("utf-8", "replace")}
             out = {"status": r.status, "body": parsed, "retry_after": r.getheader("Retry-After")}
+            last_used = time.monotonic()
         except Exception as e:  # noqa: BLE001 - report any transport failure to the test
             conn.close()
             conn = UnixConnection(path)
