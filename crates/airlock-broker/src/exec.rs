@@ -259,14 +259,7 @@ impl Broker {
     ) -> Result<(), ApiError> {
         let body = airlock_audit::RecordBody {
             kind: "exec".into(),
-            agent: Some(
-                session
-                    .exe
-                    .as_deref()
-                    .and_then(|e| e.rsplit('/').next())
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| peer.exe_name()),
-            ),
+            agent: Some(session.agent_name()),
             user: Some(self.inner.user.clone()),
             request_id: request_id.to_string(),
             intent,

@@ -211,14 +211,7 @@ impl Broker {
         } = r;
         let body = RecordBody {
             kind: "fs".into(),
-            agent: Some(
-                session
-                    .exe
-                    .as_deref()
-                    .and_then(|e| e.rsplit('/').next())
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| peer.exe_name()),
-            ),
+            agent: Some(session.agent_name()),
             user: Some(self.inner.user.clone()),
             request_id: request_id.to_string(),
             intent,

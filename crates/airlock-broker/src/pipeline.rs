@@ -83,8 +83,8 @@ impl Broker {
         (input, union)
     }
 
-    fn agent_name(&self, m: &Manifest, peer: &Peer) -> String {
-        m.agent.clone().unwrap_or_else(|| peer.exe_name())
+    fn agent_name(&self, m: &Manifest, session: &Session) -> String {
+        m.agent.clone().unwrap_or_else(|| session.agent_name())
     }
 
     /// A record for a rejected manifest (validation error).
@@ -161,7 +161,7 @@ impl Broker {
             now,
         } = self.decide(peer, &m);
         let request_id = new_id("r");
-        let agent = self.agent_name(&m, peer);
+        let agent = self.agent_name(&m, &session);
         let revision = self.inner.policy.revision();
 
         let retry_after = (decision.reason_code.as_deref() == Some("quota_exceeded")).then(|| {

@@ -46,11 +46,30 @@ pub struct Session {
 }
 
 impl Session {
-    /// Quota key: the agent program.
+    /// Quota key: the agent program (for a session started with `airlock
+    /// session --label L -- PROGRAM`, the label; the holder is Airlock itself).
     pub fn agent_key(&self) -> String {
-        self.exe
-            .clone()
-            .unwrap_or_else(|| format!("uid:{}", self.uid))
+        match (&self.label, self.explicit) {
+            (Some(l), true) => format!("label:{l}"),
+            _ => self
+                .exe
+                .clone()
+                .unwrap_or_else(|| format!("uid:{}", self.uid)),
+        }
+    }
+
+    /// The agent as audit records name it: the label of an explicit
+    /// session, else the holder's executable name.
+    pub fn agent_name(&self) -> String {
+        match (&self.label, self.explicit) {
+            (Some(l), true) => l.clone(),
+            _ => self
+                .exe
+                .as_deref()
+                .and_then(|e| e.rsplit('/').next())
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("pid:{}", self.holder.pid)),
+        }
     }
 }
 

@@ -288,7 +288,11 @@ pub struct SessionArgs {
 
 pub fn session(a: SessionArgs) -> anyhow::Result<i32> {
     let client = Client::new(default_agent_socket());
-    let label = a.label.clone();
+    // The label names the agent in approvals, audit records and quotas.
+    let label = a
+        .label
+        .clone()
+        .or_else(|| a.argv[0].rsplit('/').next().map(str::to_owned));
     let s = block_on(async move {
         client
             .post("/v1/sessions", &json!({"holder": "self", "label": label}))

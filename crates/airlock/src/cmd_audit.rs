@@ -61,17 +61,18 @@ impl Loc {
 fn line(r: &Record) -> String {
     let b = &r.body;
     let what = match b.kind.as_str() {
-        "fs" | "exec" => {
+        "fs" | "exec" | "commit" => {
             let i = &b.intent;
-            format!(
-                "{} {}",
-                text(&i["action"]),
-                text(
-                    i.get("path")
-                        .or(i.get("argv"))
-                        .unwrap_or(&serde_json::Value::Null)
-                )
-            )
+            let phase = i["phase"]
+                .as_str()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            let target = i
+                .get("path")
+                .or(i.get("argv"))
+                .or(i.get("staging_id"))
+                .unwrap_or(&serde_json::Value::Null);
+            format!("{}{phase} {}", text(&i["action"]), text(target))
         }
         _ => {
             let i = &b.intent;

@@ -84,7 +84,15 @@ pub fn status(a: StatusArgs) -> anyhow::Result<i32> {
         }
         println!("approvals       {} pending", v["approvals_pending"]);
         println!("tokens          {} active", v["tokens_active"]);
-        let areas = v["staged"].as_array().cloned().unwrap_or_default();
+        // Areas whose changes were all committed or discarded stay (a
+        // sandboxed command may still have them mounted) but are not news.
+        let areas: Vec<Value> = v["staged"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["changes"].as_u64().unwrap_or(0) > 0)
+            .cloned()
+            .collect();
         println!(
             "staged          {} area(s), {} change(s)",
             areas.len(),
