@@ -378,49 +378,33 @@ impl Broker {
                             .hint("send standard base64 with padding, or use \"encoding\": \"utf8\" for text")
                     })?,
                 };
-                self.intent_record(peer, session, &c, intent.clone())
-                    .await?;
-                let b = self.clone();
-                let root = c.root.clone();
-                let path = w.path.clone();
                 let n = data.len();
-                let area_id = blocking(move || {
-                    let area = b.area(&sid, &staging_base(&root)).map_err(fs_error)?;
-                    area.write(&path, &data, w.mode).map_err(fs_error)?;
-                    Ok(area.id().to_string())
-                })
-                .await;
-                self.mutation_outcome(
+                let (path, mode) = (w.path.clone(), w.mode);
+                let base = staging_base(&c.root);
+                self.stage(
                     peer,
                     session,
                     &c,
                     intent,
-                    area_id,
+                    base,
                     json!({"path": w.path, "bytes": n}),
+                    move |a| a.write(&path, &data, mode),
                 )
                 .await
             }
             ApiRequest::Delete(d) => {
                 let c = self.verify(token, session, Verb::Delete, &d.path)?;
                 self.access_check(Action::EditFiles, &d.path, &c.root)?;
-                self.intent_record(peer, session, &c, intent.clone())
-                    .await?;
-                let b = self.clone();
-                let root = c.root.clone();
                 let path = d.path.clone();
-                let area_id = blocking(move || {
-                    let area = b.area(&sid, &staging_base(&root)).map_err(fs_error)?;
-                    area.delete(&path).map_err(fs_error)?;
-                    Ok(area.id().to_string())
-                })
-                .await;
-                self.mutation_outcome(
+                let base = staging_base(&c.root);
+                self.stage(
                     peer,
                     session,
                     &c,
                     intent,
-                    area_id,
+                    base,
                     json!({"path": d.path, "deleted": true}),
+                    move |a| a.delete(&path),
                 )
                 .await
             }
@@ -435,23 +419,15 @@ impl Broker {
                         .field("to")
                         .hint("rename within one granted directory, or write the new file and delete the old one"));
                 }
-                self.intent_record(peer, session, &from, intent.clone())
-                    .await?;
-                let b = self.clone();
                 let (f, t) = (r.from.clone(), r.to.clone());
-                let area_id = blocking(move || {
-                    let area = b.area(&sid, &base).map_err(fs_error)?;
-                    area.rename(&f, &t).map_err(fs_error)?;
-                    Ok(area.id().to_string())
-                })
-                .await;
-                self.mutation_outcome(
+                self.stage(
                     peer,
                     session,
                     &from,
                     intent,
-                    area_id,
+                    base,
                     json!({"from": r.from, "to": r.to}),
+                    move |a| a.rename(&f, &t),
                 )
                 .await
             }
@@ -490,6 +466,33 @@ impl Broker {
                 .count_read(&session.agent_key(), n, now_unix());
         }
         Ok(done.body)
+    }
+
+    /// A staged mutation: its intent record (durable before anything
+    /// changes), the change in the session's staging area over `base`, then
+    /// its outcome record (also when the change failed).
+    #[allow(clippy::too_many_arguments)]
+    async fn stage(
+        &self,
+        peer: &Peer,
+        session: &Session,
+        c: &Checked,
+        intent: Value,
+        base: String,
+        what: Value,
+        op: impl FnOnce(&airlock_fs::StagingArea) -> Result<(), FsError> + Send + 'static,
+    ) -> Result<Value, ApiError> {
+        self.intent_record(peer, session, c, intent.clone()).await?;
+        let b = self.clone();
+        let sid = session.id.clone();
+        let area_id = blocking(move || {
+            let area = b.area(&sid, &base).map_err(fs_error)?;
+            op(&area).map_err(fs_error)?;
+            Ok(area.id().to_string())
+        })
+        .await;
+        self.mutation_outcome(peer, session, c, intent, area_id, what)
+            .await
     }
 
     /// The durable "about to change" record of a mutation.
