@@ -143,3 +143,72 @@ fn tokens_survive_a_restart_and_stay_listed_and_revocable() {
         "{v}"
     );
 }
+
+#[test]
+fn policy_test_and_eval_from_the_cli() {
+    let env = Env::new();
+    let dir = env.tmp.path().join("pol");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("team.rego"),
+        "package team\n\nimport rego.v1\n\ndeny contains \"no pdfs\" if endswith(input.path, \".pdf\")\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("team_test.rego"),
+        "package team_test\n\nimport rego.v1\n\ntest_pdf if { count(data.team.deny) == 1 with input as {\"path\": \"/a.pdf\"} }\n\ntest_wrong if { count(data.team.deny) == 1 with input as {\"path\": \"/a.txt\"} }\n",
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    let o = env.cli(&["policy", "test", &d]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a failing test fails the run: {out}"
+    );
+    assert!(
+        out.contains("FAIL team_test.test_wrong") && out.contains("1 failed"),
+        "{out}"
+    );
+    std::fs::remove_file(dir.join("team_test.rego")).unwrap();
+    std::fs::write(dir.join("team_test.rego"), "package team_test\n\nimport rego.v1\n\ntest_pdf if { count(data.team.deny) == 1 with input as {\"path\": \"/a.pdf\"} }\n").unwrap();
+    let o = env.cli(&["policy", "test", &d]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    let input = env.tmp.path().join("input.json");
+    std::fs::write(&input, serde_json::json!({"action": "read_files", "paths": [p(&env.ws.join("x.pdf"))], "workspaces": [p(&env.ws)]}).to_string()).unwrap();
+    let o = env.cli(&[
+        "policy",
+        "eval",
+        "--dir",
+        &d,
+        "--input",
+        &input.display().to_string(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            o.status.code(),
+            v["decision"].as_str(),
+            v["policy_id"].as_str()
+        ),
+        (Some(3), Some("deny"), Some("team")),
+        "{v}"
+    );
+    std::fs::write(&input, serde_json::json!({"action": "read_files", "paths": [p(&env.ws.join("x.txt"))], "workspaces": [p(&env.ws)]}).to_string()).unwrap();
+    let o = env.cli(&[
+        "policy",
+        "eval",
+        "--dir",
+        &d,
+        "--input",
+        &input.display().to_string(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
