@@ -116,6 +116,34 @@ impl Env {
     }
 }
 
+/// Overlayfs leaves its work directory mode 000, which a non-root owner
+/// cannot descend to delete: open every directory up before the temp dir
+/// is removed, so nothing outlives the test.
+fn make_removable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+    );
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            make_removable(&e.path());
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        make_removable(self.tmp.path());
+    }
+}
+
 /// `airlock serve`, killed on drop.
 pub struct Daemon {
     pub env: Env,
