@@ -37,6 +37,16 @@ async fn body_json<T: serde::de::DeserializeOwned>(
     airlock_core::api::decode_json(&bytes)
 }
 
+/// The JSON body of an operator call, or the structured error response.
+macro_rules! body {
+    ($b:expr, $req:expr) => {
+        match body_json(&$b, $req).await {
+            Ok(x) => x,
+            Err(e) => return error_response(&e),
+        }
+    };
+}
+
 macro_rules! gated {
     ($b:expr, $c:expr) => {
         match gate(&$b, &$c) {
@@ -100,10 +110,7 @@ async fn approve(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: ApproveBody = match body_json(&b, req).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let body: ApproveBody = body!(b, req);
     result_response(
         b.approve(&id, &by, body.for_seconds)
             .await
@@ -125,10 +132,7 @@ async fn deny(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: DenyBody = match body_json(&b, req).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let body: DenyBody = body!(b, req);
     result_response(b.deny(&id, &by, body.reason).await.map(|v| (200, v)))
 }
 
@@ -166,10 +170,7 @@ async fn tokens_revoke(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: RevokeBody = match body_json(&b, req).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let body: RevokeBody = body!(b, req);
     let chosen = [body.id.is_some(), body.session.is_some(), body.all]
         .iter()
         .filter(|x| **x)
@@ -282,10 +283,7 @@ async fn staged_diff(
     req: Request,
 ) -> Response {
     gated!(b, c);
-    let body: PathsBody = match body_json(&b, req).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let body: PathsBody = body!(b, req);
     result_response(b.staged_diff(&id, body.paths).await.map(|v| (200, v)))
 }
 
@@ -296,10 +294,7 @@ async fn staged_commit(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: PathsBody = match body_json(&b, req).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let body: PathsBody = body!(b, req);
     result_response(
         b.staged_commit(&c.peer, &id, body.paths, &by)
             .await
@@ -314,10 +309,7 @@ async fn staged_discard(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: PathsBody = match body_json(&b, req).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let body: PathsBody = body!(b, req);
     result_response(
         b.staged_discard(&c.peer, &id, body.paths, &by)
             .await

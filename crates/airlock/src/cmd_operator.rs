@@ -11,6 +11,27 @@ fn op() -> Client {
     Client::new(default_operator_socket())
 }
 
+/// GET a listing: with `--json`, print it whole and return `None`; else the
+/// entries under `key`, saying `empty` when there are none.
+async fn listing(
+    op: &Client,
+    path: &str,
+    key: &str,
+    json: bool,
+    empty: &str,
+) -> Result<Option<Vec<Value>>, ClientError> {
+    let (_, v) = op.get(path).await?;
+    if json {
+        print_json(&v);
+        return Ok(None);
+    }
+    let list = v[key].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("{empty}");
+    }
+    Ok(Some(list))
+}
+
 fn run(f: impl std::future::Future<Output = Result<i32, ClientError>>) -> anyhow::Result<i32> {
     block_on(async move {
         match f.await {
@@ -196,15 +217,11 @@ pub fn approvals(c: ApprovalsCmd) -> anyhow::Result<i32> {
         let op = op();
         match c {
             ApprovalsCmd::List { json } => {
-                let (_, v) = op.get("/v1/approvals").await?;
-                if json {
-                    print_json(&v);
+                let Some(list) =
+                    listing(&op, "/v1/approvals", "approvals", json, "no approvals").await?
+                else {
                     return Ok(0);
-                }
-                let list = v["approvals"].as_array().cloned().unwrap_or_default();
-                if list.is_empty() {
-                    println!("no approvals");
-                }
+                };
                 for a in list {
                     let paths: Vec<String> = a["manifest"]["paths"]
                         .as_array()
@@ -281,15 +298,11 @@ pub fn tokens(c: TokensCmd) -> anyhow::Result<i32> {
         let op = op();
         match c {
             TokensCmd::List { json } => {
-                let (_, v) = op.get("/v1/tokens").await?;
-                if json {
-                    print_json(&v);
+                let Some(list) =
+                    listing(&op, "/v1/tokens", "tokens", json, "no live tokens").await?
+                else {
                     return Ok(0);
-                }
-                let list = v["tokens"].as_array().cloned().unwrap_or_default();
-                if list.is_empty() {
-                    println!("no live tokens");
-                }
+                };
                 for t in list {
                     let verbs: Vec<String> = t["verbs"]
                         .as_array()
