@@ -189,7 +189,13 @@ impl Approvals {
             expires: n.expires,
             state: tx,
         });
-        lock(&self.map).insert(a.id.clone(), a.clone());
+        {
+            let mut m = lock(&self.map);
+            // Decided approvals stay an hour after they lapse, for late polls.
+            let now = a.created;
+            m.retain(|_, old| old.state() == ApprovalState::Pending || old.expires + 3600 > now);
+            m.insert(a.id.clone(), a.clone());
+        }
         a
     }
 
@@ -208,6 +214,7 @@ impl Approvals {
         let mut m = lock(&self.map);
         m.retain(|_, a| a.state() == ApprovalState::Pending || a.expires + 3600 > now);
         let mut v: Vec<Arc<Approval>> = m.values().cloned().collect();
+        drop(m);
         v.sort_by(|a, b| {
             (a.state() != ApprovalState::Pending)
                 .cmp(&(b.state() != ApprovalState::Pending))

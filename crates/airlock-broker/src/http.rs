@@ -82,7 +82,24 @@ pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<bytes::Bytes, ApiError> {
-    let limit = b.inner.cfg.server.max_body_bytes;
+    buffer_body(&b.inner.cfg.server, headers, body).await
+}
+
+/// Read a whole body, refusing more than `max_body_bytes` or slower than
+/// `body_timeout_ms`. Every request's body is read this way before routing,
+/// so no handler can answer with the client's body still unread (closing a
+/// Unix socket with unread data makes the client's read fail with a reset
+/// instead of showing it the answer).
+pub(crate) async fn buffer_body<B>(
+    cfg: &crate::config::ServerConfig,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<bytes::Bytes, ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limit = cfg.max_body_bytes;
     let too_large = || {
         ApiError::new(ErrorCode::BodyTooLarge, format!("request body is larger than {limit} bytes"))
             .hint("send smaller requests: read files with offset/length, write large files in a sandboxed command")
@@ -97,7 +114,7 @@ pub(crate) async fn read_body(
         }
     }
     let limited = http_body_util::Limited::new(body, limit as usize);
-    let timeout = Duration::from_millis(b.inner.cfg.server.body_timeout_ms);
+    let timeout = Duration::from_millis(cfg.body_timeout_ms);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(ApiError::new(
             ErrorCode::InvalidJson,
@@ -615,9 +632,22 @@ async fn accept_loop(
         let conn = Conn {
             peer: Arc::new(peer),
         };
+        let server_cfg = b.inner.cfg.server.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(conn.clone());
-            svc_router.clone().oneshot(req.map(Body::new))
+            let router = svc_router.clone();
+            let cfg = server_cfg.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                match buffer_body(&cfg, &parts.headers, body).await {
+                    Ok(bytes) => {
+                        router
+                            .oneshot(axum::http::Request::from_parts(parts, Body::from(bytes)))
+                            .await
+                    }
+                    Err(e) => Ok(error_response(&e)),
+                }
+            }
         });
         let http = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
