@@ -310,7 +310,7 @@ fn ctrl_c_reaches_the_command() {
     if !sandbox_works(&e) {
         return;
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
         .args([
             "run",
             "--",
@@ -336,7 +336,16 @@ fn ctrl_c_reaches_the_command() {
             .flatten()
             .any(|a| a.path().join("upper/ready").exists())
     };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !ready() {
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the sandboxed command never got ready: {}",
+                text(&out.stderr)
+            );
+        }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // What a terminal's Ctrl-C does to the foreground job: SIGINT to airlock.

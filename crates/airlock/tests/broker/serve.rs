@@ -6,6 +6,18 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
+/// A child process that is killed if the test fails before reaping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn airlock_socket_overrides_and_status_reports_everything() {
     let env = Env::new();
@@ -17,7 +29,7 @@ fn airlock_socket_overrides_and_status_reports_everything() {
         .arg(&env.ws)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    let mut child = KillOnDrop(c.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !health(&custom) {
         assert!(
@@ -73,9 +85,9 @@ fn airlock_socket_overrides_and_status_reports_everything() {
         String::from_utf8_lossy(&o.stderr)
     );
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
 }
 
 #[test]
