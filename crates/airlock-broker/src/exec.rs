@@ -15,7 +15,7 @@ use airlock_token::Access;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::fsops::{fs_error, staging_base, token_error};
+use crate::fsops::{fs_error, staging_base, token_error, FsRecord};
 use crate::peer::Peer;
 use crate::{now_unix, Broker};
 
@@ -160,15 +160,18 @@ impl Broker {
         });
         let intent = json!({"action": "exec", "argv": req.argv, "cwd": req.cwd, "env_names": env_names, "phase": "intent"});
         let decision = json!({"allowed": true, "token_id": cap.token_id(), "verb": "exec"});
-        self.exec_record(
+        self.record_access(
             peer,
             &session,
-            cap.request_id(),
-            cap.token_id(),
-            intent.clone(),
-            decision.clone(),
-            json!({"sandbox": "airlock-linux-v1", "spec": spec_json}),
-            Value::Null,
+            FsRecord {
+                kind: "exec",
+                request_id: cap.request_id(),
+                token_id: Some(cap.token_id()),
+                intent: intent.clone(),
+                decision: decision.clone(),
+                execution: json!({"sandbox": "airlock-linux-v1", "spec": spec_json}),
+                outcome: Value::Null,
+            },
         )
         .await?;
 
@@ -203,15 +206,18 @@ impl Broker {
                     "landlock_abi": o.report.landlock_abi, "limits_mechanism": o.report.limits_mechanism,
                     "syscalls_blocked": syscalls_blocked, "violations": o.violations,
                 });
-                self.exec_record(
+                self.record_access(
                     peer,
                     &session,
-                    cap.request_id(),
-                    cap.token_id(),
-                    intent,
-                    decision,
-                    execution,
-                    outcome.clone(),
+                    FsRecord {
+                        kind: "exec",
+                        request_id: cap.request_id(),
+                        token_id: Some(cap.token_id()),
+                        intent,
+                        decision,
+                        execution,
+                        outcome: outcome.clone(),
+                    },
                 )
                 .await?;
                 let mut body = outcome;
@@ -229,50 +235,23 @@ impl Broker {
                     "the sandbox refused to run the command; tell the user (see `airlock doctor`)",
                 );
                 let _ = self
-                    .exec_record(
+                    .record_access(
                         peer,
                         &session,
-                        cap.request_id(),
-                        cap.token_id(),
-                        intent,
-                        decision,
-                        json!({"sandbox": "airlock-linux-v1", "spec": spec_json}),
-                        json!({"error": err}),
+                        FsRecord {
+                            kind: "exec",
+                            request_id: cap.request_id(),
+                            token_id: Some(cap.token_id()),
+                            intent,
+                            decision,
+                            execution: json!({"sandbox": "airlock-linux-v1", "spec": spec_json}),
+                            outcome: json!({"error": err}),
+                        },
                     )
                     .await;
                 Err(err)
             }
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn exec_record(
-        &self,
-        peer: &Peer,
-        session: &crate::session::Session,
-        request_id: &str,
-        token_id: &str,
-        intent: Value,
-        decision: Value,
-        execution: Value,
-        outcome: Value,
-    ) -> Result<(), ApiError> {
-        let body = airlock_audit::RecordBody {
-            kind: "exec".into(),
-            agent: Some(session.agent_name()),
-            user: Some(self.inner.user.clone()),
-            request_id: request_id.to_string(),
-            intent,
-            decision,
-            execution,
-            outcome,
-            policy_revision: Some(self.inner.policy.revision()),
-            token_id: Some(token_id.to_string()),
-            approval_id: None,
-            peer: peer.to_json(),
-            ts: String::new(),
-        };
-        self.record(body).await.map(|_| ())
     }
 }
 

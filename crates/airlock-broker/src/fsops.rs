@@ -71,20 +71,36 @@ fn encode(data: &[u8]) -> (Encoding, String) {
     }
 }
 
-/// The parts of one `fs` audit record.
-struct FsRecord<'a> {
-    request_id: &'a str,
-    token_id: Option<&'a str>,
-    intent: Value,
-    decision: Value,
-    execution: Value,
-    outcome: Value,
+/// The parts of one `fs` or `exec` audit record.
+pub(crate) struct FsRecord<'a> {
+    pub kind: &'static str,
+    pub request_id: &'a str,
+    pub token_id: Option<&'a str>,
+    pub intent: Value,
+    pub decision: Value,
+    pub execution: Value,
+    pub outcome: Value,
 }
 
 /// One checked access.
 struct Checked {
     cap: Capability,
     root: String,
+}
+
+impl Checked {
+    /// The `fs` record of an access this capability allowed.
+    fn record(&self, intent: Value, execution: Value, outcome: Value) -> FsRecord<'_> {
+        FsRecord {
+            kind: "fs",
+            request_id: self.cap.request_id(),
+            token_id: Some(self.cap.token_id()),
+            intent,
+            decision: json!({"allowed": true, "token_id": self.cap.token_id(), "verb": self.cap.verb()}),
+            execution,
+            outcome,
+        }
+    }
 }
 
 /// What a blocking operation returns: the response body and audit details.
@@ -195,13 +211,14 @@ impl Broker {
         Ok(())
     }
 
-    async fn record_fs(
+    pub(crate) async fn record_access(
         &self,
         peer: &Peer,
         session: &Session,
         r: FsRecord<'_>,
     ) -> Result<(), ApiError> {
         let FsRecord {
+            kind,
             request_id,
             token_id,
             intent,
@@ -210,7 +227,7 @@ impl Broker {
             outcome,
         } = r;
         let body = RecordBody {
-            kind: "fs".into(),
+            kind: kind.into(),
             agent: Some(session.agent_name()),
             user: Some(self.inner.user.clone()),
             request_id: request_id.to_string(),
@@ -242,10 +259,11 @@ impl Broker {
             if e.code != ErrorCode::AuditUnavailable {
                 // Refusals are recorded too: security teams look for them.
                 let _ = self
-                    .record_fs(
+                    .record_access(
                         peer,
                         &session,
                         FsRecord {
+                            kind: "fs",
                             request_id: &crate::new_id("r"),
                             token_id: None,
                             intent,
@@ -446,18 +464,10 @@ impl Broker {
         intent: Value,
         done: Done,
     ) -> Result<Value, ApiError> {
-        let decision = json!({"allowed": true, "token_id": c.cap.token_id(), "verb": c.cap.verb()});
-        self.record_fs(
+        self.record_access(
             peer,
             session,
-            FsRecord {
-                request_id: c.cap.request_id(),
-                token_id: Some(c.cap.token_id()),
-                intent,
-                decision,
-                execution: done.execution,
-                outcome: done.outcome,
-            },
+            c.record(intent, done.execution, done.outcome),
         )
         .await?;
         if let Some(n) = done.read_bytes {
@@ -504,18 +514,10 @@ impl Broker {
         mut intent: Value,
     ) -> Result<(), ApiError> {
         intent["phase"] = "intent".into();
-        let decision = json!({"allowed": true, "token_id": c.cap.token_id(), "verb": c.cap.verb()});
-        self.record_fs(
+        self.record_access(
             peer,
             session,
-            FsRecord {
-                request_id: c.cap.request_id(),
-                token_id: Some(c.cap.token_id()),
-                intent,
-                decision,
-                execution: json!({"grant_root": c.root}),
-                outcome: Value::Null,
-            },
+            c.record(intent, json!({"grant_root": c.root}), Value::Null),
         )
         .await
     }
@@ -531,7 +533,6 @@ impl Broker {
         what: Value,
     ) -> Result<Value, ApiError> {
         intent["phase"] = "outcome".into();
-        let decision = json!({"allowed": true, "token_id": c.cap.token_id(), "verb": c.cap.verb()});
         let (outcome, ret) = match res {
             Ok(area_id) => {
                 let mut body = what.clone();
@@ -545,17 +546,10 @@ impl Broker {
             }
             Err(e) => (json!({"error": e}), Err(e)),
         };
-        self.record_fs(
+        self.record_access(
             peer,
             session,
-            FsRecord {
-                request_id: c.cap.request_id(),
-                token_id: Some(c.cap.token_id()),
-                intent,
-                decision,
-                execution: json!({"grant_root": c.root}),
-                outcome,
-            },
+            c.record(intent, json!({"grant_root": c.root}), outcome),
         )
         .await?;
         ret

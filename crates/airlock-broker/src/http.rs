@@ -77,12 +77,15 @@ pub(crate) fn result_response(r: Result<(u16, serde_json::Value), ApiError>) -> 
 }
 
 /// Read a whole body, refusing more than `limit` bytes or slower than `timeout`.
-pub(crate) async fn read_body(
-    b: &Broker,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<bytes::Bytes, ApiError> {
-    buffer_body(&b.inner.cfg.server, headers, body).await
+/// The body a handler receives, already read in full (and checked against
+/// the size cap and time limit) by [`buffer_body`] before routing.
+pub(crate) async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("cannot read the buffered body: {e}"),
+        )
+    })
 }
 
 /// Read a whole body, refusing more than `max_body_bytes` or slower than
@@ -179,8 +182,7 @@ async fn requests(
     Extension(c): Extension<Conn>,
     req: Request,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    let bytes = match read_body(&b, &parts.headers, body).await {
+    let bytes = match read_body(req.into_body()).await {
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };
@@ -246,7 +248,7 @@ async fn fs_op(b: Broker, c: Conn, route: Route, op: &'static str, req: Request)
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    let bytes = match read_body(&b, &parts.headers, body).await {
+    let bytes = match read_body(body).await {
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };
@@ -296,8 +298,7 @@ async fn session_register(
     Extension(c): Extension<Conn>,
     req: Request,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    let bytes = match read_body(&b, &parts.headers, body).await {
+    let bytes = match read_body(req.into_body()).await {
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };

@@ -23,12 +23,8 @@ fn gate(b: &Broker, c: &Conn) -> Result<String, ApiError> {
     b.operator_gate(&c.peer)
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(
-    b: &Broker,
-    req: Request,
-) -> Result<T, ApiError> {
-    let (parts, body) = req.into_parts();
-    let bytes = read_body(b, &parts.headers, body).await?;
+async fn body_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, ApiError> {
+    let bytes = read_body(req.into_body()).await?;
     let bytes = if bytes.is_empty() {
         bytes::Bytes::from_static(b"{}")
     } else {
@@ -39,8 +35,8 @@ async fn body_json<T: serde::de::DeserializeOwned>(
 
 /// The JSON body of an operator call, or the structured error response.
 macro_rules! body {
-    ($b:expr, $req:expr) => {
-        match body_json(&$b, $req).await {
+    ($req:expr) => {
+        match body_json($req).await {
             Ok(x) => x,
             Err(e) => return error_response(&e),
         }
@@ -110,7 +106,7 @@ async fn approve(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: ApproveBody = body!(b, req);
+    let body: ApproveBody = body!(req);
     result_response(
         b.approve(&id, &by, body.for_seconds)
             .await
@@ -132,7 +128,7 @@ async fn deny(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: DenyBody = body!(b, req);
+    let body: DenyBody = body!(req);
     result_response(b.deny(&id, &by, body.reason).await.map(|v| (200, v)))
 }
 
@@ -170,7 +166,7 @@ async fn tokens_revoke(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: RevokeBody = body!(b, req);
+    let body: RevokeBody = body!(req);
     let chosen = [body.id.is_some(), body.session.is_some(), body.all]
         .iter()
         .filter(|x| **x)
@@ -283,7 +279,7 @@ async fn staged_diff(
     req: Request,
 ) -> Response {
     gated!(b, c);
-    let body: PathsBody = body!(b, req);
+    let body: PathsBody = body!(req);
     result_response(b.staged_diff(&id, body.paths).await.map(|v| (200, v)))
 }
 
@@ -294,7 +290,7 @@ async fn staged_commit(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: PathsBody = body!(b, req);
+    let body: PathsBody = body!(req);
     result_response(
         b.staged_commit(&c.peer, &id, body.paths, &by)
             .await
@@ -309,7 +305,7 @@ async fn staged_discard(
     req: Request,
 ) -> Response {
     let by = gated!(b, c);
-    let body: PathsBody = body!(b, req);
+    let body: PathsBody = body!(req);
     result_response(
         b.staged_discard(&c.peer, &id, body.paths, &by)
             .await

@@ -436,6 +436,21 @@ impl Broker {
         Ok(self.approval_answer(&a))
     }
 
+    /// The approval `id`, if it is still waiting for a human.
+    fn pending_approval(&self, id: &str) -> Result<Arc<Approval>, ApiError> {
+        let a = self.inner.approvals.get(id).ok_or_else(|| {
+            ApiError::new(ErrorCode::ApprovalNotFound, format!("no approval {id}"))
+                .hint("see `airlock approvals list`")
+        })?;
+        match a.state() {
+            ApprovalState::Pending => Ok(a),
+            other => Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("approval {id} is already {}", other.name()),
+            )),
+        }
+    }
+
     /// Approve (operator). `standing` keeps identical manifests from this
     /// session allowed for that long.
     pub(crate) async fn approve(
@@ -444,19 +459,7 @@ impl Broker {
         by: &str,
         standing: Option<u64>,
     ) -> Result<Value, ApiError> {
-        let a = self.inner.approvals.get(id).ok_or_else(|| {
-            ApiError::new(ErrorCode::ApprovalNotFound, format!("no approval {id}"))
-                .hint("see `airlock approvals list`")
-        })?;
-        match a.state() {
-            ApprovalState::Pending => {}
-            other => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("approval {id} is already {}", other.name()),
-                ))
-            }
-        }
+        let a = self.pending_approval(id)?;
         let now = now_unix();
         if now > a.expires {
             self.expire(&a).await;
@@ -528,16 +531,7 @@ impl Broker {
         by: &str,
         reason: Option<String>,
     ) -> Result<Value, ApiError> {
-        let a = self.inner.approvals.get(id).ok_or_else(|| {
-            ApiError::new(ErrorCode::ApprovalNotFound, format!("no approval {id}"))
-                .hint("see `airlock approvals list`")
-        })?;
-        if a.state() != ApprovalState::Pending {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("approval {id} is already {}", a.state().name()),
-            ));
-        }
+        let a = self.pending_approval(id)?;
         let reason = reason.unwrap_or_else(|| "denied by the user".into());
         let rec = RecordBody {
             kind: "approval".into(),
