@@ -113,6 +113,27 @@ struct Builder {
 }
 
 impl Builder {
+    /// Bind `inside` onto itself and make it read-only (a protected path).
+    fn protect(&mut self, inside: &Path) -> Result<(), SandboxError> {
+        let p = cs(nr(inside))?;
+        let desc = format!("protect {}", inside.display());
+        self.op(
+            MountOp::Bind {
+                src: p.clone(),
+                dst: p.clone(),
+            },
+            desc.clone(),
+        );
+        self.op(
+            MountOp::ReadOnly {
+                path: p,
+                recursive: true,
+            },
+            desc,
+        );
+        Ok(())
+    }
+
     fn op(&mut self, op: MountOp, desc: String) {
         self.plan.ops.push(op);
         self.plan.descs.push(desc);
@@ -608,40 +629,12 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 let made = make_placeholders(ws, target, prot, &found, inp.chown_to)?;
                 for (rel, created) in made {
                     b.plan.placeholders.extend(created);
-                    let inside = ws.join(&rel);
-                    b.op(
-                        MountOp::Bind {
-                            src: cs(nr(&inside))?,
-                            dst: cs(nr(&inside))?,
-                        },
-                        format!("protect {}", inside.display()),
-                    );
-                    b.op(
-                        MountOp::ReadOnly {
-                            path: cs(nr(&inside))?,
-                            recursive: true,
-                        },
-                        format!("protect {}", inside.display()),
-                    );
+                    b.protect(&ws.join(&rel))?;
                     b.plan.protected_mounted.push(rel);
                 }
             }
             for rel in found.existing {
-                let inside = ws.join(&rel);
-                b.op(
-                    MountOp::Bind {
-                        src: cs(nr(&inside))?,
-                        dst: cs(nr(&inside))?,
-                    },
-                    format!("protect {}", inside.display()),
-                );
-                b.op(
-                    MountOp::ReadOnly {
-                        path: cs(nr(&inside))?,
-                        recursive: true,
-                    },
-                    format!("protect {}", inside.display()),
-                );
+                b.protect(&ws.join(&rel))?;
                 b.plan.protected_mounted.push(rel);
             }
         }

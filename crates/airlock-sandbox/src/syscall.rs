@@ -763,24 +763,15 @@ pub(crate) fn notif_recv(fd: RawFd) -> io::Result<SeccompNotif> {
 
 /// Answer a seccomp notification with `-err`.
 pub(crate) fn notif_deny(fd: RawFd, id: u64, err: i32) -> io::Result<()> {
-    let mut resp = SeccompNotifResp {
-        id,
-        val: 0,
-        error: -err,
-        flags: 0,
-    };
-    // SAFETY: passes a valid seccomp_notif_resp to the notification fd.
-    let r = unsafe {
-        libc::ioctl(
-            fd,
-            SECCOMP_IOCTL_NOTIF_SEND as _,
-            &mut resp as *mut SeccompNotifResp,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    notif_send(
+        fd,
+        SeccompNotifResp {
+            id,
+            val: 0,
+            error: -err,
+            flags: 0,
+        },
+    )
 }
 
 /// Let a notified system call go on as if there were no filter
@@ -788,12 +779,19 @@ pub(crate) fn notif_deny(fd: RawFd, id: u64, err: i32) -> io::Result<()> {
 /// us to be *recorded*, never to decide: the arguments may change after we
 /// looked.
 pub(crate) fn notif_continue(fd: RawFd, id: u64) -> io::Result<()> {
-    let mut resp = SeccompNotifResp {
-        id,
-        val: 0,
-        error: 0,
-        flags: 1,
-    };
+    notif_send(
+        fd,
+        SeccompNotifResp {
+            id,
+            val: 0,
+            error: 0,
+            flags: 1,
+        },
+    )
+}
+
+/// Answer one notification.
+fn notif_send(fd: RawFd, mut resp: SeccompNotifResp) -> io::Result<()> {
     // SAFETY: passes a valid seccomp_notif_resp to the notification fd.
     let r = unsafe {
         libc::ioctl(
