@@ -68,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
         }
         (Route::FsList, ApiRequest::List(r))
         | (Route::FsStat, ApiRequest::Stat(r))
-        | (Route::FsDelete, ApiRequest::Delete(r)) => {
+        | (Route::FsDelete, ApiRequest::Delete(r))
+        | (Route::FsMkdir, ApiRequest::Mkdir(r)) => {
             path_ok("path", &r.path);
             serde_json::to_vec(r)
         }

@@ -426,6 +426,22 @@ impl Broker {
                 )
                 .await
             }
+            ApiRequest::Mkdir(d) => {
+                let c = self.verify(token, session, Verb::Write, &d.path)?;
+                self.access_check(Action::EditFiles, &d.path, &c.root)?;
+                let path = d.path.clone();
+                let base = staging_base(&c.root);
+                self.stage(
+                    peer,
+                    session,
+                    &c,
+                    intent,
+                    base,
+                    json!({"path": d.path, "directory": true}),
+                    move |a| a.mkdir(&path),
+                )
+                .await
+            }
             ApiRequest::Rename(r) => {
                 let from = self.verify(token, session, Verb::Delete, &r.from)?;
                 let to = self.verify(token, session, Verb::Write, &r.to)?;
@@ -565,7 +581,7 @@ fn fs_intent(op: &str, req: &ApiRequest) -> Value {
         ApiRequest::Read(r) => {
             json!({"action": op, "path": r.path, "offset": r.offset, "length": r.length})
         }
-        ApiRequest::List(r) | ApiRequest::Stat(r) | ApiRequest::Delete(r) => {
+        ApiRequest::List(r) | ApiRequest::Stat(r) | ApiRequest::Delete(r) | ApiRequest::Mkdir(r) => {
             json!({"action": op, "path": r.path})
         }
         ApiRequest::Write(w) => {

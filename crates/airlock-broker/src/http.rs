@@ -173,6 +173,7 @@ async fn health(State(b): State<Broker>) -> Response {
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "policy_revision": b.inner.policy.revision(),
+            "workspaces": b.workspaces(),
         }),
     )
 }
@@ -280,17 +281,86 @@ fs_route!(fs_stat, Route::FsStat, "stat");
 fs_route!(fs_write, Route::FsWrite, "write");
 fs_route!(fs_delete, Route::FsDelete, "delete");
 fs_route!(fs_rename, Route::FsRename, "rename");
+fs_route!(fs_mkdir, Route::FsMkdir, "mkdir");
 fs_route!(exec_route, Route::Exec, "exec");
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionRegister {
-    /// `self` (default) or `parent`: which process holds the session.
+    /// `self` (default), `parent` or `pid:N` (an ancestor): which process holds the session.
     #[serde(default)]
     holder: Option<String>,
     /// A label shown to the human.
     #[serde(default)]
     label: Option<String>,
+}
+
+/// `POST /v1/outcomes`: an agent-side front door (e.g. a tool hook)
+/// reports how a call it asked about ended. Recorded as an `outcome`
+/// record of the caller's session, marked as reported by the agent.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutcomeReport {
+    request_id: String,
+    status: String,
+    #[serde(default)]
+    tool: Option<String>,
+    #[serde(default)]
+    detail: Option<serde_json::Value>,
+}
+
+async fn outcome_report(
+    State(b): State<Broker>,
+    Extension(c): Extension<Conn>,
+    req: Request,
+) -> Response {
+    let bytes = match read_body(req.into_body()).await {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let r: OutcomeReport = match airlock_core::api::decode_json(&bytes) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let bad = |field: &str, msg: &str| {
+        error_response(&ApiError::new(ErrorCode::InvalidValue, msg.to_string()).field(field))
+    };
+    if r.request_id.is_empty() || r.request_id.len() > 64 || r.request_id.chars().any(char::is_control) {
+        return bad("request_id", "request_id must be 1 to 64 printable characters");
+    }
+    if !matches!(r.status.as_str(), "success" | "error") {
+        return bad("status", "status must be `success` or `error`");
+    }
+    if r.tool.as_deref().is_some_and(|t| t.len() > 256) {
+        return bad("tool", "tool is longer than 256 bytes");
+    }
+    if r.detail.as_ref().is_some_and(|d| d.to_string().len() > 4096) {
+        return bad("detail", "detail is larger than 4096 bytes of JSON; summarise it");
+    }
+    let Some(session) = b.inner.sessions.find(&c.peer) else {
+        return error_response(
+            &ApiError::new(ErrorCode::NotFound, "this process holds no session, so it made no request to report on")
+                .hint("report outcomes from the session that made the request"),
+        );
+    };
+    let rec = crate::fsops::FsRecord {
+        kind: "outcome",
+        request_id: &r.request_id,
+        token_id: None,
+        intent: serde_json::json!({"reported_by": "agent", "tool": r.tool}),
+        decision: serde_json::Value::Null,
+        execution: serde_json::Value::Null,
+        outcome: serde_json::json!({"status": r.status, "detail": r.detail}),
+    };
+    match b.record_access(&c.peer, &session, rec).await {
+        Ok(()) => json_response(200, &serde_json::json!({"recorded": true, "request_id": r.request_id})),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn proc_uid(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
 }
 
 async fn session_register(
@@ -338,11 +408,37 @@ async fn session_register(
                 )
             }
         },
+        // An ancestor of the caller, by pid: a hook or tool started by an
+        // agent through a shell names the agent itself. Registering only
+        // ever takes rights away from the holder, and only the caller's own
+        // ancestors of its own uid can be named.
+        other if other.starts_with("pid:") => {
+            let named = other[4..].parse::<u32>().ok();
+            match peer
+                .ancestry
+                .iter()
+                .skip(1)
+                .find(|p| Some(p.pid) == named)
+                .filter(|p| proc_uid(p.pid) == Some(peer.uid))
+            {
+                Some(p) => *p,
+                None => {
+                    return error_response(
+                        &ApiError::new(
+                            ErrorCode::InvalidValue,
+                            format!("{other} is not an ancestor of the caller running as its uid"),
+                        )
+                        .field("holder")
+                        .hint("name one of your own ancestors, e.g. `pid:1234` for the agent that started you"),
+                    )
+                }
+            }
+        }
         other => {
             return error_response(
                 &ApiError::new(
                     ErrorCode::InvalidValue,
-                    format!("holder must be `self` or `parent`, got {other:?}"),
+                    format!("holder must be `self`, `parent` or `pid:N` (an ancestor), got {other:?}"),
                 )
                 .field("holder"),
             )
@@ -376,6 +472,19 @@ async fn session_current(State(b): State<Broker>, Extension(c): Extension<Conn>)
                 "a session starts with your first request, or register one with POST /v1/sessions",
             ),
         ),
+    }
+}
+
+/// `GET /v1/staged`: what the caller's own session has staged, and how a
+/// human reviews it. Read-only; reviewing and applying stay on the
+/// operator socket.
+async fn staged_own(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
+    let Some(s) = b.inner.sessions.find(&c.peer) else {
+        return json_response(200, &serde_json::json!({"session": null, "areas": []}));
+    };
+    match b.own_staged(s.id.clone()).await {
+        Ok(v) => json_response(200, &v),
+        Err(e) => error_response(&e),
     }
 }
 
@@ -420,9 +529,12 @@ fn agent_routes() -> RouteTable {
         ("POST", "/v1/fs/write", post(fs_write)),
         ("POST", "/v1/fs/delete", post(fs_delete)),
         ("POST", "/v1/fs/rename", post(fs_rename)),
+        ("POST", "/v1/fs/mkdir", post(fs_mkdir)),
         ("POST", "/v1/exec", post(exec_route)),
         ("POST", "/v1/sessions", post(session_register)),
         ("GET", "/v1/session", get(session_current)),
+        ("GET", "/v1/staged", get(staged_own)),
+        ("POST", "/v1/outcomes", post(outcome_report)),
         ("GET", "/v1/schema/manifest", get(manifest_schema)),
         ("GET", "/v1/public-key", get(public_key)),
     ]

@@ -433,6 +433,31 @@ impl Broker {
         .await
     }
 
+    /// The staging areas of one session, each with its changes and the
+    /// commands a human uses to review and apply them.
+    pub async fn own_staged(&self, session: String) -> Result<Value, ApiError> {
+        self.blocking(move |b| {
+            let mut areas = Vec::new();
+            for info in b.inner.staging.list().map_err(crate::fsops::fs_error)? {
+                if info.session != session {
+                    continue;
+                }
+                let a = b.inner.staging.get(&info.id).map_err(crate::fsops::fs_error)?;
+                let changes = a.changes().map_err(crate::fsops::fs_error)?;
+                if changes.is_empty() {
+                    continue;
+                }
+                areas.push(json!({
+                    "id": a.id(), "base": a.base(), "created": a.created(), "changes": changes,
+                    "review": format!("airlock staged diff {}", a.id()),
+                    "apply": format!("airlock staged commit {}", a.id()),
+                }));
+            }
+            Ok(json!({"session": session, "areas": areas}))
+        })
+        .await
+    }
+
     /// One area and its changes.
     pub async fn staged_show(&self, id: &str) -> Result<Value, ApiError> {
         let id = id.to_string();

@@ -42,7 +42,7 @@ pub struct ReadRequest {
     pub length: Option<u64>,
 }
 
-/// `POST /v1/fs/list`, `/v1/fs/stat`, `/v1/fs/delete`.
+/// `POST /v1/fs/list`, `/v1/fs/stat`, `/v1/fs/delete`, `/v1/fs/mkdir`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathRequest {
@@ -158,13 +158,15 @@ pub enum Route {
     FsDelete,
     /// `POST /v1/fs/rename`.
     FsRename,
+    /// `POST /v1/fs/mkdir`.
+    FsMkdir,
     /// `POST /v1/exec`.
     Exec,
 }
 
 impl Route {
     /// Every route with a JSON body.
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Requests,
         Route::FsRead,
         Route::FsList,
@@ -172,6 +174,7 @@ impl Route {
         Route::FsWrite,
         Route::FsDelete,
         Route::FsRename,
+        Route::FsMkdir,
         Route::Exec,
     ];
 }
@@ -186,6 +189,7 @@ pub enum ApiRequest {
     Write(WriteRequest),
     Delete(PathRequest),
     Rename(RenameRequest),
+    Mkdir(PathRequest),
     Exec(ExecRequest),
 }
 
@@ -202,6 +206,7 @@ pub fn decode(route: Route, body: &[u8], limits: &ManifestLimits) -> Result<ApiR
         Route::FsList => ApiRequest::List(path_request(body)?),
         Route::FsStat => ApiRequest::Stat(path_request(body)?),
         Route::FsDelete => ApiRequest::Delete(path_request(body)?),
+        Route::FsMkdir => ApiRequest::Mkdir(path_request(body)?),
         Route::FsWrite => {
             let r: WriteRequest = decode_json(body)?;
             check_path("path", &r.path)?;

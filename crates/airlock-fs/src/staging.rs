@@ -791,6 +791,17 @@ impl StagingArea {
         c.finish()
     }
 
+    /// Stage a new directory at `path` and any missing parents (like
+    /// `mkdir -p`). A directory that already exists, really or staged, is
+    /// left as it is; a file in the way is an error.
+    pub fn mkdir(&self, path: &str) -> Result<(), FsError> {
+        let rel = self.rel(path)?;
+        let mut c = self.ctx()?;
+        let fd = c.ensure_upper_dirs(&rel)?;
+        rustix::fs::fsync(&fd).map_err(|e| sys::io(path, e))?;
+        c.finish()
+    }
+
     /// Stage `to` with `from`'s content (merged view) and delete `from`.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), FsError> {
         let from_rel = self.rel(from)?;

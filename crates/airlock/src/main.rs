@@ -11,6 +11,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cmd_agent;
 mod cmd_audit;
 mod cmd_doctor;
+mod cmd_hook;
+mod cmd_mcp;
 mod cmd_operator;
 mod cmd_policy;
 mod cmd_run;
@@ -64,11 +66,18 @@ enum Cmd {
     Run(cmd_run::RunArgs),
     /// Check which sandbox layers work on this machine.
     Doctor(cmd_doctor::DoctorArgs),
+    /// Serve MCP (stdio, or Streamable HTTP with --http): the reference filesystem
+    /// server's tools plus run_command, fetch and staged_changes, every call brokered.
+    Mcp(cmd_mcp::McpArgs),
+    /// Agent hooks: `airlock hook claude-code` decides Claude Code's built-in
+    /// tool calls through the broker; `airlock hook install claude-code` sets it up.
+    #[command(subcommand)]
+    Hook(cmd_hook::HookCmd),
 }
 
 fn main() {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.cmd, Cmd::Serve(_)) {
+    let default_level = if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Mcp(_)) {
         "info"
     } else {
         "warn"
@@ -79,6 +88,7 @@ fn main() {
                 .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let code = match cli.cmd {
         Cmd::Serve(a) => cmd_serve::serve(a),
@@ -95,6 +105,8 @@ fn main() {
         Cmd::Session(a) => cmd_agent::session(a),
         Cmd::Run(a) => cmd_run::run(a),
         Cmd::Doctor(a) => cmd_doctor::doctor(a),
+        Cmd::Mcp(a) => cmd_mcp::mcp(a),
+        Cmd::Hook(c) => cmd_hook::hook(c),
     };
     match code {
         Ok(c) => std::process::exit(c),

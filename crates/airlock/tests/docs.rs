@@ -1203,6 +1203,32 @@ fn live_answers_match_the_documents() {
     );
     assert_eq!((s, v["deleted"].as_bool()), (200, Some(true)), "{v}");
     c.check(A, "POST", "/v1/fs/delete", s, &v);
+    let (s, v) = agent.call(
+        "POST",
+        "/v1/fs/mkdir",
+        t,
+        Some(json!({"path": p(&ws.join("new/nested"))})),
+    );
+    assert_eq!((s, v["directory"].as_bool()), (200, Some(true)), "{v}");
+    c.check(A, "POST", "/v1/fs/mkdir", s, &v);
+    assert!(!ws.join("new").exists(), "mkdir is staged, not applied");
+    let (s, v) = agent.call("GET", "/v1/staged", None, None);
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["areas"][0]["changes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["kind"] == "dir")),
+        "{v}"
+    );
+    c.check(A, "GET", "/v1/staged", s, &v);
+    let (s, v) = agent.call(
+        "POST",
+        "/v1/outcomes",
+        None,
+        Some(json!({"request_id": "r-0123456789abcdef", "status": "success", "tool": "claude-code:Read"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    c.check(A, "POST", "/v1/outcomes", s, &v);
     // Errors.
     let (s, v) = agent.read(&token, &p(&ws.join("missing.txt")));
     assert_eq!((s, code(&v)), (404, "not_found"), "{v}");

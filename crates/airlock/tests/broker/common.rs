@@ -463,7 +463,12 @@ impl Agent {
 
     /// Run a program as this agent's child; (exit code, stdout, stderr).
     pub fn spawn(&mut self, argv: &[&str]) -> (i32, String, String) {
-        let r = self.send(json!({"op": "spawn", "argv": argv}));
+        self.spawn_with_input(argv, "")
+    }
+
+    /// Run a program as this agent's child with `input` on its stdin.
+    pub fn spawn_with_input(&mut self, argv: &[&str], input: &str) -> (i32, String, String) {
+        let r = self.send(json!({"op": "spawn", "argv": argv, "input": input}));
         (
             r["status"].as_i64().unwrap() as i32,
             r["stdout"].as_str().unwrap().into(),

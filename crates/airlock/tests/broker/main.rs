@@ -6,6 +6,7 @@ mod audit_fail;
 mod bad_input;
 mod crash;
 mod exec;
+mod hook;
 mod paths;
 mod policy;
 mod serve;

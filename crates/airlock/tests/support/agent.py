@@ -6,7 +6,8 @@ line on stdout:
 
   {"method": "POST", "path": "/v1/requests", "json": {...}, "token": "..."}
   {"method": "POST", "path": "/v1/fs/read", "raw": "{not json", "token": "..."}
-  {"op": "spawn", "argv": [...]}     run a child process, answer its exit code and output
+  {"op": "spawn", "argv": [...], "input"?: "..."}
+                                    run a child process (stdin from "input"), answer its exit code and output
   {"op": "exit"}
 """
 import http.client
@@ -39,7 +40,7 @@ def main():
         if op == "exit":
             break
         if op == "spawn":
-            p = subprocess.run(cmd["argv"], capture_output=True, text=True)
+            p = subprocess.run(cmd["argv"], input=cmd.get("input"), capture_output=True, text=True)
             out = {"status": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
             print(json.dumps(out), flush=True)
             continue

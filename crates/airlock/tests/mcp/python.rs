@@ -1,0 +1,95 @@
+//! The official MCP Python SDK (PyPI `mcp`) as the agent's client, over
+//! stdio: allowed and denied reads, symlink and prefix tricks, staged
+//! writes committed by the human, an `ask` resolved with `airlock approvals
+//! approve` while the call waits, sandboxed `run_command`, bad arguments.
+
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::*;
+
+/// The Python with the `mcp` SDK that `scripts/test.sh` installs.
+fn python() -> Result<PathBuf, String> {
+    let py = std::env::var_os("AIRLOCK_TEST_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/airlock-py/bin/python"))
+        })
+        .ok_or("no HOME")?;
+    let ok = Command::new(&py)
+        .args(["-c", "import mcp"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        Ok(py)
+    } else {
+        Err(format!(
+            "{} cannot import the MCP Python SDK; `bash scripts/test.sh` installs it",
+            py.display()
+        ))
+    }
+}
+
+pub fn support(name: &str) -> PathBuf {
+    match std::env::var_os("AIRLOCK_TEST_SUPPORT") {
+        Some(d) => PathBuf::from(d).join(name),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(name),
+    }
+}
+
+/// The workspace every client test uses.
+pub fn fixture(env: &Env) {
+    let ws = &env.ws;
+    std::fs::write(ws.join(".env"), "API_KEY=canary-env\n").unwrap();
+    std::fs::write(ws.join("lines.txt"), "one\ntwo\nthree\n").unwrap();
+    symlink(env.home.join(".ssh/id_rsa"), ws.join("innocent.txt")).unwrap();
+    std::fs::create_dir_all(ws.join("src")).unwrap();
+    std::fs::write(ws.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::create_dir_all(ws.join("node_modules")).unwrap();
+    std::fs::write(ws.join("node_modules/x.js"), "x\n").unwrap();
+    std::fs::write(ws.join("pixel.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    let evil = ws.with_file_name("proj-evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::fs::write(evil.join("secret.txt"), "canary-evil\n").unwrap();
+}
+
+#[test]
+fn python_sdk_client_end_to_end() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let d = Daemon::start("");
+    fixture(&d.env);
+    let mut c = Command::new(py);
+    d.env.apply(&mut c);
+    let out = c
+        .arg(support("mcp_client.py"))
+        .arg(bin())
+        .arg(&d.env.ws)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "MCP Python client checks failed:\n{stdout}\n--- stderr\n{stderr}\n--- broker\n{}",
+        d.log()
+    );
+    // Every call left its decision in the audit log, the denials included.
+    let recs = d.records();
+    let denied_env = recs.iter().any(|r| {
+        r["kind"] == "request" && r.to_string().contains("/.env") && r["decision"]["allowed"] == false
+    });
+    assert!(denied_env, "the denied .env read is audited");
+    assert!(
+        recs.iter().any(|r| r.to_string().contains("airlock-mcp/")),
+        "records name the MCP front door and its client"
+    );
+}
