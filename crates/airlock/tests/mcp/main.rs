@@ -6,3 +6,4 @@ mod common;
 
 mod python;
 mod typescript;
+mod conformance;
