@@ -53,11 +53,16 @@ fn parent(p: &str) -> &str {
 }
 
 /// The directory staged writes under `root` are kept against: the root when
-/// it is a directory, else its parent (a single-file grant, existing or not).
+/// it is a directory, else its nearest existing ancestor directory (a
+/// single-file grant, existing or not, or a directory still to be made).
 pub(crate) fn staging_base(root: &str) -> String {
-    match GrantRoot::open(root) {
-        Ok(g) if !g.is_file() => root.to_string(),
-        _ => parent(root).to_string(),
+    let mut cur = root;
+    loop {
+        match GrantRoot::open(cur) {
+            Ok(g) if !g.is_file() => return cur.to_string(),
+            _ if cur == "/" => return "/".to_string(),
+            _ => cur = parent(cur),
+        }
     }
 }
 
@@ -581,7 +586,10 @@ fn fs_intent(op: &str, req: &ApiRequest) -> Value {
         ApiRequest::Read(r) => {
             json!({"action": op, "path": r.path, "offset": r.offset, "length": r.length})
         }
-        ApiRequest::List(r) | ApiRequest::Stat(r) | ApiRequest::Delete(r) | ApiRequest::Mkdir(r) => {
+        ApiRequest::List(r)
+        | ApiRequest::Stat(r)
+        | ApiRequest::Delete(r)
+        | ApiRequest::Mkdir(r) => {
             json!({"action": op, "path": r.path})
         }
         ApiRequest::Write(w) => {

@@ -60,7 +60,7 @@ async fn status(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Respo
 async fn health(State(b): State<Broker>) -> Response {
     json_response(
         200,
-        &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "policy_revision": b.inner.policy.revision()}),
+        &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "policy_revision": b.inner.policy.revision(), "workspaces": b.workspaces()}),
     )
 }
 
@@ -442,7 +442,11 @@ impl Broker {
                 if info.session != session {
                     continue;
                 }
-                let a = b.inner.staging.get(&info.id).map_err(crate::fsops::fs_error)?;
+                let a = b
+                    .inner
+                    .staging
+                    .get(&info.id)
+                    .map_err(crate::fsops::fs_error)?;
                 let changes = a.changes().map_err(crate::fsops::fs_error)?;
                 if changes.is_empty() {
                     continue;

@@ -4,6 +4,6 @@
 #[path = "../broker/common.rs"]
 mod common;
 
+mod conformance;
 mod python;
 mod typescript;
-mod conformance;
