@@ -5,6 +5,7 @@
 #   token:  mint and verify;
 #   audit:  append latency, group commit, `audit verify` records/s;
 #   policy: decision latency per backend;
+#   mcp:    read_text_file through `airlock mcp` against the reference filesystem server (bench/mcp.sh);
 #   sandbox: `airlock run -- /bin/true` against bare /bin/true and bwrap (bench/sandbox.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,10 @@ for pkg in airlock-broker airlock-token airlock-audit airlock-policy; do
   printf '\n=== %s\n' "$pkg"
   cargo bench -q -p "$pkg" 2>&1 | grep -v '^\s*$' | grep -vE '^(Gnuplot|Benchmarking|Warming|Collecting|Analyzing|Found|  [0-9]+ \(|time:|change:|thrpt:|No change|Change within|Performance has)' || true
 done
+if [ -f bench/mcp.sh ]; then
+  printf '\n=== mcp\n'
+  bash bench/mcp.sh || echo "(mcp benchmark skipped: run scripts/test.sh once to install its clients)"
+fi
 if [ -f bench/sandbox.sh ]; then
   printf '\n=== sandbox\n'
   bash bench/sandbox.sh

@@ -32,6 +32,29 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# --- MCP clients for the front-door tests (outside the clone, idempotent) ----
+# The official MCP Python SDK, the TypeScript SDK, the conformance suite and
+# the reference servers, pinned; tests find them under ~/.cache.
+py_env="$HOME/.cache/airlock-py"
+if ! "$py_env/bin/python" -c 'import mcp' 2>/dev/null; then
+  step "installing the MCP Python SDK into $py_env"
+  python3 -m venv "$py_env" 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$py_env"
+  }
+  "$py_env/bin/pip" install -q "mcp==2.3.0"
+fi
+node_dir="$HOME/.cache/airlock-node"
+node_pkgs=(@modelcontextprotocol/sdk@1.32.2 @modelcontextprotocol/conformance@0.1.13
+  @modelcontextprotocol/server-everything@2026.8.31 @modelcontextprotocol/server-filesystem@2026.8.31)
+if command -v npm >/dev/null && [ "$(cat "$node_dir/.installed" 2>/dev/null)" != "${node_pkgs[*]}" ]; then
+  step "installing MCP npm packages into $node_dir"
+  mkdir -p "$node_dir"
+  [ -f "$node_dir/package.json" ] || echo '{"name": "airlock-test-clients", "private": true}' > "$node_dir/package.json"
+  (cd "$node_dir" && npm install --no-audit --no-fund --loglevel=error "${node_pkgs[@]}" >/dev/null)
+  echo "${node_pkgs[*]}" > "$node_dir/.installed"
+fi
+
 # --- the Rust suites ---------------------------------------------------------
 step "cargo test (as $(id -un))"
 cargo test --workspace --no-fail-fast

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# MCP front door cost, in one run, with the same client (the official MCP
+# Python SDK over stdio):
+#   read_text_file on a small file through `airlock mcp` (full broker path:
+#   policy, token, durable audit records) against the reference
+#   @modelcontextprotocol/server-filesystem doing the same read unbrokered;
+#   ping through each, as the floor of one MCP round trip.
+# Prints median and p99 per call and the ratio airlock/reference.
+#
+#   bench/mcp.sh                          build airlock (release) and measure
+#   AIRLOCK=/path/airlock BENCH_RUNS=500 bench/mcp.sh
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+py="$HOME/.cache/airlock-py/bin/python"
+nm="$HOME/.cache/airlock-node/node_modules"
+if ! "$py" -c 'import mcp' 2>/dev/null || [ ! -f "$nm/@modelcontextprotocol/server-filesystem/dist/index.js" ]; then
+    echo "bench: run scripts/test.sh once first (it installs the MCP Python SDK and the reference servers)" >&2
+    exit 2
+fi
+if [[ -z "${AIRLOCK:-}" ]]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
+    (cd "$root" && cargo build -q --release -p airlock)
+    AIRLOCK="$CARGO_TARGET_DIR/release/airlock"
+fi
+exec "$py" - "$AIRLOCK" "$nm" "${BENCH_RUNS:-300}" <<'PYEOF'
+import asyncio, os, statistics, subprocess, sys, tempfile, time
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+airlock, nm, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tmp = tempfile.mkdtemp(prefix="airlock-bench-mcp-")
+home, run = os.path.join(tmp, "home"), os.path.join(tmp, "run")
+ws = os.path.join(home, "proj")
+os.makedirs(ws)
+os.makedirs(run, mode=0o700)
+with open(os.path.join(ws, "small.txt"), "w") as f:
+    f.write("Q4 revenue: 100\n" * 8)
+env = {"HOME": home, "XDG_RUNTIME_DIR": run, "PATH": os.environ["PATH"], "AIRLOCK_LOG": "warn"}
+broker = subprocess.Popen([airlock, "serve", "--workspace", ws], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+sock = os.path.join(run, "airlock/broker.sock")
+for _ in range(500):
+    if os.path.exists(sock):
+        break
+    time.sleep(0.01)
+time.sleep(0.2)
+
+
+async def measure(cmd, args):
+    params = StdioServerParameters(command=cmd, args=args, env=env)
+    out = {}
+    async with stdio_client(params, errlog=open(os.devnull, "w")) as (r, w):
+        async with ClientSession(r, w) as s:
+            await s.initialize()
+            path = os.path.join(ws, "small.txt")
+            for name, call in [("ping", lambda: s.send_ping()),
+                               ("read_text_file", lambda: s.call_tool("read_text_file", {"path": path}))]:
+                for _ in range(20):
+                    await call()
+                times = []
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    res = await call()
+                    times.append(time.perf_counter() - t)
+                    if name == "read_text_file" and getattr(res, "is_error", False):
+                        raise SystemExit(f"{cmd}: read failed: {res.content}")
+                times.sort()
+                out[name] = (statistics.median(times) * 1e3, times[int(len(times) * 0.99) - 1] * 1e3)
+    return out
+
+
+async def main():
+    ref = await measure("node", [os.path.join(nm, "@modelcontextprotocol/server-filesystem/dist/index.js"), ws])
+    brokered = await measure(airlock, ["mcp", "--no-embedded", ws])
+    print(f"MCP over stdio, Python SDK client, {runs} calls each (ms)")
+    print(f"{'':24} {'reference fs':>16} {'airlock mcp':>16}")
+    for k in ("ping", "read_text_file"):
+        print(f"{k:24} {ref[k][0]:7.3f} p99 {ref[k][1]:5.2f} {brokered[k][0]:7.3f} p99 {brokered[k][1]:5.2f}")
+    print(f"ratio read_text_file airlock/reference (median): {brokered['read_text_file'][0] / ref['read_text_file'][0]:.2f}")
+
+
+try:
+    asyncio.run(main())
+finally:
+    broker.terminate()
+    broker.wait()
+    subprocess.run(["rm", "-rf", tmp])
+PYEOF
