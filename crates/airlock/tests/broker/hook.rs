@@ -108,6 +108,49 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
     let v = run_hook(&mut a, &post.to_string(), &[]);
     assert_eq!(v, json!({}), "PostToolUse has nothing to decide");
 
+    // The other file tools, inside the workspace.
+    for (tool, input, action) in [
+        (
+            "Write",
+            json!({"file_path": format!("{ws}/new.md"), "content": "x"}),
+            "edit_files of",
+        ),
+        (
+            "Edit",
+            json!({"file_path": format!("{ws}/report.txt"), "old_string": "100", "new_string": "120"}),
+            "edit_files of",
+        ),
+        (
+            "MultiEdit",
+            json!({"file_path": format!("{ws}/report.txt"), "edits": []}),
+            "edit_files of",
+        ),
+        ("Glob", json!({"pattern": "**/*.rs"}), "list_files of"),
+        ("LS", json!({"path": ws}), "list_files of"),
+        (
+            "Grep",
+            json!({"pattern": "revenue", "path": ws}),
+            "read_files of",
+        ),
+    ] {
+        let v = run_hook(&mut a, &pre(tool, input, &ws, "toolu_x"), &[]);
+        let (dec, why) = decision(&v);
+        assert_eq!(dec, "allow", "{tool}: {v}");
+        assert!(why.contains(action), "{tool}: {why}");
+    }
+    // An edit of a credential store is denied like a read.
+    let v = run_hook(
+        &mut a,
+        &pre(
+            "Write",
+            json!({"file_path": format!("{ws}/.env"), "content": "K=1"}),
+            &ws,
+            "toolu_y",
+        ),
+        &[],
+    );
+    assert_eq!(decision(&v).0, "deny", "{v}");
+
     // A credential: denied whatever the human would say, with the rule.
     let v = run_hook(
         &mut a,
@@ -160,6 +203,23 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
         v["hookSpecificOutput"]["updatedInput"]["description"],
         "run tests"
     );
+
+    // An MCP tool by name is asked about like a command.
+    let human = decide_when_asked(&d, "approve");
+    let v = run_hook(
+        &mut a,
+        &pre(
+            "mcp__github__create_issue",
+            json!({"title": "t"}),
+            &ws,
+            "toolu_09",
+        ),
+        &[],
+    );
+    let id = human.join().unwrap();
+    assert_eq!(decision(&v).0, "allow", "{v}");
+    let shown = d.cli_ok(&["approvals", "show", &id]);
+    assert!(shown.contains("mcp__github__create_issue"), "{shown}");
 
     // WebFetch is asked about; the human denies.
     let human = decide_when_asked(&d, "deny");
