@@ -1119,6 +1119,13 @@ impl Running {
                     if let (Some(i), Some(n)) = (notify_at, &self.notify) {
                         if r[i] & libc::POLLIN != 0 {
                             self.tally.serve(n.as_raw_fd());
+                        } else if r[i] & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                            // No task uses the filter any more (the sandbox
+                            // is exiting): the listener stays readable as
+                            // hung up, and polling it again would spin
+                            // while init tears the sandbox down. poll
+                            // ignores a negative descriptor.
+                            fds[i] = -1;
                         }
                     }
                     if let (Some(i), Some(t)) = (tap_at, tap) {
