@@ -24,6 +24,7 @@ const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const AT_RECURSIVE: u32 = 0x8000;
 const OPEN_TREE_CLONE: c_int = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: c_uint = 0x40;
 const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
 const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
 const LANDLOCK_RULE_NET_PORT: c_int = 2;
@@ -166,8 +167,10 @@ pub(crate) enum MountOp {
     Bind { src: CString, dst: CString },
     /// Attach the detached tree held in descriptor `fd` at `dst`.
     MoveTree { fd: c_int, dst: CString },
-    /// Detach the mount at `path` and remove the directory.
-    Detach { path: CString },
+    /// Attach the detached tree held in descriptor `fd` over the directory
+    /// held (as an `O_PATH` descriptor) in `onto`: a place in the old root,
+    /// so the tree leaves the namespace with the old root at `pivot_root`.
+    AttachOver { fd: c_int, onto: c_int },
     /// Set mount attributes (read-only) with `mount_setattr`.
     ReadOnly { path: CString, recursive: bool },
     /// Add nosuid/nodev to a mount (and its submounts).
@@ -982,14 +985,18 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
                 ) as c_int
             }
         }
-        MountOp::Detach { path } => {
-            // SAFETY: umount2/rmdir on a NUL-terminated path owned by the plan.
+        MountOp::AttachOver { fd, onto } => {
+            // SAFETY: move_mount between two descriptors we hold, with
+            // empty (NUL-terminated) paths.
             unsafe {
-                if libc::umount2(path.as_ptr(), libc::MNT_DETACH) < 0 {
-                    -1
-                } else {
-                    libc::rmdir(path.as_ptr())
-                }
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    *fd,
+                    c"".as_ptr(),
+                    *onto,
+                    c"".as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                ) as c_int
             }
         }
         MountOp::ReadOnly { path, recursive } => setattr(path, MOUNT_ATTR_RDONLY, *recursive),
