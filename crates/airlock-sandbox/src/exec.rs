@@ -58,6 +58,9 @@ pub struct Running {
     err: Option<JoinHandle<Vec<u8>>>,
     /// The seccomp notification listener, served by `wait`.
     notify: Option<OwnedFd>,
+    /// The helper that lent its user namespace to the idmapped workspace;
+    /// reaped with the rest.
+    _idmap_helper: Option<syscall::Reaper>,
     tally: Tally,
     done: bool,
 }
@@ -277,20 +280,20 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // user's (copied up into the upper dir as that user's). Never for
     // write-through: there the sandbox would own root's files on disk and
     // could chmod one setuid (new files would be root's too).
-    let ws_tree: Option<OwnedFd> = match &workspace {
+    let (ws_tree, idmap_helper) = match &workspace {
         Some((b, WorkspaceMode::Staged { .. })) if root_mode && owned_by_root(b) => {
             match syscall::idmapped_tree(&cstr(b.as_os_str().as_bytes())?, uid, gid) {
-                Ok(fd) => Some(fd),
+                Ok((fd, helper)) => (Some(fd), Some(helper)),
                 Err(e) => {
                     tracing::warn!(
                         "cannot idmap the root-owned workspace {} ({e}); the sandbox user {uid} can only write what it may",
                         b.display()
                     );
-                    None
+                    (None, None)
                 }
             }
         }
-        _ => None,
+        _ => (None, None),
     };
     if root_mode {
         if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
@@ -800,6 +803,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         out,
         err,
         notify,
+        _idmap_helper: idmap_helper,
         tally: Tally {
             net_ports: if with_net {
                 Some(net_ports.clone())

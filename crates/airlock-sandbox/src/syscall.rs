@@ -389,8 +389,8 @@ pub(crate) fn spawn(flags: u64, plan: &ChildPlan) -> io::Result<(libc::pid_t, Ow
 /// root-owned workspace: the sandbox can then write it like its owner,
 /// while new files it creates there are root's on disk, as the
 /// workspace's. Needs CAP_SYS_ADMIN in the initial user namespace.
-pub(crate) fn idmapped_tree(path: &CStr, uid: u32, gid: u32) -> io::Result<OwnedFd> {
-    let userns = mapping_userns(uid, gid)?;
+pub(crate) fn idmapped_tree(path: &CStr, uid: u32, gid: u32) -> io::Result<(OwnedFd, Reaper)> {
+    let (userns, helper) = mapping_userns(uid, gid)?;
     let how = OpenHow {
         flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
         mode: 0,
@@ -447,13 +447,27 @@ pub(crate) fn idmapped_tree(path: &CStr, uid: u32, gid: u32) -> io::Result<Owned
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(tree)
+    Ok((tree, helper))
+}
+
+/// A child process that has been told to exit, reaped when dropped (not
+/// waited for on the hot path: under load, waiting for a child to be
+/// scheduled just to exit costs milliseconds).
+pub(crate) struct Reaper(OwnedFd);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let _ = pidfd_signal(self.0.as_raw_fd(), libc::SIGKILL);
+        let _ = wait_pidfd(self.0.as_raw_fd());
+    }
 }
 
 /// A user namespace mapping inside 0 to host `uid`/`gid`, for an idmapped
 /// mount. A helper child holds it while the maps are written and its
-/// namespace file is opened; it only blocks on a pipe and exits.
-fn mapping_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
+/// namespace file is opened; it only blocks on a pipe and exits, and is
+/// reaped when the returned [`Reaper`] is dropped.
+fn mapping_userns(uid: u32, gid: u32) -> io::Result<(OwnedFd, Reaper)> {
     let (rd, wr) = pipe()?;
     let mut pidfd: c_int = -1;
     let args = CloneArgs {
@@ -496,8 +510,8 @@ fn mapping_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
         Ok::<OwnedFd, io::Error>(ns.into())
     })();
     drop(wr);
-    let _ = wait_pidfd(pidfd.as_raw_fd());
-    res
+    let helper = Reaper(pidfd);
+    res.map(|ns| (ns, helper))
 }
 
 /// `pidfd_send_signal`.
