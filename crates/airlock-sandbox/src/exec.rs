@@ -309,6 +309,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
     }
 
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "identity and idmap ready"
+    );
+
     // Network.
     let (net_ports, hosts_file) = if spec.allow_net.is_empty() {
         (vec![], None)
@@ -351,6 +356,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
     }
 
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "landlock ruleset created"
+    );
+
     // seccomp.
     let mut seccomp_progs = vec![];
     let mut notify_filter = None;
@@ -375,6 +385,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         seccomp_progs.push(p.clone3.clone());
         seccomp_on = true;
     }
+
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "seccomp programs ready"
+    );
 
     // Limits.
     let run_id = format!(

@@ -609,7 +609,9 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 WorkspaceMode::Staged { upper, .. } => Some(upper.as_path()),
                 _ => None,
             };
+            tracing::debug!("walking the workspace for protected paths");
             let found = walk_protected(ws, upper, prot)?;
+            tracing::debug!(found = found.existing.len(), "protected paths found");
             {
                 // Staged: placeholders go to the upper dir (never committed:
                 // protected). Write-through: into the real tree for the run.
