@@ -923,7 +923,7 @@ fn describe(n: &syscall::SeccompNotif) -> String {
     }
 }
 
-fn native_arch() -> u32 {
+pub(crate) fn native_arch() -> u32 {
     if cfg!(target_arch = "x86_64") {
         62 | 0x8000_0000 | 0x4000_0000
     } else if cfg!(target_arch = "aarch64") {
