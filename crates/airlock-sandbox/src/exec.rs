@@ -58,6 +58,9 @@ pub struct Running {
     err: Option<JoinHandle<Vec<u8>>>,
     /// The seccomp notification listener, served by `wait`.
     notify: Option<OwnedFd>,
+    /// The staged overlay's work dir and the upper dir's state before the
+    /// run: the volatile mount is closed after it (see `close_overlay`).
+    volatile: Option<(PathBuf, UpperState)>,
     /// The helper that lent its user namespace to the idmapped workspace;
     /// reaped with the rest.
     _idmap_helper: Option<syscall::Reaper>,
@@ -307,6 +310,36 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 }
             }
         }
+    }
+
+    // The staged overlay is mounted `volatile` (no sync of the whole upper
+    // filesystem at unmount; see airlock_fs::volatile_state): close a mount
+    // a dead process left open, refuse one a crash left open.
+    if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
+        match airlock_fs::volatile_state(work) {
+            airlock_fs::VolatileState::Clean => {}
+            airlock_fs::VolatileState::ThisBoot => {
+                airlock_fs::close_volatile(upper, work, true).map_err(|e| {
+                    SandboxError::io(format!("closing the last mount of {}", work.display()), e)
+                })?
+            }
+            airlock_fs::VolatileState::EarlierBoot => {
+                return Err(SandboxError::Layer {
+                    layer: Layer::Overlay,
+                    why: format!(
+                        "the staged changes in {} were being written when the machine went down and may be incomplete",
+                        upper.display()
+                    ),
+                    hint: format!(
+                        "review them (airlock staged diff), then discard them (airlock staged discard) or accept them as they are by removing {}",
+                        work.join("work/incompat").display()
+                    ),
+                })
+            }
+        }
+        airlock_fs::record_boot(work).map_err(|e| {
+            SandboxError::io(format!("recording the boot id in {}", work.display()), e)
+        })?;
     }
 
     tracing::debug!(
@@ -623,6 +656,12 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         namespaces.push("net".into());
     }
 
+    let volatile = match &workspace {
+        Some((_, WorkspaceMode::Staged { upper, work })) => {
+            Some((work.clone(), upper_state(upper)))
+        }
+        _ => None,
+    };
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
     let start = Instant::now();
     let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
@@ -818,6 +857,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         out,
         err,
         notify,
+        volatile,
         _idmap_helper: idmap_helper,
         tally: Tally {
             net_ports: if with_net {
@@ -1057,7 +1097,54 @@ fn upper_size(p: &Path) -> u64 {
         .sum()
 }
 
+/// Every entry of an upper dir with its inode, size, mode, owner, link
+/// count and mtime, sorted: equal before and after a run exactly when the
+/// run changed no content there (writes move the mtime; creating,
+/// deleting or renaming changes the set of entries or their inodes; chmod
+/// and chown change the mode or owner). Not the ctime: overlayfs itself
+/// sets its bookkeeping xattrs (`user.overlay.origin`, `impure`, `uuid`)
+/// when it mounts and looks up merged directories, which moves ctimes on
+/// every run without changing anything a crash could cut short.
+type UpperState = Vec<(PathBuf, u64, u64, u32, u32, u32, u64, i64, i64)>;
+
+fn upper_state(p: &Path) -> UpperState {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: UpperState = walkdir::WalkDir::new(p)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((
+                e.into_path(),
+                m.ino(),
+                m.size(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.nlink(),
+                m.mtime(),
+                m.mtime_nsec(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 impl Running {
+    /// After the sandbox is gone: sync the staged overlay's upper
+    /// filesystem if the run `changed` the upper dir, then remove the
+    /// volatile marker (see `airlock_fs::volatile_state`). A failure keeps
+    /// the marker; the next run closes it (or, after a crash, refuses).
+    fn close_overlay(&mut self, changed: bool) {
+        if let (Some(u), Some((work, _))) = (&self.upper, self.volatile.take()) {
+            if let Err(e) = airlock_fs::close_volatile(u, &work, changed) {
+                tracing::warn!("closing the staged overlay of {}: {e}", u.display());
+            }
+        }
+    }
+
     /// Host pid of the sandbox's init process.
     pub fn pid(&self) -> i32 {
         self.pid
@@ -1195,7 +1282,29 @@ impl Running {
             us = self.start.elapsed().as_micros() as u64,
             "cgroup removed"
         );
+        let changed = match (&self.upper, &self.volatile) {
+            (Some(u), Some((_, before))) => {
+                let after = upper_state(u);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let first = after.iter().zip(before.iter()).find(|(a, b)| a != b);
+                    tracing::debug!(
+                        ?first,
+                        before = before.len(),
+                        after = after.len(),
+                        "upper dir compared"
+                    );
+                }
+                after != *before
+            }
+            _ => false,
+        };
         mounts::remove_placeholders(&self.placeholders);
+        self.close_overlay(changed);
+        tracing::debug!(
+            us = self.start.elapsed().as_micros() as u64,
+            changed,
+            "overlay closed"
+        );
 
         let cpu_used = Duration::from_secs(
             reaped.rusage.ru_utime.tv_sec as u64 + reaped.rusage.ru_stime.tv_sec as u64,
@@ -1273,6 +1382,7 @@ impl Drop for Running {
             let _ = syscall::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
             let _ = syscall::wait_pidfd(self.pidfd.as_raw_fd());
             mounts::remove_placeholders(&self.placeholders);
+            self.close_overlay(true);
         }
     }
 }

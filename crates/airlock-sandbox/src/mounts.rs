@@ -551,8 +551,11 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 };
                 let u = b.fd_src(upper)?;
                 let w = b.fd_src(work)?;
+                // `volatile`: no sync of the whole upper filesystem at
+                // unmount; the run's caller syncs it when the run changed
+                // the upper dir (see `airlock_fs::volatile_state`).
                 let opts = format!(
-                    "lowerdir={},upperdir={},workdir={},userxattr",
+                    "lowerdir={},upperdir={},workdir={},userxattr,volatile",
                     l.to_string_lossy(),
                     u.to_string_lossy(),
                     w.to_string_lossy()
