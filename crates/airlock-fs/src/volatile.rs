@@ -34,8 +34,27 @@ pub enum VolatileState {
     EarlierBoot,
 }
 
+/// The marker, after opening up the directories on its way: the kernel
+/// creates them without permission bits, so not even their owner could
+/// see it otherwise (root could). Their owner may chmod them; overlayfs
+/// recreates its work dir on every mount anyway.
 fn marker(work: &Path) -> PathBuf {
-    work.join("work/incompat/volatile")
+    use std::os::unix::fs::PermissionsExt;
+    let inner = work.join("work");
+    for d in [
+        inner.clone(),
+        inner.join("incompat"),
+        inner.join("incompat/volatile"),
+    ] {
+        match std::fs::symlink_metadata(&d) {
+            Ok(m) if m.is_dir() && m.permissions().mode() & 0o700 != 0o700 => {
+                let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    inner.join("incompat/volatile")
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`).
@@ -83,14 +102,7 @@ pub fn close_volatile(upper: &Path, work: &Path, sync: bool) -> std::io::Result<
         let d = std::fs::File::open(upper)?;
         rustix::fs::syncfs(&d)?;
     }
-    // The kernel creates these with no permission bits; their owner (or
-    // root) may open them up before removing them.
-    use std::os::unix::fs::PermissionsExt;
-    let inner = work.join("work");
-    let incompat = inner.join("incompat");
-    for d in [&inner, &incompat, &m] {
-        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
-    }
+    let incompat = work.join("work/incompat");
     for e in std::fs::read_dir(&m)? {
         let p = e?.path();
         if p.is_dir() {
@@ -114,6 +126,10 @@ mod tests {
         std::fs::create_dir_all(&upper).unwrap();
         std::fs::create_dir_all(work.join("work/incompat/volatile")).unwrap();
         std::fs::write(work.join("work/incompat/volatile/dirty"), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for d in ["work/incompat/volatile", "work/incompat", "work"] {
+            std::fs::set_permissions(work.join(d), std::fs::Permissions::from_mode(0)).unwrap();
+        }
         // No recorded boot: treated as an earlier boot (fail closed).
         assert_eq!(volatile_state(&work), VolatileState::EarlierBoot);
         std::fs::write(work.join(BOOT_ID_FILE), "some-other-boot\n").unwrap();
