@@ -128,7 +128,7 @@ mod tests {
         std::fs::write(work.join("work/incompat/volatile/dirty"), "").unwrap();
         use std::os::unix::fs::PermissionsExt;
         for d in ["work/incompat/volatile", "work/incompat", "work"] {
-            std::fs::set_permissions(work.join(d), std::fs::Permissions::from_mode(0)).unwrap();
+            std::fs::set_permissions(work.join(d), std::fs::Permissions::from_mode(0o000)).unwrap();
         }
         // No recorded boot: treated as an earlier boot (fail closed).
         assert_eq!(volatile_state(&work), VolatileState::EarlierBoot);
