@@ -40,10 +40,12 @@ mod protected;
 mod resolve;
 mod staging;
 mod sys;
+mod volatile;
 
 use airlock_core::ErrorCode;
 
 pub use diff::MAX_DIFF_BYTES;
+pub use volatile::{boot_id, close_volatile, record_boot, volatile_state, VolatileState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {

@@ -977,6 +977,16 @@ impl StagingArea {
         paths: Option<&[String]>,
         opts: &crate::CommitOptions,
     ) -> Result<crate::CommitReport, FsError> {
+        if crate::volatile_state(&self.work_dir()) == crate::VolatileState::EarlierBoot {
+            return Err(FsError::Invalid {
+                path: self.dir.display().to_string(),
+                why: format!(
+                    "a sandbox was writing these staged changes when the machine went down; they may be incomplete. Review them (airlock staged diff {id}) and discard them (airlock staged discard {id}), or accept them as they are by removing {}",
+                    self.work_dir().join("work/incompat").display(),
+                    id = self.id
+                ),
+            });
+        }
         let mut c = self.ctx()?;
         let report = crate::commit::commit(&mut c, paths, opts)?;
         c.finish()?;
@@ -993,6 +1003,9 @@ impl StagingArea {
                 for name in dir_names(&c.upper, &upper)? {
                     remove_tree(&c.upper, &name, &format!("{upper}/{name}"))?;
                 }
+                // Nothing is left that a crash could have cut short.
+                crate::close_volatile(&c.area.upper_dir(), &c.area.work_dir(), true)
+                    .map_err(|e| sys::stdio(&upper, e))?;
                 c.meta.bases.clear();
                 c.dirty = true;
                 items.len()

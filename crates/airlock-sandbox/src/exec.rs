@@ -58,6 +58,12 @@ pub struct Running {
     err: Option<JoinHandle<Vec<u8>>>,
     /// The seccomp notification listener, served by `wait`.
     notify: Option<OwnedFd>,
+    /// The staged overlay's work dir and the upper dir's state before the
+    /// run: the volatile mount is closed after it (see `close_overlay`).
+    volatile: Option<(PathBuf, UpperState)>,
+    /// The helper that lent its user namespace to the idmapped workspace;
+    /// reaped with the rest.
+    _idmap_helper: Option<syscall::Reaper>,
     tally: Tally,
     done: bool,
 }
@@ -277,20 +283,20 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // user's (copied up into the upper dir as that user's). Never for
     // write-through: there the sandbox would own root's files on disk and
     // could chmod one setuid (new files would be root's too).
-    let ws_tree: Option<OwnedFd> = match &workspace {
+    let (ws_tree, idmap_helper) = match &workspace {
         Some((b, WorkspaceMode::Staged { .. })) if root_mode && owned_by_root(b) => {
             match syscall::idmapped_tree(&cstr(b.as_os_str().as_bytes())?, uid, gid) {
-                Ok(fd) => Some(fd),
+                Ok((fd, helper)) => (Some(fd), Some(helper)),
                 Err(e) => {
                     tracing::warn!(
                         "cannot idmap the root-owned workspace {} ({e}); the sandbox user {uid} can only write what it may",
                         b.display()
                     );
-                    None
+                    (None, None)
                 }
             }
         }
-        _ => None,
+        _ => (None, None),
     };
     if root_mode {
         if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
@@ -305,6 +311,41 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
             }
         }
     }
+
+    // The staged overlay is mounted `volatile` (no sync of the whole upper
+    // filesystem at unmount; see airlock_fs::volatile_state): close a mount
+    // a dead process left open, refuse one a crash left open.
+    if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
+        match airlock_fs::volatile_state(work) {
+            airlock_fs::VolatileState::Clean => {}
+            airlock_fs::VolatileState::ThisBoot => {
+                airlock_fs::close_volatile(upper, work, true).map_err(|e| {
+                    SandboxError::io(format!("closing the last mount of {}", work.display()), e)
+                })?
+            }
+            airlock_fs::VolatileState::EarlierBoot => {
+                return Err(SandboxError::Layer {
+                    layer: Layer::Overlay,
+                    why: format!(
+                        "the staged changes in {} were being written when the machine went down and may be incomplete",
+                        upper.display()
+                    ),
+                    hint: format!(
+                        "review them (airlock staged diff), then discard them (airlock staged discard) or accept them as they are by removing {}",
+                        work.join("work/incompat").display()
+                    ),
+                })
+            }
+        }
+        airlock_fs::record_boot(work).map_err(|e| {
+            SandboxError::io(format!("recording the boot id in {}", work.display()), e)
+        })?;
+    }
+
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "identity and idmap ready"
+    );
 
     // Network.
     let (net_ports, hosts_file) = if spec.allow_net.is_empty() {
@@ -348,6 +389,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
     }
 
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "landlock ruleset created"
+    );
+
     // seccomp.
     let mut seccomp_progs = vec![];
     let mut notify_filter = None;
@@ -372,6 +418,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         seccomp_progs.push(p.clone3.clone());
         seccomp_on = true;
     }
+
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "seccomp programs ready"
+    );
 
     // Limits.
     let run_id = format!(
@@ -605,6 +656,12 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         namespaces.push("net".into());
     }
 
+    let volatile = match &workspace {
+        Some((_, WorkspaceMode::Staged { upper, work })) => {
+            Some((work.clone(), upper_state(upper)))
+        }
+        _ => None,
+    };
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
     let start = Instant::now();
     let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
@@ -800,6 +857,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         out,
         err,
         notify,
+        volatile,
+        _idmap_helper: idmap_helper,
         tally: Tally {
             net_ports: if with_net {
                 Some(net_ports.clone())
@@ -904,7 +963,7 @@ fn describe(n: &syscall::SeccompNotif) -> String {
     }
 }
 
-fn native_arch() -> u32 {
+pub(crate) fn native_arch() -> u32 {
     if cfg!(target_arch = "x86_64") {
         62 | 0x8000_0000 | 0x4000_0000
     } else if cfg!(target_arch = "aarch64") {
@@ -1038,7 +1097,54 @@ fn upper_size(p: &Path) -> u64 {
         .sum()
 }
 
+/// Every entry of an upper dir with its inode, size, mode, owner, link
+/// count and mtime, sorted: equal before and after a run exactly when the
+/// run changed no content there (writes move the mtime; creating,
+/// deleting or renaming changes the set of entries or their inodes; chmod
+/// and chown change the mode or owner). Not the ctime: overlayfs itself
+/// sets its bookkeeping xattrs (`user.overlay.origin`, `impure`, `uuid`)
+/// when it mounts and looks up merged directories, which moves ctimes on
+/// every run without changing anything a crash could cut short.
+type UpperState = Vec<(PathBuf, u64, u64, u32, u32, u32, u64, i64, i64)>;
+
+fn upper_state(p: &Path) -> UpperState {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: UpperState = walkdir::WalkDir::new(p)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((
+                e.into_path(),
+                m.ino(),
+                m.size(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.nlink(),
+                m.mtime(),
+                m.mtime_nsec(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 impl Running {
+    /// After the sandbox is gone: sync the staged overlay's upper
+    /// filesystem if the run `changed` the upper dir, then remove the
+    /// volatile marker (see `airlock_fs::volatile_state`). A failure keeps
+    /// the marker; the next run closes it (or, after a crash, refuses).
+    fn close_overlay(&mut self, changed: bool) {
+        if let (Some(u), Some((work, _))) = (&self.upper, self.volatile.take()) {
+            if let Err(e) = airlock_fs::close_volatile(u, &work, changed) {
+                tracing::warn!("closing the staged overlay of {}: {e}", u.display());
+            }
+        }
+    }
+
     /// Host pid of the sandbox's init process.
     pub fn pid(&self) -> i32 {
         self.pid
@@ -1119,6 +1225,13 @@ impl Running {
                     if let (Some(i), Some(n)) = (notify_at, &self.notify) {
                         if r[i] & libc::POLLIN != 0 {
                             self.tally.serve(n.as_raw_fd());
+                        } else if r[i] & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                            // No task uses the filter any more (the sandbox
+                            // is exiting): the listener stays readable as
+                            // hung up, and polling it again would spin
+                            // while init tears the sandbox down. poll
+                            // ignores a negative descriptor.
+                            fds[i] = -1;
                         }
                     }
                     if let (Some(i), Some(t)) = (tap_at, tap) {
@@ -1169,7 +1282,29 @@ impl Running {
             us = self.start.elapsed().as_micros() as u64,
             "cgroup removed"
         );
+        let changed = match (&self.upper, &self.volatile) {
+            (Some(u), Some((_, before))) => {
+                let after = upper_state(u);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let first = after.iter().zip(before.iter()).find(|(a, b)| a != b);
+                    tracing::debug!(
+                        ?first,
+                        before = before.len(),
+                        after = after.len(),
+                        "upper dir compared"
+                    );
+                }
+                after != *before
+            }
+            _ => false,
+        };
         mounts::remove_placeholders(&self.placeholders);
+        self.close_overlay(changed);
+        tracing::debug!(
+            us = self.start.elapsed().as_micros() as u64,
+            changed,
+            "overlay closed"
+        );
 
         let cpu_used = Duration::from_secs(
             reaped.rusage.ru_utime.tv_sec as u64 + reaped.rusage.ru_stime.tv_sec as u64,
@@ -1247,6 +1382,7 @@ impl Drop for Running {
             let _ = syscall::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
             let _ = syscall::wait_pidfd(self.pidfd.as_raw_fd());
             mounts::remove_placeholders(&self.placeholders);
+            self.close_overlay(true);
         }
     }
 }

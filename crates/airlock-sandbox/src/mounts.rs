@@ -529,34 +529,33 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 )));
             }
             G::Ws(WorkspaceMode::Staged { upper, work }) => {
-                // The idmapped tree is attached at a scratch point on the new
-                // root, used as the lower layer, and detached again (the
-                // overlay keeps its own private clone of each layer).
-                let scratch = Path::new("/.airlock-lower");
+                // The idmapped tree must belong to this mount namespace
+                // before overlayfs may clone it as a layer: it is attached
+                // over the workspace's own directory in the old root (not
+                // in the new root, whose copy would need a lazy unmount of
+                // its own, an RCU grace period of several milliseconds),
+                // and leaves with the old root at `pivot_root`. Its
+                // descriptor then names the attached tree (the overlay
+                // keeps a private clone of each layer).
                 let l = match inp.ws_tree {
                     Some(fd) => {
+                        let n = b.fd_base + b.plan.srcs.len() as i32;
+                        b.plan.srcs.push(cs(p)?);
                         b.op(
-                            MountOp::Mkdir {
-                                path: cs(nr(scratch))?,
-                                mode: 0o700,
-                            },
-                            "mkdir lower scratch".into(),
-                        );
-                        b.op(
-                            MountOp::MoveTree {
-                                fd,
-                                dst: cs(nr(scratch))?,
-                            },
+                            MountOp::AttachOver { fd, onto: n },
                             "attach the idmapped workspace".into(),
                         );
-                        cs(nr(scratch))?
+                        cs(format!("/proc/self/fd/{fd}"))?
                     }
                     None => b.fd_src(p)?,
                 };
                 let u = b.fd_src(upper)?;
                 let w = b.fd_src(work)?;
+                // `volatile`: no sync of the whole upper filesystem at
+                // unmount; the run's caller syncs it when the run changed
+                // the upper dir (see `airlock_fs::volatile_state`).
                 let opts = format!(
-                    "lowerdir={},upperdir={},workdir={},userxattr",
+                    "lowerdir={},upperdir={},workdir={},userxattr,volatile",
                     l.to_string_lossy(),
                     u.to_string_lossy(),
                     w.to_string_lossy()
@@ -568,14 +567,6 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                     },
                     format!("mount overlay on {}", p.display()),
                 );
-                if inp.ws_tree.is_some() {
-                    b.op(
-                        MountOp::Detach {
-                            path: cs(nr(scratch))?,
-                        },
-                        "detach lower scratch".into(),
-                    );
-                }
                 b.plan.landlock.push((p.to_path_buf(), Access::Rw, true));
             }
             G::Ws(WorkspaceMode::WriteThrough) | G::Write => {
@@ -621,7 +612,9 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 WorkspaceMode::Staged { upper, .. } => Some(upper.as_path()),
                 _ => None,
             };
+            tracing::debug!("walking the workspace for protected paths");
             let found = walk_protected(ws, upper, prot)?;
+            tracing::debug!(found = found.existing.len(), "protected paths found");
             {
                 // Staged: placeholders go to the upper dir (never committed:
                 // protected). Write-through: into the real tree for the run.

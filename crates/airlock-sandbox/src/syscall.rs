@@ -24,6 +24,7 @@ const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const AT_RECURSIVE: u32 = 0x8000;
 const OPEN_TREE_CLONE: c_int = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: c_uint = 0x40;
 const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
 const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
 const LANDLOCK_RULE_NET_PORT: c_int = 2;
@@ -166,8 +167,10 @@ pub(crate) enum MountOp {
     Bind { src: CString, dst: CString },
     /// Attach the detached tree held in descriptor `fd` at `dst`.
     MoveTree { fd: c_int, dst: CString },
-    /// Detach the mount at `path` and remove the directory.
-    Detach { path: CString },
+    /// Attach the detached tree held in descriptor `fd` over the directory
+    /// held (as an `O_PATH` descriptor) in `onto`: a place in the old root,
+    /// so the tree leaves the namespace with the old root at `pivot_root`.
+    AttachOver { fd: c_int, onto: c_int },
     /// Set mount attributes (read-only) with `mount_setattr`.
     ReadOnly { path: CString, recursive: bool },
     /// Add nosuid/nodev to a mount (and its submounts).
@@ -386,8 +389,8 @@ pub(crate) fn spawn(flags: u64, plan: &ChildPlan) -> io::Result<(libc::pid_t, Ow
 /// root-owned workspace: the sandbox can then write it like its owner,
 /// while new files it creates there are root's on disk, as the
 /// workspace's. Needs CAP_SYS_ADMIN in the initial user namespace.
-pub(crate) fn idmapped_tree(path: &CStr, uid: u32, gid: u32) -> io::Result<OwnedFd> {
-    let userns = mapping_userns(uid, gid)?;
+pub(crate) fn idmapped_tree(path: &CStr, uid: u32, gid: u32) -> io::Result<(OwnedFd, Reaper)> {
+    let (userns, helper) = mapping_userns(uid, gid)?;
     let how = OpenHow {
         flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
         mode: 0,
@@ -444,13 +447,27 @@ pub(crate) fn idmapped_tree(path: &CStr, uid: u32, gid: u32) -> io::Result<Owned
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(tree)
+    Ok((tree, helper))
+}
+
+/// A child process that has been told to exit, reaped when dropped (not
+/// waited for on the hot path: under load, waiting for a child to be
+/// scheduled just to exit costs milliseconds).
+pub(crate) struct Reaper(OwnedFd);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let _ = pidfd_signal(self.0.as_raw_fd(), libc::SIGKILL);
+        let _ = wait_pidfd(self.0.as_raw_fd());
+    }
 }
 
 /// A user namespace mapping inside 0 to host `uid`/`gid`, for an idmapped
 /// mount. A helper child holds it while the maps are written and its
-/// namespace file is opened; it only blocks on a pipe and exits.
-fn mapping_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
+/// namespace file is opened; it only blocks on a pipe and exits, and is
+/// reaped when the returned [`Reaper`] is dropped.
+fn mapping_userns(uid: u32, gid: u32) -> io::Result<(OwnedFd, Reaper)> {
     let (rd, wr) = pipe()?;
     let mut pidfd: c_int = -1;
     let args = CloneArgs {
@@ -493,8 +510,8 @@ fn mapping_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
         Ok::<OwnedFd, io::Error>(ns.into())
     })();
     drop(wr);
-    let _ = wait_pidfd(pidfd.as_raw_fd());
-    res
+    let helper = Reaper(pidfd);
+    res.map(|ns| (ns, helper))
 }
 
 /// `pidfd_send_signal`.
@@ -982,14 +999,18 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
                 ) as c_int
             }
         }
-        MountOp::Detach { path } => {
-            // SAFETY: umount2/rmdir on a NUL-terminated path owned by the plan.
+        MountOp::AttachOver { fd, onto } => {
+            // SAFETY: move_mount between two descriptors we hold, with
+            // empty (NUL-terminated) paths.
             unsafe {
-                if libc::umount2(path.as_ptr(), libc::MNT_DETACH) < 0 {
-                    -1
-                } else {
-                    libc::rmdir(path.as_ptr())
-                }
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    *fd,
+                    c"".as_ptr(),
+                    *onto,
+                    c"".as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                ) as c_int
             }
         }
         MountOp::ReadOnly { path, recursive } => setattr(path, MOUNT_ATTR_RDONLY, *recursive),
