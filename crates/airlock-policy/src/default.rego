@@ -11,6 +11,14 @@
 #              files that may hold a private key, directories holding Airlock state
 #   5. allow:  read/list/edit/commit of paths inside a workspace
 #
+# Most requests are the last case, so it has a fast path (`_clear`, at the
+# end): one rule that tests the path's precomputed facts against every list
+# above at once and decides allow when none can match. Whenever it cannot
+# rule every check out, the full evaluation below decides; it is a shortcut
+# to the same answer, never a different one. A rule added to sections 1-4
+# must be excluded by `_clear` too (default_test.rego checks that its lists
+# match the ones above; a differential test compares both paths).
+#
 # Matching of the never-list is by whole path components, case-insensitively,
 # wherever the components appear in the path (not only under $HOME). The
 # lists are sets so that each check is a set intersection, not a loop: the
@@ -282,7 +290,7 @@ _allow_reason := sprintf("%s of %s, inside your workspace %s", [input.action, _p
 }
 
 # ---------------------------------------------------------------------------
-# The decision: exactly one branch holds for any input.
+# The full decision: exactly one branch holds for any input.
 # ---------------------------------------------------------------------------
 
 _n_never := count(_never)
@@ -297,7 +305,7 @@ _rules(entries) := concat(",", sort({e.rule | some e in entries}))
 
 _reasons(entries) := sort({e.reason | some e in entries})
 
-decision := {
+_decision := {
 	"decision": "deny",
 	"rule": _rules(_never),
 	"reasons": _reasons(_never),
@@ -306,7 +314,7 @@ decision := {
 	_n_never > 0
 }
 
-decision := {
+_decision := {
 	"decision": "deny",
 	"rule": "quota",
 	"reasons": sort(_quota),
@@ -317,7 +325,7 @@ decision := {
 	_n_quota > 0
 }
 
-decision := {
+_decision := {
 	"decision": "deny",
 	"rule": _rules(_invalid),
 	"reasons": _reasons(_invalid),
@@ -328,7 +336,7 @@ decision := {
 	_n_invalid > 0
 }
 
-decision := {
+_decision := {
 	"decision": "ask",
 	"rule": _rules(_ask),
 	"reasons": _reasons(_ask),
@@ -338,11 +346,83 @@ decision := {
 	_n_ask > 0
 }
 
-decision := {
+_decision := {
 	"decision": "allow",
 	"rule": "workspace",
 	"reasons": [_allow_reason],
 	"grantable": false,
 } if {
 	_n_never + _n_quota + _n_invalid + _n_ask == 0
+}
+
+# ---------------------------------------------------------------------------
+# The decision, with its fast path.
+# ---------------------------------------------------------------------------
+
+decision := {
+	"decision": "allow",
+	"rule": "workspace",
+	"reasons": [_clear_reason],
+	"grantable": false,
+} if {
+	_clear
+} else := _decision
+
+# `_clear` holds only when no rule of sections 1-4 can apply to this path, so
+# the decision is the allow of section 5. It reads the facts Airlock computes
+# for every path of input.paths (so a hand-written input.path_info cannot
+# take it) and tests them against literal sets, which the VM evaluates much
+# faster than references to the list rules; default_test.rego checks that the
+# literals cover the lists. Each test is conservative: the full evaluation
+# runs whenever one of them fails.
+_clear if {
+	input.action in {"read_files", "list_files", "edit_files", "commit"}
+	p := input.path
+	p in input.paths
+	p != "/"
+	info := input.path_info
+
+	# p is absolute and normalised, so "w is an ancestor of p" is _within(p, w).
+	p in info.ancestors
+
+	# never: credential names, the first components of credential sequences,
+	# private key names, /proc; .env files; Airlock's own state.
+	count(info.component_set & _clear_components) == 0
+	not startswith(info.basename, ".env")
+	count(info.ancestors & input.broker_path_set) == 0
+
+	# quota: no counter is used up.
+	every u in input.usage {
+		not u.used >= u.limit
+	}
+
+	# ask: inside a workspace, no labels, no key suffix, holds no broker state.
+	count(info.ancestors & input.workspace_set) > 0
+	not "" in input.workspace_set
+	info.labels == []
+	not info.extension in _clear_suffixes
+	prefix := concat("", [p, "/"])
+	every b in input.broker_path_set {
+		not startswith(b, prefix)
+	}
+}
+
+# credential_names | the first components of credential_sequences |
+# private_key_names | {"proc"}, written out (see default_test.rego).
+_clear_components := {
+	".ssh", ".aws", ".kube", ".gnupg", ".azure", ".password-store",
+	".netrc", ".git-credentials", ".pgpass", ".mozilla",
+	".docker", ".config", ".local", "snap", "library", "etc",
+	"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk",
+	"proc",
+}
+
+# key_suffixes, written out (see default_test.rego).
+_clear_suffixes := {".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".ppk"}
+
+# Section 5's reason: with p normalised, the first workspace among p's
+# ancestors is the first one _within(p, w) accepts ("" excepted, which
+# `_clear` refuses).
+_clear_reason := sprintf("%s of %s, inside your workspace %s", [input.action, input.path, ws]) if {
+	ws := [w | some w in input.workspaces; w in input.path_info.ancestors][0]
 }

@@ -114,3 +114,11 @@ test_private_key_suffix_asks if {
 	d.decision == "ask"
 	d.rule == "private_key"
 }
+
+# The fast path's literal sets must cover the lists it stands in for.
+test_clear_literals_cover_the_lists if {
+	starts := {s | some seq in p.credential_sequences; s := split(seq, "/")[0]}
+	p._clear_components == ((p.credential_names | starts) | p.private_key_names) | {"proc"}
+	p._clear_suffixes == p.key_suffixes
+	p._file_actions == {"read_files", "list_files", "edit_files", "commit"}
+}

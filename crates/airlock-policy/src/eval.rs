@@ -1,6 +1,7 @@
 //! Evaluating an active set: per-path inputs, the time bound, reading each
 //! package's vote and combining votes (deny > ask > allow).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -81,60 +82,64 @@ pub(crate) fn evaluate(set: &ActiveSet, input: &Json, timeout: Duration) -> Deci
             Some(_) => return error_decision(format!("input.{key} must be an array of strings")),
         }
     }
-    let mut base = match <Value as serde::Deserialize>::deserialize(input) {
-        Ok(v) => v,
-        Err(e) => return error_decision(format!("input is not representable: {e}")),
-    };
+    // The input converted once: every path's input shares these values
+    // (regorus values are reference-counted, so sharing is a pointer copy).
+    let mut base: BTreeMap<Value, Value> = obj
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "path" | "path_info"))
+        .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
+        .collect();
     // Sets the default policy intersects with each path's facts.
-    if let Ok(map) = base.as_object_mut() {
-        for (key, set_key) in [
-            ("workspaces", "workspace_set"),
-            ("broker_paths", "broker_path_set"),
-        ] {
-            let items = obj
-                .get(key)
-                .and_then(Json::as_array)
-                .map(|a| a.iter().filter_map(Json::as_str).collect::<Vec<_>>())
-                .unwrap_or_default();
-            map.insert(Value::from(set_key), string_set(items.iter().copied()));
+    for (key, set_key) in [
+        ("workspaces", "workspace_set"),
+        ("broker_paths", "broker_path_set"),
+    ] {
+        let items = obj.get(key).and_then(Json::as_array);
+        let set = string_set(items.into_iter().flatten().filter_map(Json::as_str));
+        base.insert(Value::from(set_key), set);
+    }
+    // Keys a caller supplied itself are kept when there are no paths.
+    for key in ["path", "path_info"] {
+        if let Some(v) = obj.get(key) {
+            if paths.is_empty() {
+                base.insert(Value::from(key), json_to_value(v));
+            }
         }
     }
 
     if paths.is_empty() {
-        return match run(set, base, deadline) {
+        return match run(set, Value::from(base), deadline) {
             Ok(d) => d,
             Err(f) => f.into_decision(None),
         };
     }
 
     let infos = obj.get("path_infos").and_then(Json::as_array);
-    let union_labels = obj
-        .get("labels")
-        .filter(|l| l.is_array())
-        .cloned()
-        .unwrap_or(Json::Array(Vec::new()));
+    let union_labels = obj.get("labels").filter(|l| l.is_array());
     let mut per_path = Vec::with_capacity(paths.len());
     for (i, path) in paths.iter().enumerate() {
         // The path's own entry when aligned; otherwise a conservative one that
         // carries every label of the request.
-        let mut info = match infos.and_then(|a| a.get(i)) {
-            Some(info) if info.get("path").and_then(Json::as_str) == Some(path) => {
-                Value::from(info.clone())
-            }
-            _ => Value::from(
-                serde_json::json!({"path": path, "labels": union_labels, "workspace": null}),
-            ),
-        };
+        let mut info: BTreeMap<Value, Value> =
+            match infos.and_then(|a| a.get(i)).and_then(Json::as_object) {
+                Some(info) if info.get("path").and_then(Json::as_str) == Some(path) => info
+                    .iter()
+                    .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
+                    .collect(),
+                _ => BTreeMap::from([
+                    (Value::from("path"), Value::from(*path)),
+                    (
+                        Value::from("labels"),
+                        union_labels.map_or_else(Value::new_array, json_to_value),
+                    ),
+                    (Value::from("workspace"), Value::Null),
+                ]),
+            };
         add_path_facts(&mut info, path);
         let mut one = base.clone();
-        match one.as_object_mut() {
-            Ok(map) => {
-                map.insert(Value::from("path"), Value::from(*path));
-                map.insert(Value::from("path_info"), info);
-            }
-            Err(e) => return error_decision(format!("input is not an object: {e}")),
-        }
-        match run(set, one, deadline) {
+        one.insert(Value::from("path"), Value::from(*path));
+        one.insert(Value::from("path_info"), Value::from(info));
+        match run(set, Value::from(one), deadline) {
             Ok(d) => per_path.push((Some(*path), d)),
             Err(f) => return f.into_decision(Some(path)),
         }
@@ -142,8 +147,38 @@ pub(crate) fn evaluate(set: &ActiveSet, input: &Json, timeout: Duration) -> Deci
     combine(per_path)
 }
 
+/// The regorus value of a JSON value, built directly (the serde route
+/// through regorus' deserializer costs several times more per request).
+fn json_to_value(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::from(*b),
+        Json::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(a) => Value::from(a.iter().map(json_to_value).collect::<Vec<_>>()),
+        Json::Object(o) => {
+            if o.is_empty() {
+                return Value::new_object();
+            }
+            Value::from(
+                o.iter()
+                    .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        }
+    }
+}
+
 fn string_set<'a>(items: impl Iterator<Item = &'a str>) -> Value {
-    let set: std::collections::BTreeSet<Value> = items.map(Value::from).collect();
+    let set: BTreeSet<Value> = items.map(Value::from).collect();
     Value::from(set)
 }
 
@@ -158,10 +193,7 @@ fn string_set<'a>(items: impl Iterator<Item = &'a str>) -> Value {
 ///   (`""` when there is none);
 /// - `ancestors`: the path itself and every ancestor (`/`, `/a`, `/a/b`), as
 ///   written, as a set.
-fn add_path_facts(info: &mut Value, path: &str) {
-    let Ok(map) = info.as_object_mut() else {
-        return;
-    };
+fn add_path_facts(map: &mut BTreeMap<Value, Value>, path: &str) {
     let lower = path.to_lowercase();
     let comps: Vec<&str> = lower.split('/').filter(|c| !c.is_empty()).collect();
     let basename = comps.last().copied().unwrap_or("");
