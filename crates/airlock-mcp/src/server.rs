@@ -976,9 +976,10 @@ impl ServerHandler for FsServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let mut r = ListToolsResult::default();
-        r.tools = self.inner.tools.clone();
-        Ok(r)
+        Ok(ListToolsResult {
+            tools: self.inner.tools.clone(),
+            ..Default::default()
+        })
     }
 
     async fn call_tool(

@@ -97,3 +97,55 @@ fn python_sdk_client_end_to_end() {
         "records name the MCP front door and its client"
     );
 }
+
+#[test]
+fn with_no_broker_running_an_embedded_one_serves_the_directories() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let env = Env::new();
+    let script = r#"
+import asyncio, os, sys
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+async def main():
+    env = {k: os.environ[k] for k in ("HOME", "XDG_RUNTIME_DIR")}
+    p = StdioServerParameters(command=sys.argv[1], args=["mcp", sys.argv[2]], env=env)
+    async with stdio_client(p) as (r, w):
+        async with ClientSession(r, w) as s:
+            await s.initialize()
+            res = await s.call_tool("read_text_file", {"path": sys.argv[2] + "/report.txt"})
+            print("READ:" + res.content[0].text, flush=True)
+            # The human's side reaches the embedded broker's operator socket.
+            st = os.popen(sys.argv[1] + " status --json").read()
+            print("STATUS:" + str("\"broker\"" in st), flush=True)
+asyncio.run(main())
+"#;
+    let mut c = Command::new(py);
+    env.apply(&mut c);
+    let out = c
+        .args(["-c", script])
+        .arg(bin())
+        .arg(&env.ws)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("READ:Q4 revenue: 100"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("STATUS:True"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("started an embedded one"),
+        "the log says an embedded broker serves: {stderr}"
+    );
+    assert!(
+        !env.socket().exists(),
+        "the embedded broker removed its socket when the client left"
+    );
+}
