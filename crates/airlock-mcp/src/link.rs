@@ -20,6 +20,9 @@ pub enum Refusal {
     /// The request itself was wrong (bad path, bad arguments).
     #[error("{0}")]
     Invalid(String),
+    /// The capability was refused (revoked, expired, another session's).
+    #[error("{0}")]
+    Token(String),
 }
 
 /// What the front door tells its caller while a human decides.
@@ -130,14 +133,25 @@ impl BrokerLink {
     pub async fn call(&self, route: &str, token: &str, body: &Value) -> Result<Value, Refusal> {
         match self.client.post_with_token(route, token, body).await {
             Ok((_, v)) => Ok(v),
-            Err(ClientError::Api { error, .. }) => Err(Refusal::Invalid(format!(
-                "{}{}",
-                error.message,
-                error
-                    .hint
-                    .map(|h| format!(" (hint: {h})"))
-                    .unwrap_or_default()
-            ))),
+            Err(ClientError::Api { error, .. }) => {
+                let token_refused = serde_json::to_value(error.code)
+                    .ok()
+                    .and_then(|c| c.as_str().map(|c| c.starts_with("token_")))
+                    .unwrap_or(false);
+                let text = format!(
+                    "{}{}",
+                    error.message,
+                    error
+                        .hint
+                        .map(|h| format!(" (hint: {h})"))
+                        .unwrap_or_default()
+                );
+                Err(if token_refused {
+                    Refusal::Token(text)
+                } else {
+                    Refusal::Invalid(text)
+                })
+            }
             Err(e) => Err(broker_error(e)),
         }
     }
@@ -251,7 +265,7 @@ pub fn manifest(action: &str, paths: Vec<String>, justification: String, agent: 
     json!({
         "action": action,
         "paths": paths,
-        "duration_seconds": 60,
+        "duration_seconds": crate::server::GRANT_SECONDS,
         "justification": justification,
         "agent": agent,
     })

@@ -3,10 +3,10 @@
 //! audit). Consent never travels over MCP: an `ask` is decided by the user
 //! on the operator socket while the call waits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use rmcp::model::{
@@ -54,7 +54,14 @@ struct Inner {
     home: Option<String>,
     client: RwLock<String>,
     tools: Vec<Tool>,
+    /// Read-side grants by (action, paths), with the instant they stop being reused.
+    grants: Mutex<HashMap<(String, Vec<String>), (Grant, Instant)>>,
 }
+
+/// How long a capability the front door asks for lasts.
+pub(crate) const GRANT_SECONDS: u64 = 60;
+/// A reused capability has at least this much life left.
+const REUSE_MARGIN: Duration = Duration::from_secs(20);
 
 /// One call's way to tell the client we are waiting for a human.
 struct Notifier {
@@ -253,6 +260,7 @@ impl FsServer {
                 home: std::env::var("HOME").ok().filter(|h| h.starts_with('/')),
                 client: RwLock::new("mcp-client".into()),
                 tools: crate::tools::all(),
+                grants: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -277,12 +285,44 @@ impl FsServer {
         why: String,
         n: &Notifier,
     ) -> Result<Grant, Refusal> {
+        // A read-side capability is reused for the same paths while it has
+        // well over REUSE_MARGIN left: it is scoped to exactly those paths,
+        // and every use is still verified (expiry, revocation, session),
+        // re-checked against the never-list and audited by the broker.
+        // Mutations and commands are decided afresh every time.
+        let reusable = matches!(action, "read_files" | "list_files");
+        let key = (action.to_string(), paths.clone());
+        if reusable {
+            if let Some((g, until)) = self.inner.grants.lock().expect("lock").get(&key) {
+                if Instant::now() < *until {
+                    return Ok(g.clone());
+                }
+            }
+        }
         let m = link::manifest(action, paths, why, &self.agent());
-        self.inner.link.grant(m, &|msg| n.send(msg)).await
+        let g = self.inner.link.grant(m, &|msg| n.send(msg)).await?;
+        if reusable {
+            let mut cache = self.inner.grants.lock().expect("lock");
+            if cache.len() >= 1024 {
+                cache.clear();
+            }
+            let until = Instant::now() + Duration::from_secs(GRANT_SECONDS) - REUSE_MARGIN;
+            cache.insert(key, (g.clone(), until));
+        }
+        Ok(g)
     }
 
     async fn fs(&self, route: &str, g: &Grant, body: Value) -> Result<Value, Refusal> {
-        self.inner.link.call(route, &g.token, &body).await
+        let r = self.inner.link.call(route, &g.token, &body).await;
+        if matches!(r, Err(Refusal::Token(_))) {
+            // Revoked, expired or quarantined: never offer it again.
+            self.inner
+                .grants
+                .lock()
+                .expect("lock")
+                .retain(|_, (c, _)| c.token != g.token);
+        }
+        r
     }
 
     /// The whole file through the broker (its merged, staged-over-real view).

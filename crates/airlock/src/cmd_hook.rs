@@ -342,7 +342,9 @@ async fn decide(a: &ClaudeCodeArgs, input: &Value, client: &Client) -> Value {
             }
             answer("allow", &reason, updated)
         }
-        Err(Refusal::Denied(why)) | Err(Refusal::Invalid(why)) => answer("deny", &why, None),
+        Err(Refusal::Denied(why)) | Err(Refusal::Invalid(why)) | Err(Refusal::Token(why)) => {
+            answer("deny", &why, None)
+        }
         Err(Refusal::Broker(why)) => answer(
             "deny",
             &format!("Airlock: {why}. Nothing is allowed while the broker is down (start it with `airlock serve`)."),

@@ -84,6 +84,14 @@ async def main():
             check("tail", text_of(r) == "three\n", repr(text_of(r)))
             r = await s.call_tool("read_file", {"path": f"{WS}/report.txt"})
             check("deprecated read_file still works", text_of(r) == "Q4 revenue: 100\n", text_of(r))
+            # A reused read capability is still checked on every use: once
+            # the human revokes it, the next read is refused, then a fresh
+            # decision is made.
+            human("tokens", "revoke", "--all")
+            r = await s.call_tool("read_text_file", {"path": f"{WS}/report.txt"})
+            check("a revoked capability is refused on its next use", r.is_error and "revoked" in text_of(r), text_of(r))
+            r = await s.call_tool("read_text_file", {"path": f"{WS}/report.txt"})
+            check("and a fresh decision follows", not r.is_error and text_of(r) == "Q4 revenue: 100\n", text_of(r))
 
             # --- credentials and escapes
             r = await s.call_tool("read_text_file", {"path": f"{WS}/.env"})
