@@ -150,15 +150,23 @@ impl MountGuard {
         Ok(g)
     }
 
+    /// Remount with `opts`. A read-only remount fails with "busy" while any
+    /// process holds a file on it open for writing, and a parallel test's
+    /// child can hold one between its fork and exec: retry briefly.
     pub fn remount(&self, opts: &str) -> Result<(), String> {
-        run(
-            "mount",
-            &[
-                "-o",
-                &format!("remount,{opts}"),
-                self.target.to_str().ok_or("path")?,
-            ],
-        )
+        let target = self.target.to_str().ok_or("path")?;
+        let args = ["-o", &format!("remount,{opts}"), target];
+        let mut last = Ok(());
+        for _ in 0..20 {
+            last = run("mount", &args);
+            match &last {
+                Err(e) if e.contains("busy") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                _ => return last,
+            }
+        }
+        last
     }
 }
 
