@@ -114,3 +114,17 @@ test_private_key_suffix_asks if {
 	d.decision == "ask"
 	d.rule == "private_key"
 }
+
+test_mcp_tool_asks if {
+	inp := object.union(_base, {"action": "mcp_tool", "mcp": {"server": "everything", "tool": "echo", "arguments": {"message": "hi"}}})
+	d := p.decision with input as inp
+	d.decision == "ask"
+	d.rule == "mcp"
+}
+
+test_mcp_secret_is_named if {
+	inp := object.union(_base, {"action": "mcp_tool", "mcp": {"server": "s", "tool": "t", "secrets": ["aws-access-token"]}})
+	d := p.decision with input as inp
+	d.decision == "ask"
+	d.rule == "mcp,mcp_secret"
+}
