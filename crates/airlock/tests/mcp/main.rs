@@ -1,4 +1,4 @@
-//! `airlock mcp` driven by real MCP clients (the official Python and
+//! `airlock mcp` and `airlock mcp-proxy` driven by real MCP clients (the official Python and
 //! TypeScript SDKs) against a real broker.
 #[allow(dead_code)]
 #[path = "../broker/common.rs"]
@@ -7,3 +7,4 @@ mod common;
 mod python;
 mod typescript;
 mod conformance;
+mod proxy;
