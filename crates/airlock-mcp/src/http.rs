@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{RoleServer, Service};
+use rmcp::ServerHandler;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,7 @@ pub async fn serve<S, F>(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), HttpError>
 where
-    S: Service<RoleServer> + Send + 'static,
+    S: ServerHandler + Send + 'static,
     F: Fn() -> S + Send + Sync + 'static,
 {
     if !opts.addr.ip().is_loopback() {

@@ -175,16 +175,14 @@ async fn forward<R: rmcp::service::ServiceRole>(
         _ = ct.cancelled() => {
             tokens.lock().expect("lock").remove(&ours);
             let reason = "cancelled by the client".to_string();
-            let cancel = rmcp::model::CancelledNotification {
-                method: Default::default(),
-                params: rmcp::model::CancelledNotificationParam {
-                    request_id: Some(id),
-                    reason: Some(reason.clone()),
-                    meta: None,
-                },
-                extensions: Default::default(),
-            };
-            let _ = peer.send_notification(cancel.into()).await;
+            let cancel: Option<rmcp::model::CancelledNotification> = serde_json::from_value(json!({
+                "method": "notifications/cancelled",
+                "params": {"requestId": id, "reason": reason},
+            }))
+            .ok();
+            if let Some(cancel) = cancel {
+                let _ = peer.send_notification(cancel.into()).await;
+            }
             Err(ServiceError::Cancelled { reason: Some(reason) })
         }
     }
@@ -398,8 +396,9 @@ impl ProxySession {
             token: ctx.meta.get_progress_token(),
             step: Default::default(),
         };
+        let progress = |m: String| notifier.send(m);
         let r = tokio::select! {
-            r = self.shared.link.grant(manifest, &|m| notifier.send(m)) => r,
+            r = self.shared.link.grant(manifest, &progress) => r,
             _ = ctx.ct.cancelled() => Err(Refusal::Invalid("the call was cancelled".into())),
         };
         match r {
@@ -588,8 +587,9 @@ impl Notifier {
     }
 }
 
-impl Service<RoleServer> for ProxySession {
-    async fn handle_request(
+impl ProxySession {
+    /// One client request: gated, filtered or forwarded.
+    async fn dispatch(
         &self,
         request: ClientRequest,
         context: RequestContext<RoleServer>,
@@ -626,22 +626,19 @@ impl Service<RoleServer> for ProxySession {
         }
     }
 
-    async fn handle_notification(
-        &self,
-        notification: ClientNotification,
-        _context: NotificationContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
+    /// One client notification, forwarded.
+    async fn notify(&self, notification: ClientNotification) {
         let Some(child) = self.child.get() else {
-            return Ok(());
+            return;
         };
         let n = match notification {
             // The child was initialized by the proxy's own handshake; the
             // proxy cancels forwarded requests itself.
             ClientNotification::InitializedNotification(_)
-            | ClientNotification::CancelledNotification(_) => return Ok(()),
+            | ClientNotification::CancelledNotification(_) => return,
             ClientNotification::ProgressNotification(mut p) => {
                 if !map_progress(&mut p.params, &child.service.service().up_tokens) {
-                    return Ok(());
+                    return;
                 }
                 ClientNotification::ProgressNotification(p)
             }
@@ -650,11 +647,198 @@ impl Service<RoleServer> for ProxySession {
         if let Err(e) = child.service.peer().send_notification(n).await {
             tracing::debug!(error = %e, "cannot forward a notification to the MCP server");
         }
-        Ok(())
+    }
+}
+
+fn unexpected(r: ServerResult) -> ErrorData {
+    ErrorData::internal_error(
+        format!("the proxied MCP server answered with an unexpected result: {}", serde_json::to_string(&r).unwrap_or_default()),
+        None,
+    )
+}
+
+macro_rules! forward_req {
+    ($self:ident, $ctx:ident, $variant:ident, $params:expr, $res:ident) => {{
+        let mut r = rmcp::model::$variant::new($params);
+        *rmcp::model::GetExtensions::extensions_mut(&mut r) = $ctx.extensions.clone();
+        forward_req!(@go $self, $ctx, ClientRequest::$variant(r), $res)
+    }};
+    (opt $self:ident, $ctx:ident, $variant:ident, $params:expr, $res:ident) => {
+        forward_req!(@go $self, $ctx, ClientRequest::$variant(rmcp::model::$variant {
+            method: Default::default(),
+            params: $params,
+            extensions: $ctx.extensions.clone(),
+        }), $res)
+    };
+    (@go $self:ident, $ctx:ident, $req:expr, EmptyResult) => {
+        match $self.dispatch($req, $ctx).await? {
+            ServerResult::EmptyResult(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    };
+    (@go $self:ident, $ctx:ident, $req:expr, $res:ident) => {
+        match $self.dispatch($req, $ctx).await? {
+            ServerResult::$res(r) => Ok(r.into()),
+            other => Err(unexpected(other)),
+        }
+    };
+}
+
+/// rmcp's HTTP transport takes a `ServerHandler`: every method goes
+/// through [`ProxySession::dispatch`], so all requests are treated alike.
+#[allow(deprecated)]
+impl rmcp::ServerHandler for ProxySession {
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        if self.child.get().is_some() {
+            return Err(ErrorData::invalid_request("already initialized", None));
+        }
+        self.start_child(request, context.peer.clone()).await
+    }
+
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        forward_req!(@go self, context, ClientRequest::PingRequest(rmcp::model::PingRequest {
+            method: Default::default(),
+            extensions: context.extensions.clone(),
+        }), EmptyResult)
+    }
+
+    async fn complete(
+        &self,
+        request: rmcp::model::CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CompleteResult, ErrorData> {
+        forward_req!(self, context, CompleteRequest, request, CompleteResult)
+    }
+
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        forward_req!(self, context, SetLevelRequest, request, EmptyResult)
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        forward_req!(self, context, GetPromptRequest, request, GetPromptResult)
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        forward_req!(opt self, context, ListPromptsRequest, request, ListPromptsResult)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        forward_req!(opt self, context, ListResourcesRequest, request, ListResourcesResult)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        forward_req!(opt self, context, ListResourceTemplatesRequest, request, ListResourceTemplatesResult)
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        forward_req!(self, context, ReadResourceRequest, request, ReadResourceResult)
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        forward_req!(self, context, SubscribeRequest, request, EmptyResult)
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        forward_req!(self, context, UnsubscribeRequest, request, EmptyResult)
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        forward_req!(self, context, CallToolRequest, request, CallToolResult)
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        forward_req!(opt self, context, ListToolsRequest, request, ListToolsResult)
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        forward_req!(@go self, context, ClientRequest::CustomRequest(request), CustomResult)
+    }
+
+    async fn on_progress(
+        &self,
+        notification: ProgressNotificationParam,
+        _context: NotificationContext<RoleServer>,
+    ) {
+        if let Ok(n) = serde_json::from_value::<rmcp::model::ProgressNotification>(
+            json!({"method": "notifications/progress", "params": notification}),
+        ) {
+            self.notify(ClientNotification::ProgressNotification(n)).await;
+        }
+    }
+
+    async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
+        if let Ok(n) = serde_json::from_value::<rmcp::model::RootsListChangedNotification>(
+            json!({"method": "notifications/roots/list_changed"}),
+        ) {
+            self.notify(ClientNotification::RootsListChangedNotification(n)).await;
+        }
+    }
+
+    async fn on_custom_notification(
+        &self,
+        notification: rmcp::model::CustomNotification,
+        _context: NotificationContext<RoleServer>,
+    ) {
+        self.notify(ClientNotification::CustomNotification(notification)).await;
     }
 
     fn get_info(&self) -> InitializeResult {
-        InitializeResult::default()
+        // What the child said, once it has; the proxy's own until then.
+        match self.child.get().and_then(|c| c.service.peer_info()) {
+            Some(i) => serde_json::to_value(&*i)
+                .ok()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+            None => InitializeResult::default(),
+        }
     }
 
     fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {

@@ -31,7 +31,7 @@ const RULES: &[(&str, &str)] = &[
     ("anthropic-api-key", r"\bsk-ant-(?:api03|admin01)-[a-zA-Z0-9_\-]{93}AA\b"),
     ("gcp-api-key", r"\bAIza[\w-]{35}\b"),
     ("npm-access-token", r"\bnpm_[a-z0-9]{36}\b"),
-    ("pypi-upload-token", r"pypi-AgEIcHlwaS5vcmc[\w-]{50,1000}"),
+    ("pypi-upload-token", r"pypi-AgEIcHlwaS5vcmc[\w-]{50,}"),
     ("jwt", r"\bey[a-zA-Z0-9]{17,}\.ey[a-zA-Z0-9/_-]{17,}\.(?:[a-zA-Z0-9/_-]{10,}={0,2})?"),
     // A password in a URL's userinfo: scheme://user:password@host.
     ("password-in-url", r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/?#@]{1,64}:[^\s/?#@]{3,128}@[^\s/?#@]{1,253}"),
