@@ -581,7 +581,10 @@ fn fs_intent(op: &str, req: &ApiRequest) -> Value {
         ApiRequest::Read(r) => {
             json!({"action": op, "path": r.path, "offset": r.offset, "length": r.length})
         }
-        ApiRequest::List(r) | ApiRequest::Stat(r) | ApiRequest::Delete(r) | ApiRequest::Mkdir(r) => {
+        ApiRequest::List(r)
+        | ApiRequest::Stat(r)
+        | ApiRequest::Delete(r)
+        | ApiRequest::Mkdir(r) => {
             json!({"action": op, "path": r.path})
         }
         ApiRequest::Write(w) => {

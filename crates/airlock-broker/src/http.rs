@@ -342,8 +342,14 @@ async fn outcome_report(
     let bad = |field: &str, msg: &str| {
         error_response(&ApiError::new(ErrorCode::InvalidValue, msg.to_string()).field(field))
     };
-    if r.request_id.is_empty() || r.request_id.len() > 64 || r.request_id.chars().any(char::is_control) {
-        return bad("request_id", "request_id must be 1 to 64 printable characters");
+    if r.request_id.is_empty()
+        || r.request_id.len() > 64
+        || r.request_id.chars().any(char::is_control)
+    {
+        return bad(
+            "request_id",
+            "request_id must be 1 to 64 printable characters",
+        );
     }
     if !matches!(r.status.as_str(), "success" | "error") {
         return bad("status", "status must be `success` or `error`");
@@ -351,13 +357,22 @@ async fn outcome_report(
     if r.tool.as_deref().is_some_and(|t| t.len() > 256) {
         return bad("tool", "tool is longer than 256 bytes");
     }
-    if r.detail.as_ref().is_some_and(|d| d.to_string().len() > 4096) {
-        return bad("detail", "detail is larger than 4096 bytes of JSON; summarise it");
+    if r.detail
+        .as_ref()
+        .is_some_and(|d| d.to_string().len() > 4096)
+    {
+        return bad(
+            "detail",
+            "detail is larger than 4096 bytes of JSON; summarise it",
+        );
     }
     let Some(session) = b.inner.sessions.find(&c.peer) else {
         return error_response(
-            &ApiError::new(ErrorCode::NotFound, "this process holds no session, so it made no request to report on")
-                .hint("report outcomes from the session that made the request"),
+            &ApiError::new(
+                ErrorCode::NotFound,
+                "this process holds no session, so it made no request to report on",
+            )
+            .hint("report outcomes from the session that made the request"),
         );
     };
     let rec = crate::fsops::FsRecord {
@@ -370,14 +385,19 @@ async fn outcome_report(
         outcome: serde_json::json!({"status": r.status, "detail": r.detail}),
     };
     match b.record_access(&c.peer, &session, rec).await {
-        Ok(()) => json_response(200, &serde_json::json!({"recorded": true, "request_id": r.request_id})),
+        Ok(()) => json_response(
+            200,
+            &serde_json::json!({"recorded": true, "request_id": r.request_id}),
+        ),
         Err(e) => error_response(&e),
     }
 }
 
 fn proc_uid(pid: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
 }
 
 async fn session_register(
@@ -455,7 +475,9 @@ async fn session_register(
             return error_response(
                 &ApiError::new(
                     ErrorCode::InvalidValue,
-                    format!("holder must be `self`, `parent` or `pid:N` (an ancestor), got {other:?}"),
+                    format!(
+                        "holder must be `self`, `parent` or `pid:N` (an ancestor), got {other:?}"
+                    ),
                 )
                 .field("holder"),
             )

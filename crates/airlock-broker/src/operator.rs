@@ -442,7 +442,11 @@ impl Broker {
                 if info.session != session {
                     continue;
                 }
-                let a = b.inner.staging.get(&info.id).map_err(crate::fsops::fs_error)?;
+                let a = b
+                    .inner
+                    .staging
+                    .get(&info.id)
+                    .map_err(crate::fsops::fs_error)?;
                 let changes = a.changes().map_err(crate::fsops::fs_error)?;
                 if changes.is_empty() {
                     continue;

@@ -607,7 +607,10 @@ fn mcp_call(
     if !action.is_mcp() {
         return Err(ApiError::new(
             ErrorCode::InvalidValue,
-            format!("`mcp` belongs only to mcp_tool, mcp_resource and mcp_prompt, not `{}`", action.as_str()),
+            format!(
+                "`mcp` belongs only to mcp_tool, mcp_resource and mcp_prompt, not `{}`",
+                action.as_str()
+            ),
         )
         .field("mcp"));
     }
@@ -636,16 +639,14 @@ fn mcp_call(
         .count();
     match got {
         Some(n) if named == 1 && n.len() <= crate::path::MAX_PATH_LEN && !n.is_empty() => {}
-        _ => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidValue,
-                format!(
-                    "action `{}` needs mcp.{want} (non-empty) and no other of tool, resource, prompt",
-                    action.as_str()
-                ),
-            )
-            .field(format!("mcp.{want}")))
-        }
+        _ => return Err(ApiError::new(
+            ErrorCode::InvalidValue,
+            format!(
+                "action `{}` needs mcp.{want} (non-empty) and no other of tool, resource, prompt",
+                action.as_str()
+            ),
+        )
+        .field(format!("mcp.{want}"))),
     }
     if let Some(i) = call.secrets.iter().position(|s| !label_ok(s)) {
         return Err(ApiError::new(

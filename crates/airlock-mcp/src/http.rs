@@ -25,7 +25,9 @@ pub struct HttpOptions {
 /// Errors starting the HTTP transport.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("{addr} is not a loopback address; Airlock serves MCP over HTTP on 127.0.0.1 or [::1] only")]
+    #[error(
+        "{addr} is not a loopback address; Airlock serves MCP over HTTP on 127.0.0.1 or [::1] only"
+    )]
     NotLoopback { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -78,7 +78,10 @@ impl BrokerLink {
             ClientError::Api { error, .. } => Refusal::Invalid(format!(
                 "Airlock refused the request ({what}): {}{}",
                 error.message,
-                error.hint.map(|h| format!("\nHint: {h}")).unwrap_or_default()
+                error
+                    .hint
+                    .map(|h| format!("\nHint: {h}"))
+                    .unwrap_or_default()
             )),
             other => broker_error(other),
         })?;
@@ -130,7 +133,10 @@ impl BrokerLink {
             Err(ClientError::Api { error, .. }) => Err(Refusal::Invalid(format!(
                 "{}{}",
                 error.message,
-                error.hint.map(|h| format!(" (hint: {h})")).unwrap_or_default()
+                error
+                    .hint
+                    .map(|h| format!(" (hint: {h})"))
+                    .unwrap_or_default()
             ))),
             Err(e) => Err(broker_error(e)),
         }
@@ -165,7 +171,10 @@ fn broker_error(e: ClientError) -> Refusal {
         ClientError::Api { error, .. } => Refusal::Broker(format!(
             "the Airlock broker refused: {}{}",
             error.message,
-            error.hint.map(|h| format!(" (hint: {h})")).unwrap_or_default()
+            error
+                .hint
+                .map(|h| format!(" (hint: {h})"))
+                .unwrap_or_default()
         )),
         other => Refusal::Broker(format!(
             "the Airlock broker is not reachable, so nothing was done: {other}"

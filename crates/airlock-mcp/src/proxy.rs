@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolResult, ClientNotification, ClientRequest, ClientResult, ContentBlock, ErrorData,
-    InitializeRequestParams, InitializeResult, ProgressNotificationParam,
-    ProgressToken, ProtocolVersion, ServerNotification, ServerRequest, ServerResult,
+    InitializeRequestParams, InitializeResult, ProgressNotificationParam, ProgressToken,
+    ProtocolVersion, ServerNotification, ServerRequest, ServerResult,
 };
 use rmcp::service::{
     NotificationContext, PeerRequestOptions, RequestContext, RunningService, ServiceError,
@@ -325,7 +325,11 @@ impl ProxySession {
     }
 
     /// The pin verdict for `tool`, listing the child's tools if it was not seen yet.
-    async fn verdict(&self, tool: &str, ct: &tokio_util::sync::CancellationToken) -> Result<Option<Verdict>, ErrorData> {
+    async fn verdict(
+        &self,
+        tool: &str,
+        ct: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<Verdict>, ErrorData> {
         if let Some(v) = self.verdicts.lock().expect("lock").get(tool) {
             return Ok(Some(v.clone()));
         }
@@ -335,7 +339,9 @@ impl ProxySession {
         for _ in 0..100 {
             let req = ClientRequest::ListToolsRequest(rmcp::model::ListToolsRequest {
                 method: Default::default(),
-                params: cursor.clone().map(|c| rmcp::model::PaginatedRequestParams::default().with_cursor(Some(c))),
+                params: cursor
+                    .clone()
+                    .map(|c| rmcp::model::PaginatedRequestParams::default().with_cursor(Some(c))),
                 extensions: Default::default(),
             });
             let r = forward(child.service.peer(), req, None, &child.tokens, ct)
@@ -354,7 +360,14 @@ impl ProxySession {
         Ok(self.verdicts.lock().expect("lock").get(tool).cloned())
     }
 
-    fn manifest(&self, action: &str, key: &str, name: &str, arguments: Option<Value>, found: Vec<String>) -> Value {
+    fn manifest(
+        &self,
+        action: &str,
+        key: &str,
+        name: &str,
+        arguments: Option<Value>,
+        found: Vec<String>,
+    ) -> Value {
         let mut mcp = json!({"server": self.name(), key: link::truncate(name.to_string(), 4096)});
         if let Some(a) = arguments {
             mcp["arguments"] = a;
@@ -430,12 +443,10 @@ impl ProxySession {
         match self.verdict(&tool, &ctx.ct).await? {
             Some(Verdict::Trusted) => {}
             Some(Verdict::Quarantined(why)) => return Ok(refusal(why)),
-            None => {
-                return Ok(refusal(format!(
-                    "MCP server {} does not list a tool named {tool}, so Airlock refuses to call it.",
-                    self.name()
-                )))
-            }
+            None => return Ok(refusal(format!(
+                "MCP server {} does not list a tool named {tool}, so Airlock refuses to call it.",
+                self.name()
+            ))),
         }
         let args = req.params.arguments.clone().map(Value::Object);
         let scan = args.as_ref().map(secrets::scan).unwrap_or_default();
@@ -476,15 +487,23 @@ impl ProxySession {
                     detail["result_secrets"] = json!(found.rules);
                     detail["result_secrets_action"] = json!("redacted");
                 }
-                self.report(&request_id, what, res.is_error == Some(true), detail).await;
+                self.report(&request_id, what, res.is_error == Some(true), detail)
+                    .await;
                 Ok(ServerResult::CallToolResult(res))
             }
             Ok(other) => {
-                self.report(&request_id, what, false, json!({"result": "not a plain tool result; passed through"})).await;
+                self.report(
+                    &request_id,
+                    what,
+                    false,
+                    json!({"result": "not a plain tool result; passed through"}),
+                )
+                .await;
                 Ok(other)
             }
             Err(e) => {
-                self.report(&request_id, what, true, json!({"error": e.to_string()})).await;
+                self.report(&request_id, what, true, json!({"error": e.to_string()}))
+                    .await;
                 Err(service_error(e))
             }
         }
@@ -535,7 +554,8 @@ impl ProxySession {
                 Ok(res)
             }
             Err(e) => {
-                self.report(&request_id, what, true, json!({"error": e.to_string()})).await;
+                self.report(&request_id, what, true, json!({"error": e.to_string()}))
+                    .await;
                 Err(service_error(e))
             }
         }
@@ -605,22 +625,42 @@ impl ProxySession {
             ClientRequest::CallToolRequest(r) => self.call_tool(r, context).await,
             ClientRequest::ReadResourceRequest(r) => {
                 let uri = r.params.uri.clone();
-                self.gated("mcp_resource", "resource", uri, None, ClientRequest::ReadResourceRequest(r), context)
-                    .await
+                self.gated(
+                    "mcp_resource",
+                    "resource",
+                    uri,
+                    None,
+                    ClientRequest::ReadResourceRequest(r),
+                    context,
+                )
+                .await
             }
             ClientRequest::GetPromptRequest(r) => {
                 let name = r.params.name.clone();
                 let args = r.params.arguments.clone().map(Value::Object);
-                self.gated("mcp_prompt", "prompt", name, args, ClientRequest::GetPromptRequest(r), context)
-                    .await
+                self.gated(
+                    "mcp_prompt",
+                    "prompt",
+                    name,
+                    args,
+                    ClientRequest::GetPromptRequest(r),
+                    context,
+                )
+                .await
             }
             other => {
                 let child = self.child()?;
                 let token = context.meta.get_progress_token();
                 let _inflight = InflightGuard::new(&self.inflight, context.id.clone());
-                let res = forward(child.service.peer(), other, token, &child.tokens, &context.ct)
-                    .await
-                    .map_err(service_error)?;
+                let res = forward(
+                    child.service.peer(),
+                    other,
+                    token,
+                    &child.tokens,
+                    &context.ct,
+                )
+                .await
+                .map_err(service_error)?;
                 self.filter(res).await
             }
         }
@@ -652,7 +692,10 @@ impl ProxySession {
 
 fn unexpected(r: ServerResult) -> ErrorData {
     ErrorData::internal_error(
-        format!("the proxied MCP server answered with an unexpected result: {}", serde_json::to_string(&r).unwrap_or_default()),
+        format!(
+            "the proxied MCP server answered with an unexpected result: {}",
+            serde_json::to_string(&r).unwrap_or_default()
+        ),
         None,
     )
 }
@@ -759,7 +802,13 @@ impl rmcp::ServerHandler for ProxySession {
         request: rmcp::model::ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
-        forward_req!(self, context, ReadResourceRequest, request, ReadResourceResult)
+        forward_req!(
+            self,
+            context,
+            ReadResourceRequest,
+            request,
+            ReadResourceResult
+        )
     }
 
     async fn subscribe(
@@ -810,7 +859,8 @@ impl rmcp::ServerHandler for ProxySession {
         if let Ok(n) = serde_json::from_value::<rmcp::model::ProgressNotification>(
             json!({"method": "notifications/progress", "params": notification}),
         ) {
-            self.notify(ClientNotification::ProgressNotification(n)).await;
+            self.notify(ClientNotification::ProgressNotification(n))
+                .await;
         }
     }
 
@@ -818,7 +868,8 @@ impl rmcp::ServerHandler for ProxySession {
         if let Ok(n) = serde_json::from_value::<rmcp::model::RootsListChangedNotification>(
             json!({"method": "notifications/roots/list_changed"}),
         ) {
-            self.notify(ClientNotification::RootsListChangedNotification(n)).await;
+            self.notify(ClientNotification::RootsListChangedNotification(n))
+                .await;
         }
     }
 
@@ -827,7 +878,8 @@ impl rmcp::ServerHandler for ProxySession {
         notification: rmcp::model::CustomNotification,
         _context: NotificationContext<RoleServer>,
     ) {
-        self.notify(ClientNotification::CustomNotification(notification)).await;
+        self.notify(ClientNotification::CustomNotification(notification))
+            .await;
     }
 
     fn get_info(&self) -> InitializeResult {
@@ -884,7 +936,13 @@ impl ProxySession {
                 for x in r.resources.drain(..) {
                     let uri = x.uri.clone();
                     if !self
-                        .denied_outright(&self.manifest("mcp_resource", "resource", &uri, None, vec![]))
+                        .denied_outright(&self.manifest(
+                            "mcp_resource",
+                            "resource",
+                            &uri,
+                            None,
+                            vec![],
+                        ))
                         .await
                     {
                         keep.push(x);
@@ -898,7 +956,13 @@ impl ProxySession {
                 for x in r.prompts.drain(..) {
                     let name = x.name.clone();
                     if !self
-                        .denied_outright(&self.manifest("mcp_prompt", "prompt", &name, None, vec![]))
+                        .denied_outright(&self.manifest(
+                            "mcp_prompt",
+                            "prompt",
+                            &name,
+                            None,
+                            vec![],
+                        ))
                         .await
                     {
                         keep.push(x);

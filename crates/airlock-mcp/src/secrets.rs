@@ -17,24 +17,51 @@ const RULES: &[(&str, &str)] = &[
         "private-key",
         r"(?s)-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----[\sA-Za-z0-9+/=:,.\-]{32,}?-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----",
     ),
-    ("aws-access-token", r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b"),
+    (
+        "aws-access-token",
+        r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
+    ),
     ("github-pat", r"\bghp_[0-9A-Za-z]{36}\b"),
     ("github-fine-grained-pat", r"\bgithub_pat_\w{82}\b"),
     ("github-oauth", r"\bgho_[0-9A-Za-z]{36}\b"),
     ("github-app-token", r"\b(?:ghu|ghs)_[0-9A-Za-z]{36}\b"),
     ("gitlab-pat", r"\bglpat-[\w-]{20}\b"),
-    ("slack-bot-token", r"\bxoxb-[0-9]{10,13}-[0-9]{10,13}[a-zA-Z0-9-]*"),
-    ("slack-user-token", r"\bxox[pe](?:-[0-9]{10,13}){3}-[a-zA-Z0-9-]{28,34}"),
-    ("slack-webhook-url", r"(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/]{43,56}"),
-    ("stripe-access-token", r"\b(?:sk|rk)_(?:test|live|prod)_[a-zA-Z0-9]{10,99}\b"),
-    ("openai-api-key", r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{58,74}T3BlbkFJ[A-Za-z0-9_-]{58,74}\b|\bsk-[a-zA-Z0-9]{20}T3BlbkFJ[a-zA-Z0-9]{20}\b"),
-    ("anthropic-api-key", r"\bsk-ant-(?:api03|admin01)-[a-zA-Z0-9_\-]{93}AA\b"),
+    (
+        "slack-bot-token",
+        r"\bxoxb-[0-9]{10,13}-[0-9]{10,13}[a-zA-Z0-9-]*",
+    ),
+    (
+        "slack-user-token",
+        r"\bxox[pe](?:-[0-9]{10,13}){3}-[a-zA-Z0-9-]{28,34}",
+    ),
+    (
+        "slack-webhook-url",
+        r"(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/]{43,56}",
+    ),
+    (
+        "stripe-access-token",
+        r"\b(?:sk|rk)_(?:test|live|prod)_[a-zA-Z0-9]{10,99}\b",
+    ),
+    (
+        "openai-api-key",
+        r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{58,74}T3BlbkFJ[A-Za-z0-9_-]{58,74}\b|\bsk-[a-zA-Z0-9]{20}T3BlbkFJ[a-zA-Z0-9]{20}\b",
+    ),
+    (
+        "anthropic-api-key",
+        r"\bsk-ant-(?:api03|admin01)-[a-zA-Z0-9_\-]{93}AA\b",
+    ),
     ("gcp-api-key", r"\bAIza[\w-]{35}\b"),
     ("npm-access-token", r"\bnpm_[a-z0-9]{36}\b"),
     ("pypi-upload-token", r"pypi-AgEIcHlwaS5vcmc[\w-]{50,}"),
-    ("jwt", r"\bey[a-zA-Z0-9]{17,}\.ey[a-zA-Z0-9/_-]{17,}\.(?:[a-zA-Z0-9/_-]{10,}={0,2})?"),
+    (
+        "jwt",
+        r"\bey[a-zA-Z0-9]{17,}\.ey[a-zA-Z0-9/_-]{17,}\.(?:[a-zA-Z0-9/_-]{10,}={0,2})?",
+    ),
     // A password in a URL's userinfo: scheme://user:password@host.
-    ("password-in-url", r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/?#@]{1,64}:[^\s/?#@]{3,128}@[^\s/?#@]{1,253}"),
+    (
+        "password-in-url",
+        r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/?#@]{1,64}:[^\s/?#@]{3,128}@[^\s/?#@]{1,253}",
+    ),
 ];
 
 fn rules() -> &'static [(&'static str, Regex)] {
@@ -120,7 +147,10 @@ mod tests {
         let red = s.redacted.unwrap().to_string();
         assert!(!red.contains(key) && !red.contains("hunter22"), "{red}");
         assert!(red.contains("[REDACTED:aws-access-token]"), "{red}");
-        assert_eq!(scan(&json!({"a": "https://example.com/x", "b": "AKIA"})), Scan::default());
+        assert_eq!(
+            scan(&json!({"a": "https://example.com/x", "b": "AKIA"})),
+            Scan::default()
+        );
     }
 
     #[test]

@@ -325,7 +325,12 @@ impl FsServer {
             ));
         }
         let g = self
-            .grant("read_files", vec![path.clone()], format!("MCP {tool}: read {path}"), n)
+            .grant(
+                "read_files",
+                vec![path.clone()],
+                format!("MCP {tool}: read {path}"),
+                n,
+            )
             .await?;
         let bytes = self.read_all(&g, &path, MAX_TEXT_BYTES).await?;
         let content = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
@@ -351,7 +356,12 @@ impl FsServer {
                 let p: PathArg = args(name, a)?;
                 let path = self.resolve(&p.path)?;
                 let g = self
-                    .grant("read_files", vec![path.clone()], format!("MCP {name}: read {path}"), n)
+                    .grant(
+                        "read_files",
+                        vec![path.clone()],
+                        format!("MCP {name}: read {path}"),
+                        n,
+                    )
                     .await?;
                 let data = base64::engine::general_purpose::STANDARD
                     .encode(self.read_all(&g, &path, 64 << 20).await?);
@@ -377,7 +387,12 @@ impl FsServer {
                     let one = async {
                         let path = self.resolve(raw)?;
                         let g = self
-                            .grant("read_files", vec![path.clone()], format!("MCP {name}: read {path}"), n)
+                            .grant(
+                                "read_files",
+                                vec![path.clone()],
+                                format!("MCP {name}: read {path}"),
+                                n,
+                            )
                             .await?;
                         let b = self.read_all(&g, &path, MAX_TEXT_BYTES).await?;
                         Ok::<_, Refusal>(String::from_utf8_lossy(&b).into_owned())
@@ -393,21 +408,48 @@ impl FsServer {
                 let w: WriteArgs = args(name, a)?;
                 let path = self.resolve(&w.path)?;
                 let g = self
-                    .grant("edit_files", vec![path.clone()], format!("MCP {name}: write {} bytes to {path}", w.content.len()), n)
+                    .grant(
+                        "edit_files",
+                        vec![path.clone()],
+                        format!("MCP {name}: write {} bytes to {path}", w.content.len()),
+                        n,
+                    )
                     .await?;
                 let v = self
-                    .fs("/v1/fs/write", &g, json!({"path": path, "content": w.content}))
+                    .fs(
+                        "/v1/fs/write",
+                        &g,
+                        json!({"path": path, "content": w.content}),
+                    )
                     .await?;
-                Ok(text(format!("Successfully wrote to {}{}", w.path, staged_note(&v))))
+                Ok(text(format!(
+                    "Successfully wrote to {}{}",
+                    w.path,
+                    staged_note(&v)
+                )))
             }
             "edit_file" => {
                 let e: EditArgs = args(name, a)?;
                 let path = self.resolve(&e.path)?;
-                let action = if e.dry_run { "read_files" } else { "edit_files" };
+                let action = if e.dry_run {
+                    "read_files"
+                } else {
+                    "edit_files"
+                };
                 let g = self
-                    .grant(action, vec![path.clone()], format!("MCP {name}: {} edit(s) to {path}{}", e.edits.len(), if e.dry_run { " (dry run)" } else { "" }), n)
+                    .grant(
+                        action,
+                        vec![path.clone()],
+                        format!(
+                            "MCP {name}: {} edit(s) to {path}{}",
+                            e.edits.len(),
+                            if e.dry_run { " (dry run)" } else { "" }
+                        ),
+                        n,
+                    )
                     .await?;
-                let old = String::from_utf8_lossy(&self.read_all(&g, &path, MAX_TEXT_BYTES).await?).into_owned();
+                let old = String::from_utf8_lossy(&self.read_all(&g, &path, MAX_TEXT_BYTES).await?)
+                    .into_owned();
                 let new = edit::apply(&old, &e.edits).map_err(Refusal::Invalid)?;
                 let diff = edit::fenced_diff(&path, &old, &new);
                 if e.dry_run {
@@ -422,17 +464,36 @@ impl FsServer {
                 let p: PathArg = args(name, a)?;
                 let path = self.resolve(&p.path)?;
                 let g = self
-                    .grant("edit_files", vec![path.clone()], format!("MCP {name}: {path}"), n)
+                    .grant(
+                        "edit_files",
+                        vec![path.clone()],
+                        format!("MCP {name}: {path}"),
+                        n,
+                    )
                     .await?;
                 let v = self.fs("/v1/fs/mkdir", &g, json!({"path": path})).await?;
-                Ok(text(format!("Successfully created directory {}{}", p.path, staged_note(&v))))
+                Ok(text(format!(
+                    "Successfully created directory {}{}",
+                    p.path,
+                    staged_note(&v)
+                )))
             }
             "list_directory" => {
                 let p: PathArg = args(name, a)?;
                 let (_, entries) = self.list_one(name, &p.path, n).await?;
                 let out: Vec<String> = entries
                     .iter()
-                    .map(|e| format!("{} {}", if e["kind"] == "dir" { "[DIR]" } else { "[FILE]" }, e["name"].as_str().unwrap_or("")))
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            if e["kind"] == "dir" {
+                                "[DIR]"
+                            } else {
+                                "[FILE]"
+                            },
+                            e["name"].as_str().unwrap_or("")
+                        )
+                    })
                     .collect();
                 Ok(text(out.join("\n")))
             }
@@ -459,7 +520,11 @@ impl FsServer {
                         "{} {:<30} {}",
                         if dir { "[DIR]" } else { "[FILE]" },
                         e["name"].as_str().unwrap_or(""),
-                        if dir { String::new() } else { format!("{:>10}", format_size(size)) }
+                        if dir {
+                            String::new()
+                        } else {
+                            format!("{:>10}", format_size(size))
+                        }
                     ));
                 }
                 out.push(String::new());
@@ -471,7 +536,12 @@ impl FsServer {
                 let t: TreeArgs = args(name, a)?;
                 let root = self.resolve(&t.path)?;
                 let g = self
-                    .grant("list_files", vec![root.clone()], format!("MCP {name}: {root}"), n)
+                    .grant(
+                        "list_files",
+                        vec![root.clone()],
+                        format!("MCP {name}: {root}"),
+                        n,
+                    )
                     .await?;
                 let mut ex = Vec::new();
                 for p in &t.exclude {
@@ -484,31 +554,58 @@ impl FsServer {
                     }
                 }
                 let tree = self.tree(&g, &root, &root, &ex).await?;
-                Ok(text(serde_json::to_string_pretty(&tree).unwrap_or_default()))
+                Ok(text(
+                    serde_json::to_string_pretty(&tree).unwrap_or_default(),
+                ))
             }
             "move_file" => {
                 let m: MoveArgs = args(name, a)?;
                 let from = self.resolve(&m.source)?;
                 let to = self.resolve(&m.destination)?;
                 let g = self
-                    .grant("edit_files", vec![from.clone(), to.clone()], format!("MCP {name}: {from} -> {to}"), n)
+                    .grant(
+                        "edit_files",
+                        vec![from.clone(), to.clone()],
+                        format!("MCP {name}: {from} -> {to}"),
+                        n,
+                    )
                     .await?;
-                if self.fs("/v1/fs/stat", &g, json!({"path": to})).await.is_ok() {
-                    return Err(Refusal::Invalid(format!("Destination already exists: {to}")));
+                if self
+                    .fs("/v1/fs/stat", &g, json!({"path": to}))
+                    .await
+                    .is_ok()
+                {
+                    return Err(Refusal::Invalid(format!(
+                        "Destination already exists: {to}"
+                    )));
                 }
                 let v = self
                     .fs("/v1/fs/rename", &g, json!({"from": from, "to": to}))
                     .await?;
-                Ok(text(format!("Successfully moved {} to {}{}", m.source, m.destination, staged_note(&v))))
+                Ok(text(format!(
+                    "Successfully moved {} to {}{}",
+                    m.source,
+                    m.destination,
+                    staged_note(&v)
+                )))
             }
             "search_files" => {
                 let s: SearchArgs = args(name, a)?;
                 let root = self.resolve(&s.path)?;
                 let g = self
-                    .grant("list_files", vec![root.clone()], format!("MCP {name}: {} under {root}", s.pattern), n)
+                    .grant(
+                        "list_files",
+                        vec![root.clone()],
+                        format!("MCP {name}: {} under {root}", s.pattern),
+                        n,
+                    )
                     .await?;
                 let pat = glob(&s.pattern)?;
-                let ex = s.exclude.iter().map(|p| glob(p)).collect::<Result<Vec<_>, _>>()?;
+                let ex = s
+                    .exclude
+                    .iter()
+                    .map(|p| glob(p))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut found = Vec::new();
                 let mut stack = vec![root.clone()];
                 while let Some(dir) = stack.pop() {
@@ -516,7 +613,11 @@ impl FsServer {
                         continue;
                     };
                     for e in v["entries"].as_array().cloned().unwrap_or_default() {
-                        let full = format!("{}/{}", dir.trim_end_matches('/'), e["name"].as_str().unwrap_or(""));
+                        let full = format!(
+                            "{}/{}",
+                            dir.trim_end_matches('/'),
+                            e["name"].as_str().unwrap_or("")
+                        );
                         let rel = full[root.len()..].trim_start_matches('/').to_string();
                         if ex.iter().any(|m| m.is_match(&rel)) {
                             continue;
@@ -530,13 +631,22 @@ impl FsServer {
                     }
                 }
                 found.sort();
-                Ok(text(if found.is_empty() { "No matches found".to_string() } else { found.join("\n") }))
+                Ok(text(if found.is_empty() {
+                    "No matches found".to_string()
+                } else {
+                    found.join("\n")
+                }))
             }
             "get_file_info" => {
                 let p: PathArg = args(name, a)?;
                 let path = self.resolve(&p.path)?;
                 let g = self
-                    .grant("list_files", vec![path.clone()], format!("MCP {name}: {path}"), n)
+                    .grant(
+                        "list_files",
+                        vec![path.clone()],
+                        format!("MCP {name}: {path}"),
+                        n,
+                    )
                     .await?;
                 let v = self.fs("/v1/fs/stat", &g, json!({"path": path})).await?;
                 let kind = v["kind"].as_str().unwrap_or("");
@@ -549,7 +659,10 @@ impl FsServer {
                 if let Some(mode) = v["mode"].as_u64() {
                     lines.push(format!("permissions: {:03o}", mode & 0o777));
                 }
-                lines.push(format!("staged: {}", v["staged"].as_bool().unwrap_or(false)));
+                lines.push(format!(
+                    "staged: {}",
+                    v["staged"].as_bool().unwrap_or(false)
+                ));
                 Ok(text(lines.join("\n")))
             }
             "list_allowed_directories" => Ok(text(format!(
@@ -574,9 +687,17 @@ impl FsServer {
                 }
                 let mut out = Vec::new();
                 for a in areas {
-                    out.push(format!("Staging area {} (base {}):", a["id"].as_str().unwrap_or(""), a["base"].as_str().unwrap_or("")));
+                    out.push(format!(
+                        "Staging area {} (base {}):",
+                        a["id"].as_str().unwrap_or(""),
+                        a["base"].as_str().unwrap_or("")
+                    ));
                     for c in a["changes"].as_array().cloned().unwrap_or_default() {
-                        out.push(format!("  {:<9} {}", c["kind"].as_str().unwrap_or(""), c["path"].as_str().unwrap_or("")));
+                        out.push(format!(
+                            "  {:<9} {}",
+                            c["kind"].as_str().unwrap_or(""),
+                            c["path"].as_str().unwrap_or("")
+                        ));
                     }
                     out.push(format!(
                         "  The user reviews with `{}` and applies with `{}`.",
@@ -592,10 +713,20 @@ impl FsServer {
         }
     }
 
-    async fn list_one(&self, tool: &str, raw: &str, n: &Notifier) -> Result<(String, Vec<Value>), Refusal> {
+    async fn list_one(
+        &self,
+        tool: &str,
+        raw: &str,
+        n: &Notifier,
+    ) -> Result<(String, Vec<Value>), Refusal> {
         let path = self.resolve(raw)?;
         let g = self
-            .grant("list_files", vec![path.clone()], format!("MCP {tool}: {path}"), n)
+            .grant(
+                "list_files",
+                vec![path.clone()],
+                format!("MCP {tool}: {path}"),
+                n,
+            )
             .await?;
         let v = self.fs("/v1/fs/list", &g, json!({"path": path})).await?;
         Ok((path, v["entries"].as_array().cloned().unwrap_or_default()))
@@ -654,11 +785,10 @@ impl FsServer {
         let argv = match (r.argv, r.command) {
             (Some(a), None) if !a.is_empty() && !a[0].is_empty() => a,
             (None, Some(c)) if !c.trim().is_empty() => vec!["/bin/sh".into(), "-c".into(), c],
-            _ => {
-                return Err(Refusal::Invalid(
-                    "give exactly one of argv (a non-empty array) or command (a shell command line)".into(),
-                ))
-            }
+            _ => return Err(Refusal::Invalid(
+                "give exactly one of argv (a non-empty array) or command (a shell command line)"
+                    .into(),
+            )),
         };
         let cwd = match r.cwd {
             Some(c) => self.resolve(&c)?,
@@ -695,7 +825,11 @@ impl FsServer {
         if let Some(why) = v["reason"].as_str() {
             s.push_str(&format!(" ({why})"));
         }
-        s.push_str(&format!("\n--- stdout\n{}\n--- stderr\n{}", out("stdout"), out("stderr")));
+        s.push_str(&format!(
+            "\n--- stdout\n{}\n--- stderr\n{}",
+            out("stdout"),
+            out("stderr")
+        ));
         let staged: Vec<&str> = v["staged_files"]
             .as_array()
             .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
@@ -737,7 +871,12 @@ impl FsServer {
             if !std::path::Path::new(&real).is_dir() {
                 continue;
             }
-            if !self.inner.workspaces.iter().any(|w| paths::within(&real, w)) {
+            if !self
+                .inner
+                .workspaces
+                .iter()
+                .any(|w| paths::within(&real, w))
+            {
                 tracing::warn!(root = %real, "client root is outside the broker's workspaces; ignored");
                 continue;
             }
@@ -782,7 +921,10 @@ fn civil(z: i64) -> (i64, i64, i64) {
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
-            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c)) && !a.is_empty() {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
+                && !a.is_empty()
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
@@ -911,7 +1053,13 @@ mod tests {
         for t in crate::tools::all() {
             let a = t.annotations.as_ref().expect("annotated");
             let ro = a.read_only_hint == Some(true);
-            let writes = ["write_file", "edit_file", "create_directory", "move_file", "run_command"];
+            let writes = [
+                "write_file",
+                "edit_file",
+                "create_directory",
+                "move_file",
+                "run_command",
+            ];
             assert_eq!(ro, !writes.contains(&t.name.as_ref()), "{}", t.name);
             // Writes are staged for review: nothing is destroyed by a call.
             assert_ne!(a.destructive_hint, Some(true), "{}", t.name);

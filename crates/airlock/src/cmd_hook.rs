@@ -106,30 +106,68 @@ fn plan(tool: &str, input: &Value, cwd: &str) -> Plan {
         Plan::Ask(link::manifest(action, paths, why, "claude-code"))
     };
     let r = match tool {
-        "Read" => path_of("file_path").map(|p| m("read_files", vec![p.clone()], format!("Claude Code Read {p}"))),
-        "Write" | "Edit" | "MultiEdit" => path_of("file_path")
-            .map(|p| m("edit_files", vec![p.clone()], format!("Claude Code {tool} {p}"))),
-        "NotebookEdit" => path_of("notebook_path")
-            .map(|p| m("edit_files", vec![p.clone()], format!("Claude Code NotebookEdit {p}"))),
-        "NotebookRead" => path_of("notebook_path")
-            .map(|p| m("read_files", vec![p.clone()], format!("Claude Code NotebookRead {p}"))),
+        "Read" => path_of("file_path").map(|p| {
+            m(
+                "read_files",
+                vec![p.clone()],
+                format!("Claude Code Read {p}"),
+            )
+        }),
+        "Write" | "Edit" | "MultiEdit" => path_of("file_path").map(|p| {
+            m(
+                "edit_files",
+                vec![p.clone()],
+                format!("Claude Code {tool} {p}"),
+            )
+        }),
+        "NotebookEdit" => path_of("notebook_path").map(|p| {
+            m(
+                "edit_files",
+                vec![p.clone()],
+                format!("Claude Code NotebookEdit {p}"),
+            )
+        }),
+        "NotebookRead" => path_of("notebook_path").map(|p| {
+            m(
+                "read_files",
+                vec![p.clone()],
+                format!("Claude Code NotebookRead {p}"),
+            )
+        }),
         "Glob" | "LS" => {
-            let p = s("path").map(|p| abs(p, cwd)).unwrap_or_else(|| abs(cwd, "/"));
+            let p = s("path")
+                .map(|p| abs(p, cwd))
+                .unwrap_or_else(|| abs(cwd, "/"));
             p.ok_or_else(|| "bad path".to_string()).map(|p| {
-                m("list_files", vec![p.clone()], format!("Claude Code {tool} in {p}: {}", s("pattern").unwrap_or("")))
+                m(
+                    "list_files",
+                    vec![p.clone()],
+                    format!("Claude Code {tool} in {p}: {}", s("pattern").unwrap_or("")),
+                )
             })
         }
         "Grep" => {
-            let p = s("path").map(|p| abs(p, cwd)).unwrap_or_else(|| abs(cwd, "/"));
+            let p = s("path")
+                .map(|p| abs(p, cwd))
+                .unwrap_or_else(|| abs(cwd, "/"));
             p.ok_or_else(|| "bad path".to_string()).map(|p| {
-                m("read_files", vec![p.clone()], format!("Claude Code Grep in {p}: {}", s("pattern").unwrap_or("")))
+                m(
+                    "read_files",
+                    vec![p.clone()],
+                    format!("Claude Code Grep in {p}: {}", s("pattern").unwrap_or("")),
+                )
             })
         }
         "Bash" => match s("command") {
             Some(c) if !c.trim().is_empty() => {
                 let first = c.split_whitespace().next().unwrap_or("sh");
                 let program = first.rsplit('/').next().unwrap_or(first).to_string();
-                let mut v = link::manifest("exec", vec![cwd.to_string()], format!("Claude Code Bash in {cwd}: {c}"), "claude-code");
+                let mut v = link::manifest(
+                    "exec",
+                    vec![cwd.to_string()],
+                    format!("Claude Code Bash in {cwd}: {c}"),
+                    "claude-code",
+                );
                 v["commands"] = json!([program]);
                 Ok(Plan::Ask(v))
             }
@@ -146,7 +184,10 @@ fn plan(tool: &str, input: &Value, cwd: &str) -> Plan {
                     let mut v = link::manifest(
                         "network",
                         vec![],
-                        format!("Claude Code {tool}: {}", s("url").or(s("query")).unwrap_or("")),
+                        format!(
+                            "Claude Code {tool}: {}",
+                            s("url").or(s("query")).unwrap_or("")
+                        ),
                         "claude-code",
                     );
                     v["hosts"] = json!([h]);
@@ -160,7 +201,10 @@ fn plan(tool: &str, input: &Value, cwd: &str) -> Plan {
             let mut v = link::manifest(
                 "exec",
                 vec![cwd.to_string()],
-                format!("Claude Code MCP tool {t}: {}", link::truncate(input.to_string(), 1200)),
+                format!(
+                    "Claude Code MCP tool {t}: {}",
+                    link::truncate(input.to_string(), 1200)
+                ),
                 "claude-code",
             );
             v["commands"] = json!([t]);
@@ -195,7 +239,10 @@ fn agent_pid() -> Option<u32> {
     for _ in 0..8 {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         let comm = comm.trim();
-        if !matches!(comm, "sh" | "bash" | "dash" | "zsh" | "fish" | "env" | "timeout") {
+        if !matches!(
+            comm,
+            "sh" | "bash" | "dash" | "zsh" | "fish" | "env" | "timeout"
+        ) {
             return Some(pid);
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -244,10 +291,18 @@ async fn decide(a: &ClaudeCodeArgs, input: &Value, client: &Client) -> Value {
     if let Some(pid) = agent_pid() {
         let label = format!(
             "claude-code {}",
-            input["session_id"].as_str().unwrap_or("").chars().take(12).collect::<String>()
+            input["session_id"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(12)
+                .collect::<String>()
         );
         if let Err(e) = client
-            .post("/v1/sessions", &json!({"holder": format!("pid:{pid}"), "label": label}))
+            .post(
+                "/v1/sessions",
+                &json!({"holder": format!("pid:{pid}"), "label": label}),
+            )
             .await
         {
             return answer(
@@ -257,7 +312,10 @@ async fn decide(a: &ClaudeCodeArgs, input: &Value, client: &Client) -> Value {
             );
         }
     }
-    let link = link::BrokerLink::new(client.socket().to_path_buf(), Duration::from_secs(a.ask_timeout));
+    let link = link::BrokerLink::new(
+        client.socket().to_path_buf(),
+        Duration::from_secs(a.ask_timeout),
+    );
     match link.grant(manifest.clone(), &|msg| eprintln!("airlock: {msg}")).await {
         Ok(g) => {
             if let Some(f) = input["tool_use_id"].as_str().and_then(state_file) {
@@ -334,9 +392,19 @@ pub fn claude_code(a: ClaudeCodeArgs) -> anyhow::Result<i32> {
         let input = match input {
             Ok(v) if v.is_object() => v,
             Ok(_) => return answer("deny", "Airlock: the hook input is not a JSON object", None),
-            Err(e) => return answer("deny", &format!("Airlock: the hook input is not JSON: {e}"), None),
+            Err(e) => {
+                return answer(
+                    "deny",
+                    &format!("Airlock: the hook input is not JSON: {e}"),
+                    None,
+                )
+            }
         };
-        let client = Client::new(a.socket.clone().unwrap_or_else(airlock_client::default_agent_socket));
+        let client = Client::new(
+            a.socket
+                .clone()
+                .unwrap_or_else(airlock_client::default_agent_socket),
+        );
         match input["hook_event_name"].as_str() {
             Some("PreToolUse") => decide(&a, &input, &client).await,
             Some("PostToolUse") => record_outcome(&input, &client).await,
@@ -399,7 +467,11 @@ pub fn install(a: InstallArgs) -> anyhow::Result<i32> {
     let command = format!(
         "{} hook claude-code{}",
         shell_quote(&exe),
-        if a.sandbox_bash { " --sandbox-bash" } else { "" }
+        if a.sandbox_bash {
+            " --sandbox-bash"
+        } else {
+            ""
+        }
     );
     if a.print {
         let mut v = json!({});
@@ -409,20 +481,30 @@ pub fn install(a: InstallArgs) -> anyhow::Result<i32> {
     }
     let path = settings_path(&a)?;
     let mut settings = match std::fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => serde_json::from_str(&s)
-            .with_context(|| format!("{} is not valid JSON; fix it first, nothing was changed", path.display()))?,
+        Ok(s) if !s.trim().is_empty() => serde_json::from_str(&s).with_context(|| {
+            format!(
+                "{} is not valid JSON; fix it first, nothing was changed",
+                path.display()
+            )
+        })?,
         Ok(_) => json!({}),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     if !merge_hooks(&mut settings, &command)? {
-        println!("{} already runs the Airlock hook; nothing changed", path.display());
+        println!(
+            "{} already runs the Airlock hook; nothing changed",
+            path.display()
+        );
         return Ok(0);
     }
     let dir = path.parent().context("settings path has no parent")?;
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, serde_json::to_string_pretty(&settings)?.as_bytes())?;
+    std::io::Write::write_all(
+        &mut tmp,
+        serde_json::to_string_pretty(&settings)?.as_bytes(),
+    )?;
     std::io::Write::write_all(&mut tmp, b"\n")?;
     tmp.as_file().sync_all()?;
     tmp.persist(&path)?;
@@ -466,11 +548,17 @@ mod tests {
         assert_eq!(act("Read", json!({"file_path": "/w/a"})), "read_files");
         assert_eq!(act("Edit", json!({"file_path": "a"})), "edit_files");
         assert_eq!(act("Bash", json!({"command": "ls"})), "exec");
-        assert_eq!(act("WebFetch", json!({"url": "https://x.org/a"})), "network");
+        assert_eq!(
+            act("WebFetch", json!({"url": "https://x.org/a"})),
+            "network"
+        );
         assert_eq!(act("mcp__fs__read", json!({})), "exec");
         assert_eq!(act("TodoWrite", json!({})), "pass");
         assert_eq!(act("Frobnicate", json!({})), "refuse");
         assert_eq!(act("Read", json!({})), "refuse");
-        assert_eq!(host_of("https://user:pw@Example.org:8443/x?y").as_deref(), Some("example.org:8443"));
+        assert_eq!(
+            host_of("https://user:pw@Example.org:8443/x?y").as_deref(),
+            Some("example.org:8443")
+        );
     }
 }

@@ -104,7 +104,13 @@ pub fn derive_name(argv: &[String]) -> String {
     };
     let clean: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let clean = clean.trim_start_matches('.').to_string();
     if pins::valid_name(&clean) {
@@ -177,7 +183,8 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
     }
     let pin_dir = match &a.pins {
         Some(d) => d.clone(),
-        None => pins::default_dir().context("neither XDG_STATE_HOME nor HOME is set; give --pins DIR")?,
+        None => pins::default_dir()
+            .context("neither XDG_STATE_HOME nor HOME is set; give --pins DIR")?,
     };
     let socket = a
         .socket
@@ -289,7 +296,8 @@ pub enum PinsCmd {
 fn store(d: &Option<PathBuf>) -> anyhow::Result<PinStore> {
     Ok(PinStore::new(match d {
         Some(d) => d.clone(),
-        None => pins::default_dir().context("neither XDG_STATE_HOME nor HOME is set; give --pins DIR")?,
+        None => pins::default_dir()
+            .context("neither XDG_STATE_HOME nor HOME is set; give --pins DIR")?,
     }))
 }
 
@@ -299,22 +307,40 @@ pub fn mcp_pins(c: PinsCmd) -> anyhow::Result<i32> {
             let s = store(&pins)?;
             for n in s.servers()? {
                 let p = s.load(&n)?;
-                println!("{n}\t{} pinned\t{} quarantined", p.tools.len(), p.pending.len());
+                println!(
+                    "{n}\t{} pinned\t{} quarantined",
+                    p.tools.len(),
+                    p.pending.len()
+                );
             }
         }
-        PinsCmd::List { name: Some(n), pins } => {
+        PinsCmd::List {
+            name: Some(n),
+            pins,
+        } => {
             let p = store(&pins)?.load(&n)?;
             for (t, pin) in &p.tools {
-                let q = p.pending.get(t).map(|q| format!("\tQUARANTINED ({})", q.reason)).unwrap_or_default();
+                let q = p
+                    .pending
+                    .get(t)
+                    .map(|q| format!("\tQUARANTINED ({})", q.reason))
+                    .unwrap_or_default();
                 println!("{t}\tpinned {}{q}", &pin.hash[..12]);
             }
             for (t, q) in p.pending.iter().filter(|(t, _)| !p.tools.contains_key(*t)) {
-                let other = q.other.as_deref().map(|o| format!(" by {o}")).unwrap_or_default();
+                let other = q
+                    .other
+                    .as_deref()
+                    .map(|o| format!(" by {o}"))
+                    .unwrap_or_default();
                 println!("{t}\tQUARANTINED ({}{other})", q.reason);
             }
         }
         PinsCmd::Show { name, tool, pins } => {
-            println!("{}", serde_json::to_string_pretty(&store(&pins)?.show(&name, &tool)?)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&store(&pins)?.show(&name, &tool)?)?
+            );
         }
         PinsCmd::Approve { name, tool, pins } => {
             let pin = store(&pins)?.approve(&name, &tool)?;

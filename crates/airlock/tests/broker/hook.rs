@@ -84,10 +84,22 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
     let mut a = d.agent();
 
     // Read inside the workspace: allowed, with the policy's reason.
-    let v = run_hook(&mut a, &pre("Read", json!({"file_path": format!("{ws}/report.txt")}), &ws, "toolu_01"), &[]);
+    let v = run_hook(
+        &mut a,
+        &pre(
+            "Read",
+            json!({"file_path": format!("{ws}/report.txt")}),
+            &ws,
+            "toolu_01",
+        ),
+        &[],
+    );
     let (dec, why) = decision(&v);
     assert_eq!(dec, "allow", "{v}");
-    assert!(why.contains("read_files of") && why.contains("report.txt"), "{why}");
+    assert!(
+        why.contains("read_files of") && why.contains("report.txt"),
+        "{why}"
+    );
 
     // PostToolUse records the outcome against the same request.
     let post = json!({"session_id": "s", "cwd": ws, "hook_event_name": "PostToolUse", "tool_name": "Read",
@@ -97,12 +109,28 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
     assert_eq!(v, json!({}), "PostToolUse has nothing to decide");
 
     // A credential: denied whatever the human would say, with the rule.
-    let v = run_hook(&mut a, &pre("Read", json!({"file_path": key}), &ws, "toolu_02"), &[]);
+    let v = run_hook(
+        &mut a,
+        &pre("Read", json!({"file_path": key}), &ws, "toolu_02"),
+        &[],
+    );
     let (dec, why) = decision(&v);
     assert_eq!(dec, "deny", "{v}");
-    assert!(why.contains("Policy: airlock.default") && why.contains("cannot be granted"), "{why}");
+    assert!(
+        why.contains("Policy: airlock.default") && why.contains("cannot be granted"),
+        "{why}"
+    );
     // Relative paths are taken against cwd, and `..` cannot hide the target.
-    let v = run_hook(&mut a, &pre("Read", json!({"file_path": "../.ssh/id_rsa"}), &ws, "toolu_03"), &[]);
+    let v = run_hook(
+        &mut a,
+        &pre(
+            "Read",
+            json!({"file_path": "../.ssh/id_rsa"}),
+            &ws,
+            "toolu_03",
+        ),
+        &[],
+    );
     assert_eq!(decision(&v).0, "deny", "{v}");
 
     // Bash is asked about; the human approves out of band; with
@@ -110,29 +138,55 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
     let human = decide_when_asked(&d, "approve");
     let v = run_hook(
         &mut a,
-        &pre("Bash", json!({"command": "make test", "description": "run tests"}), &ws, "toolu_04"),
+        &pre(
+            "Bash",
+            json!({"command": "make test", "description": "run tests"}),
+            &ws,
+            "toolu_04",
+        ),
         &["--sandbox-bash"],
     );
     human.join().unwrap();
     let (dec, _) = decision(&v);
     assert_eq!(dec, "allow", "{v}");
-    let cmd = v["hookSpecificOutput"]["updatedInput"]["command"].as_str().unwrap();
+    let cmd = v["hookSpecificOutput"]["updatedInput"]["command"]
+        .as_str()
+        .unwrap();
     assert!(
         cmd.contains(" run --workspace ") && cmd.ends_with("-- /bin/sh -c 'make test'"),
         "{cmd}"
     );
-    assert_eq!(v["hookSpecificOutput"]["updatedInput"]["description"], "run tests");
+    assert_eq!(
+        v["hookSpecificOutput"]["updatedInput"]["description"],
+        "run tests"
+    );
 
     // WebFetch is asked about; the human denies.
     let human = decide_when_asked(&d, "deny");
-    let v = run_hook(&mut a, &pre("WebFetch", json!({"url": "https://example.org/x", "prompt": "p"}), &ws, "toolu_05"), &[]);
+    let v = run_hook(
+        &mut a,
+        &pre(
+            "WebFetch",
+            json!({"url": "https://example.org/x", "prompt": "p"}),
+            &ws,
+            "toolu_05",
+        ),
+        &[],
+    );
     human.join().unwrap();
     let (dec, why) = decision(&v);
     assert_eq!(dec, "deny", "{v}");
-    assert!(why.contains("A human denied") && why.contains("host example.org"), "{why}");
+    assert!(
+        why.contains("A human denied") && why.contains("host example.org"),
+        "{why}"
+    );
 
     // Inert tools pass; unknown ones and bad input are refused.
-    let v = run_hook(&mut a, &pre("TodoWrite", json!({"todos": []}), &ws, "toolu_06"), &[]);
+    let v = run_hook(
+        &mut a,
+        &pre("TodoWrite", json!({"todos": []}), &ws, "toolu_06"),
+        &[],
+    );
     assert_eq!(v, json!({}));
     let v = run_hook(&mut a, &pre("Teleport", json!({}), &ws, "toolu_07"), &[]);
     assert!(decision(&v).1.contains("unknown tool Teleport"), "{v}");
@@ -156,7 +210,10 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
         .expect("an outcome record");
     assert_eq!(outcome["request_id"], read["request_id"], "{outcome}");
     assert_eq!(outcome["outcome"]["status"], "success");
-    assert!(!outcome.to_string().contains("Q4 revenue"), "the data itself is never recorded");
+    assert!(
+        !outcome.to_string().contains("Q4 revenue"),
+        "the data itself is never recorded"
+    );
     assert_eq!(req_of("id_rsa")["decision"]["allowed"], false);
     assert!(req_of("Claude Code Bash").to_string().contains("make test"));
 
@@ -178,10 +235,15 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
         .spawn()
         .and_then(|mut ch| {
             use std::io::Write;
-            ch.stdin
-                .take()
-                .unwrap()
-                .write_all(pre("Read", json!({"file_path": format!("{ws}/report.txt")}), &ws, "toolu_08").as_bytes())?;
+            ch.stdin.take().unwrap().write_all(
+                pre(
+                    "Read",
+                    json!({"file_path": format!("{ws}/report.txt")}),
+                    &ws,
+                    "toolu_08",
+                )
+                .as_bytes(),
+            )?;
             ch.wait_with_output()
         })
         .unwrap();
@@ -202,20 +264,36 @@ fn install_merges_into_settings_without_clobbering() {
     )
     .unwrap();
     let out = env.cli(&["hook", "install", "claude-code", "--user"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
     assert_eq!(v["permissions"]["allow"], json!(["Read"]));
     let pre = v["hooks"]["PreToolUse"].as_array().unwrap();
     assert_eq!(pre.len(), 2, "{v}");
     assert_eq!(pre[0]["hooks"][0]["command"], "my-linter");
-    assert!(pre[1]["hooks"][0]["command"].as_str().unwrap().ends_with("hook claude-code"));
+    assert!(pre[1]["hooks"][0]["command"]
+        .as_str()
+        .unwrap()
+        .ends_with("hook claude-code"));
     assert_eq!(v["hooks"]["PostToolUse"].as_array().unwrap().len(), 1);
     // Again: nothing changes.
     let before = std::fs::read_to_string(&settings).unwrap();
-    assert!(env.cli(&["hook", "install", "claude-code", "--user"]).status.success());
+    assert!(env
+        .cli(&["hook", "install", "claude-code", "--user"])
+        .status
+        .success());
     assert_eq!(std::fs::read_to_string(&settings).unwrap(), before);
     // --print writes nothing and shows the entries.
-    let out = env.cli(&["hook", "install", "claude-code", "--print", "--sandbox-bash"]);
+    let out = env.cli(&[
+        "hook",
+        "install",
+        "claude-code",
+        "--print",
+        "--sandbox-bash",
+    ]);
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(shown["hooks"]["PreToolUse"][0]["hooks"][0]["command"]
         .as_str()

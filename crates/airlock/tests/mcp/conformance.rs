@@ -109,8 +109,13 @@ fn conformance_suite_passes_the_applicable_scenarios() {
             return;
         }
     };
-    if !nm.join("@modelcontextprotocol/conformance/dist/index.js").exists() {
-        println!("SKIPPED: the conformance suite is not installed; `bash scripts/test.sh` installs it");
+    if !nm
+        .join("@modelcontextprotocol/conformance/dist/index.js")
+        .exists()
+    {
+        println!(
+            "SKIPPED: the conformance suite is not installed; `bash scripts/test.sh` installs it"
+        );
         return;
     }
     let d = Daemon::start("");
@@ -118,7 +123,15 @@ fn conformance_suite_passes_the_applicable_scenarios() {
     let ws = p(&d.env.ws);
     let (_srv, url) = serve_http(
         &d.env,
-        &[bin(), "mcp", "--no-embedded", "--http", "127.0.0.1:0", "--no-auth", &ws],
+        &[
+            bin(),
+            "mcp",
+            "--no-embedded",
+            "--http",
+            "127.0.0.1:0",
+            "--no-auth",
+            &ws,
+        ],
         &[],
     );
     let out = tempfile::tempdir().unwrap();
@@ -130,7 +143,11 @@ fn conformance_suite_passes_the_applicable_scenarios() {
             failed.push(format!("{s}: {checks:?}"));
         }
     }
-    assert!(failed.is_empty(), "conformance failures:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "conformance failures:\n{}",
+        failed.join("\n")
+    );
 }
 
 #[test]
@@ -146,9 +163,23 @@ fn the_bearer_token_is_required_unless_no_auth() {
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
     let post = |auth: Option<&str>| {
         let mut c = Command::new("curl");
-        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", &url])
-            .args(["-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream"])
-            .args(["--data", init]);
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            &url,
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+        ])
+        .args(["--data", init]);
         if let Some(a) = auth {
             c.args(["-H", &format!("authorization: Bearer {a}")]);
         }

@@ -4,7 +4,7 @@
 #[path = "../broker/common.rs"]
 mod common;
 
-mod python;
-mod typescript;
 mod conformance;
 mod proxy;
+mod python;
+mod typescript;

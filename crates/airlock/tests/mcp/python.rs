@@ -35,7 +35,9 @@ fn python() -> Result<PathBuf, String> {
 pub fn support(name: &str) -> PathBuf {
     match std::env::var_os("AIRLOCK_TEST_SUPPORT") {
         Some(d) => PathBuf::from(d).join(name),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(name),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support")
+            .join(name),
     }
 }
 
@@ -85,7 +87,9 @@ fn python_sdk_client_end_to_end() {
     // Every call left its decision in the audit log, the denials included.
     let recs = d.records();
     let denied_env = recs.iter().any(|r| {
-        r["kind"] == "request" && r.to_string().contains("/.env") && r["decision"]["allowed"] == false
+        r["kind"] == "request"
+            && r.to_string().contains("/.env")
+            && r["decision"]["allowed"] == false
     });
     assert!(denied_env, "the denied .env read is audited");
     assert!(
