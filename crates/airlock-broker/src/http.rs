@@ -210,6 +210,23 @@ async fn requests(
     }
 }
 
+/// `POST /v1/requests/check`: the decision a manifest would get, with no
+/// side effect (nothing counted, asked, granted or recorded).
+async fn requests_check(
+    State(b): State<Broker>,
+    Extension(c): Extension<Conn>,
+    req: Request,
+) -> Response {
+    let bytes = match read_body(req.into_body()).await {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    match Manifest::parse(&bytes, &b.inner.cfg.limits) {
+        Ok(m) => json_response(200, &b.check(&c.peer, &m)),
+        Err(e) => error_response(&e),
+    }
+}
+
 fn parse_wait(q: Option<&str>) -> Result<u64, ApiError> {
     let Some(q) = q else { return Ok(0) };
     for pair in q.split('&') {
@@ -544,6 +561,7 @@ fn agent_routes() -> RouteTable {
     vec![
         ("GET", "/v1/health", get(health)),
         ("POST", "/v1/requests", post(requests)),
+        ("POST", "/v1/requests/check", post(requests_check)),
         ("GET", "/v1/approvals/{id}", get(approval_poll)),
         ("POST", "/v1/fs/read", post(fs_read)),
         ("POST", "/v1/fs/list", post(fs_list)),

@@ -74,6 +74,7 @@ impl Broker {
             "model": m.model,
             "session": session.id,
             "session_label": m.session,
+            "mcp": m.mcp,
             "workspaces": self.inner.workspaces,
             "broker_paths": self.inner.broker_paths,
             "usage": usage,
@@ -109,6 +110,27 @@ impl Broker {
     /// usage, classification, policy, standing approvals. No I/O beyond
     /// `/proc` for a new session; nothing is recorded or granted yet.
     pub fn decide(&self, peer: &Peer, m: &Manifest) -> Decided {
+        self.decide_counting(peer, m, true)
+    }
+
+    /// What `POST /v1/requests` would decide for `m` now, without counting
+    /// it against a quota, asking, granting or recording anything
+    /// (`POST /v1/requests/check`).
+    pub(crate) fn check(&self, peer: &Peer, m: &Manifest) -> Value {
+        let d = self.decide_counting(peer, m, false);
+        json!({
+            "decision": d.decision.decision.as_str(),
+            "policy_id": d.decision.policy_id,
+            "rule": d.decision.rule,
+            "reasons": d.decision.reasons,
+            "grantable": d.decision.grantable,
+            "reason_code": d.decision.reason_code,
+            "policy_revision": self.inner.policy.revision(),
+            "session": d.session.id,
+        })
+    }
+
+    fn decide_counting(&self, peer: &Peer, m: &Manifest, count: bool) -> Decided {
         let now = now_unix();
         let session = self.inner.sessions.resolve(peer, m.session.as_deref());
         let hash = m.canonical_hash();
@@ -127,7 +149,9 @@ impl Broker {
         } else {
             self.inner.policy.evaluate(&input)
         };
-        self.inner.quotas.count_request(&quota_key, m.action, now);
+        if count {
+            self.inner.quotas.count_request(&quota_key, m.action, now);
+        }
         let mut approval_id = None;
         if decision.decision == DecisionKind::Ask {
             if let Some(aid) = self.inner.approvals.standing(&session.id, &hash, now) {

@@ -16,4 +16,4 @@ pub use api::{decode, ApiRequest, DecisionResponse, Encoding, Route};
 pub use decision::{Decision, DecisionKind};
 pub use error::{ApiError, ErrorCode};
 pub use hash::{canonical_json, sha256_hex};
-pub use manifest::{Action, Manifest, ManifestLimits, Verb};
+pub use manifest::{Action, Manifest, ManifestLimits, McpCall, Verb};

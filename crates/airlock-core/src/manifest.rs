@@ -1,6 +1,7 @@
 //! The permission manifest an agent sends to the broker, exactly the seed's
 //! shape (`action`, `paths`, `duration_seconds`, `justification`) plus the
-//! optional `hosts`, `commands`, `agent`, `model`, `session`.
+//! optional `hosts`, `commands`, `agent`, `model`, `session`, and `mcp` for
+//! a call through `airlock mcp-proxy`.
 //!
 //! Parsing is two-phase so every problem is reported against the field that
 //! caused it: JSON → `serde_json::Value` → field-by-field validation into a
@@ -27,15 +28,24 @@ pub enum Action {
     Exec,
     /// Reach network hosts.
     Network,
+    /// Call a tool of an MCP server behind `airlock mcp-proxy` (`mcp.tool`).
+    McpTool,
+    /// Read a resource of an MCP server behind `airlock mcp-proxy` (`mcp.resource`).
+    McpResource,
+    /// Get a prompt of an MCP server behind `airlock mcp-proxy` (`mcp.prompt`).
+    McpPrompt,
 }
 
 impl Action {
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 8] = [
         Action::ReadFiles,
         Action::ListFiles,
         Action::EditFiles,
         Action::Exec,
         Action::Network,
+        Action::McpTool,
+        Action::McpResource,
+        Action::McpPrompt,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +55,9 @@ impl Action {
             Action::EditFiles => "edit_files",
             Action::Exec => "exec",
             Action::Network => "network",
+            Action::McpTool => "mcp_tool",
+            Action::McpResource => "mcp_resource",
+            Action::McpPrompt => "mcp_prompt",
         }
     }
 
@@ -66,7 +79,16 @@ impl Action {
             ],
             Action::Exec => &[Verb::Exec],
             Action::Network => &[Verb::Connect],
+            Action::McpTool | Action::McpResource | Action::McpPrompt => &[Verb::Call],
         }
+    }
+
+    /// Whether the action is a call through `airlock mcp-proxy` (needs `mcp`).
+    pub fn is_mcp(self) -> bool {
+        matches!(
+            self,
+            Action::McpTool | Action::McpResource | Action::McpPrompt
+        )
     }
 
     /// Whether the action names filesystem paths.
@@ -107,10 +129,12 @@ pub enum Verb {
     Delete,
     Exec,
     Connect,
+    /// One MCP call through `airlock mcp-proxy`; the token is its receipt.
+    Call,
 }
 
 impl Verb {
-    pub const ALL: [Verb; 7] = [
+    pub const ALL: [Verb; 8] = [
         Verb::Read,
         Verb::List,
         Verb::Stat,
@@ -118,6 +142,7 @@ impl Verb {
         Verb::Delete,
         Verb::Exec,
         Verb::Connect,
+        Verb::Call,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -128,6 +153,7 @@ impl Verb {
             Verb::Delete => "delete",
             Verb::Exec => "exec",
             Verb::Connect => "connect",
+            Verb::Call => "call",
         }
     }
     pub fn parse(s: &str) -> Option<Verb> {
@@ -166,6 +192,34 @@ pub struct Manifest {
     /// Agent session id (the broker also derives one from the peer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The MCP call, for `mcp_tool`, `mcp_resource` and `mcp_prompt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpCall>,
+}
+
+/// One call to an MCP server behind `airlock mcp-proxy`. Exactly one of
+/// `tool`, `resource`, `prompt` is set, matching the action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpCall {
+    /// The server's name as the proxy knows it (`--name`).
+    pub server: String,
+    /// The tool called (`mcp_tool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// The resource URI read (`mcp_resource`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// The prompt got (`mcp_prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The call's arguments, with anything that looks like a secret
+    /// replaced by `[REDACTED:RULE]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Value>,
+    /// Ids of the secret patterns found in the arguments (never the secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Validation limits; all configurable (see docs/config.md).
@@ -241,6 +295,7 @@ const FIELDS: &[&str] = &[
     "agent",
     "model",
     "session",
+    "mcp",
 ];
 
 fn actions_list() -> String {
@@ -434,6 +489,7 @@ impl Manifest {
         let agent = opt_label(obj, "agent", limits.max_label_bytes)?;
         let model = opt_label(obj, "model", limits.max_label_bytes)?;
         let session = opt_label(obj, "session", limits.max_label_bytes)?;
+        let mcp = mcp_call(obj, action, limits)?;
 
         Ok(Manifest {
             action,
@@ -445,6 +501,7 @@ impl Manifest {
             agent,
             model,
             session,
+            mcp,
         })
     }
 
@@ -527,6 +584,78 @@ fn opt_label(
             ApiError::new(ErrorCode::InvalidType, format!("`{key}` must be a string")).field(key),
         ),
     }
+}
+
+/// The `mcp` object: present exactly for the `mcp_*` actions, naming the
+/// tool, resource or prompt its action calls for.
+fn mcp_call(
+    obj: &serde_json::Map<String, Value>,
+    action: Action,
+    limits: &ManifestLimits,
+) -> Result<Option<McpCall>, ApiError> {
+    let Some(v) = obj.get("mcp").filter(|v| !v.is_null()) else {
+        if action.is_mcp() {
+            return Err(ApiError::new(
+                ErrorCode::MissingField,
+                format!("action `{}` needs `mcp`", action.as_str()),
+            )
+            .field("mcp")
+            .hint("give {\"server\": NAME, \"tool\": NAME, \"arguments\": {...}}"));
+        }
+        return Ok(None);
+    };
+    if !action.is_mcp() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidValue,
+            format!(
+                "`mcp` belongs only to mcp_tool, mcp_resource and mcp_prompt, not `{}`",
+                action.as_str()
+            ),
+        )
+        .field("mcp"));
+    }
+    let call: McpCall = serde_json::from_value(v.clone()).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidValue, format!("mcp: {e}"))
+            .field("mcp")
+            .hint("mcp has server, tool | resource | prompt, arguments and secrets")
+    })?;
+    let max = limits.max_label_bytes;
+    let label_ok = |s: &str| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    if !label_ok(&call.server) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidValue,
+            format!("mcp.server must be 1..={max} bytes without control characters"),
+        )
+        .field("mcp.server"));
+    }
+    let (want, got) = match action {
+        Action::McpTool => ("tool", &call.tool),
+        Action::McpResource => ("resource", &call.resource),
+        _ => ("prompt", &call.prompt),
+    };
+    let named = [&call.tool, &call.resource, &call.prompt]
+        .iter()
+        .filter(|x| x.is_some())
+        .count();
+    match got {
+        Some(n) if named == 1 && n.len() <= crate::path::MAX_PATH_LEN && !n.is_empty() => {}
+        _ => return Err(ApiError::new(
+            ErrorCode::InvalidValue,
+            format!(
+                "action `{}` needs mcp.{want} (non-empty) and no other of tool, resource, prompt",
+                action.as_str()
+            ),
+        )
+        .field(format!("mcp.{want}"))),
+    }
+    if let Some(i) = call.secrets.iter().position(|s| !label_ok(s)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidValue,
+            format!("mcp.secrets[{i}] is empty, too long or has control characters"),
+        )
+        .field(format!("mcp.secrets[{i}]")));
+    }
+    Ok(Some(call))
 }
 
 /// `HOST` or `HOST:PORT`, IPv6 in brackets. Host names are LDH labels.

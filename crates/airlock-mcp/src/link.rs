@@ -156,6 +156,20 @@ impl BrokerLink {
         }
     }
 
+    /// `POST /v1/requests/check`: what policy would decide, with no side effect.
+    pub async fn check(&self, manifest: &Value) -> Result<Value, Refusal> {
+        self.post("/v1/requests/check", manifest).await
+    }
+
+    /// `POST` a JSON body on the agent socket (no token).
+    pub async fn post(&self, route: &str, body: &Value) -> Result<Value, Refusal> {
+        self.client
+            .post(route, body)
+            .await
+            .map(|(_, v)| v)
+            .map_err(broker_error)
+    }
+
     /// `GET` on the agent socket.
     pub async fn get(&self, route: &str) -> Result<Value, Refusal> {
         self.client

@@ -35,7 +35,7 @@ policy_id := "airlock.default"
 
 _file_actions := {"read_files", "list_files", "edit_files", "commit"}
 
-_known_actions := {"read_files", "list_files", "edit_files", "exec", "network", "commit"}
+_known_actions := {"read_files", "list_files", "edit_files", "exec", "network", "commit"} | _mcp_actions
 
 # Path components that are (or hold) credentials or secrets. Lower case.
 credential_names := {
@@ -279,6 +279,32 @@ _ask contains {"rule": "holds_broker_state", "reason": msg} if {
 	_path == "/"
 	count(_broker_paths) > 0
 	msg := sprintf("/ contains Airlock's own state (%s); granting it needs your approval", [concat(", ", sort(_broker_paths))])
+}
+
+# ---------------------------------------------------------------------------
+# 4b. MCP calls through `airlock mcp-proxy`: every tool call, resource read
+#     and prompt asks; what looks like a secret in the arguments is named
+#     (never shown) so the human sees it. A policy directory allows or denies
+#     by input.mcp.server / tool / resource / prompt / arguments / secrets.
+# ---------------------------------------------------------------------------
+
+_mcp_actions := {"mcp_tool", "mcp_resource", "mcp_prompt"}
+
+_mcp_what := sprintf("tool %s", [input.mcp.tool]) if input.action == "mcp_tool"
+
+else := sprintf("resource %s", [input.mcp.resource]) if input.action == "mcp_resource"
+
+else := sprintf("prompt %s", [input.mcp.prompt])
+
+_ask contains {"rule": "mcp", "reason": msg} if {
+	input.action in _mcp_actions
+	msg := sprintf("MCP server %s: %s needs your approval", [input.mcp.server, _mcp_what])
+}
+
+_ask contains {"rule": "mcp_secret", "reason": msg} if {
+	input.action in _mcp_actions
+	count(input.mcp.secrets) > 0
+	msg := sprintf("the arguments hold what looks like a secret (%s)", [concat(", ", input.mcp.secrets)])
 }
 
 # ---------------------------------------------------------------------------

@@ -122,3 +122,17 @@ test_clear_literals_cover_the_lists if {
 	p._clear_suffixes == p.key_suffixes
 	p._file_actions == {"read_files", "list_files", "edit_files", "commit"}
 }
+
+test_mcp_tool_asks if {
+	inp := object.union(_base, {"action": "mcp_tool", "mcp": {"server": "everything", "tool": "echo", "arguments": {"message": "hi"}}})
+	d := p.decision with input as inp
+	d.decision == "ask"
+	d.rule == "mcp"
+}
+
+test_mcp_secret_is_named if {
+	inp := object.union(_base, {"action": "mcp_tool", "mcp": {"server": "s", "tool": "t", "secrets": ["aws-access-token"]}})
+	d := p.decision with input as inp
+	d.decision == "ask"
+	d.rule == "mcp,mcp_secret"
+}

@@ -690,6 +690,8 @@ impl TokenAuthority {
             }
             Verb::Connect => access.host.is_none().then_some("(no host given)"),
             Verb::Exec => access.command.is_none().then_some("(no command given)"),
+            // An MCP call names no resource: the verb alone is the grant.
+            Verb::Call => None,
         };
         if let Some(missing) = needed {
             return Err(scope_err(missing));

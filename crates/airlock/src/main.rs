@@ -13,6 +13,7 @@ mod cmd_audit;
 mod cmd_doctor;
 mod cmd_hook;
 mod cmd_mcp;
+mod cmd_mcp_proxy;
 mod cmd_operator;
 mod cmd_policy;
 mod cmd_run;
@@ -69,6 +70,12 @@ enum Cmd {
     /// Serve MCP (stdio, or Streamable HTTP with --http): the reference filesystem
     /// server's tools plus run_command, fetch and staged_changes, every call brokered.
     Mcp(cmd_mcp::McpArgs),
+    /// Put any stdio MCP server behind Airlock: run it in the sandbox, broker
+    /// every tool call, hide what policy denies, pin tool definitions.
+    McpProxy(cmd_mcp_proxy::ProxyArgs),
+    /// Review and approve MCP tools quarantined by `airlock mcp-proxy`.
+    #[command(subcommand)]
+    McpPins(cmd_mcp_proxy::PinsCmd),
     /// Agent hooks: `airlock hook claude-code` decides Claude Code's built-in
     /// tool calls through the broker; `airlock hook install claude-code` sets it up.
     #[command(subcommand)]
@@ -77,7 +84,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Mcp(_)) {
+    let default_level = if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Mcp(_) | Cmd::McpProxy(_)) {
         "info"
     } else {
         "warn"
@@ -106,6 +113,8 @@ fn main() {
         Cmd::Run(a) => cmd_run::run(a),
         Cmd::Doctor(a) => cmd_doctor::doctor(a),
         Cmd::Mcp(a) => cmd_mcp::mcp(a),
+        Cmd::McpProxy(a) => cmd_mcp_proxy::mcp_proxy(a),
+        Cmd::McpPins(c) => cmd_mcp_proxy::mcp_pins(c),
         Cmd::Hook(c) => cmd_hook::hook(c),
     };
     match code {

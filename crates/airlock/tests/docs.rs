@@ -1051,6 +1051,43 @@ fn live_answers_match_the_documents() {
     assert_eq!((s, code(&v)), (403, "path_not_allowed"), "{v}");
     c.check(A, "POST", "/v1/requests", s, &v);
 
+    // --- the side-effect-free check: a decision, no token, no approval ---
+    let check = "/v1/requests/check";
+    let (s, v) = agent.call(
+        "POST",
+        check,
+        None,
+        Some(manifest("edit_files", &[&ws], 300)),
+    );
+    assert_eq!((s, v["decision"].as_str()), (200, Some("allow")), "{v}");
+    assert!(v.get("token").is_none(), "{v}");
+    c.check(A, "POST", check, s, &v);
+    let mcp = json!({"action": "mcp_tool", "duration_seconds": 60, "justification": "list",
+        "mcp": {"server": "everything", "tool": "echo"}});
+    let (s, v) = agent.call("POST", check, None, Some(mcp));
+    assert_eq!(
+        (s, v["decision"].as_str(), v["rule"].as_str()),
+        (200, Some("ask"), Some("mcp")),
+        "{v}"
+    );
+    c.check(A, "POST", check, s, &v);
+    let (s, v) = agent.call(
+        "POST",
+        check,
+        None,
+        Some(json!({"action": "mcp_tool", "duration_seconds": 60, "justification": "x"})),
+    );
+    assert_eq!((s, code(&v)), (400, "missing_field"), "{v}");
+    c.check(A, "POST", check, s, &v);
+    let (s, v) = agent.call(
+        "POST",
+        check,
+        None,
+        Some(manifest("read_files", &[Path::new("/etc/hostname")], 60)),
+    );
+    assert_eq!((s, code(&v)), (403, "path_not_allowed"), "{v}");
+    c.check(A, "POST", check, s, &v);
+
     // --- approvals: agent polls, operator decides ---
     let poll = "/v1/approvals/{id}";
     let (s, v) = agent.call(

@@ -1,0 +1,351 @@
+//! `airlock mcp-proxy`: put any stdio MCP server behind Airlock, and
+//! `airlock mcp-pins`: review and approve changed tool definitions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_mcp::http::{self, HttpOptions};
+use airlock_mcp::pins::{self, PinStore};
+use airlock_mcp::{Proxy, ProxyOptions};
+use anyhow::Context;
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `airlock mcp-proxy`.
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// The server's name: in policy input (`mcp.server`), the audit log and
+    /// the pin file (default: derived from CMD).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Serve Streamable HTTP at http://ADDR/mcp (loopback only) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// With --http: accept requests without the bearer token (for tools that cannot send headers).
+    #[arg(long, requires = "http")]
+    pub no_auth: bool,
+    /// The broker's agent socket (default: AIRLOCK_SOCKET, else the per-user default).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// How long a call waits for a human when policy asks (seconds).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub ask_timeout: u64,
+    /// Directory of tool pins (default: $XDG_STATE_HOME/airlock/mcp-pins).
+    #[arg(long, value_name = "DIR")]
+    pub pins: Option<PathBuf>,
+    /// Run the server without the sandbox (printed; the server then runs with all your rights).
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// Sandbox: directory visible read-write, writes staged for review (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Sandbox: write to the workspace directly instead of staging.
+    #[arg(long)]
+    pub write_through: bool,
+    /// Sandbox: extra path visible read-only (repeatable).
+    #[arg(long = "allow-read", value_name = "PATH")]
+    pub allow_read: Vec<PathBuf>,
+    /// Sandbox: extra path visible read-write, not staged (repeatable).
+    #[arg(long = "allow-write", value_name = "PATH")]
+    pub allow_write: Vec<PathBuf>,
+    /// Sandbox: allow TCP to HOST[:PORT] (repeatable); without it, no network.
+    #[arg(long = "allow-net", value_name = "HOST[:PORT]")]
+    pub allow_net: Vec<String>,
+    /// Sandbox: memory limit, e.g. 512M.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Sandbox: limit on processes and threads.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Sandbox: CPU time limit per process, e.g. 10m.
+    #[arg(long = "cpu-time", value_name = "DUR")]
+    pub cpu_time: Option<String>,
+    /// Sandbox: cap on written file size and staged changes, e.g. 1G.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+    /// Sandbox: pass NAME from the environment, or set NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// Sandbox profile (see `airlock run --profile`).
+    #[arg(long, value_name = "NAME", default_value = "workspace-write")]
+    pub profile: String,
+    /// Sandbox: run without this layer if it cannot be applied (see `airlock run`).
+    #[arg(long = "allow-degraded", value_name = "LAYER")]
+    pub allow_degraded: Vec<String>,
+    /// The MCP server: command and arguments (it speaks MCP on stdin/stdout).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub argv: Vec<String>,
+}
+
+/// A pin name from the command: `npx -y @scope/server-x` → `server-x`.
+pub fn derive_name(argv: &[String]) -> String {
+    let base = |s: &str| {
+        let s = s.rsplit('/').next().unwrap_or(s);
+        let s = s.split('@').find(|p| !p.is_empty()).unwrap_or(s);
+        s.trim_end_matches(".js")
+            .trim_end_matches(".mjs")
+            .trim_end_matches(".py")
+            .trim_end_matches(".ts")
+            .to_string()
+    };
+    let runners = [
+        "node", "npx", "python", "python3", "uv", "uvx", "deno", "bun", "bunx", "sh", "bash",
+        "pipx", "docker",
+    ];
+    let first = base(&argv[0]);
+    let name = if runners.contains(&first.as_str()) {
+        argv[1..]
+            .iter()
+            .find(|a| !a.starts_with('-') && !["run", "x", "exec"].contains(&a.as_str()))
+            .map(|a| base(a))
+            .unwrap_or(first)
+    } else {
+        first
+    };
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = clean.trim_start_matches('.').to_string();
+    if pins::valid_name(&clean) {
+        clean
+    } else {
+        "mcp-server".into()
+    }
+}
+
+/// `airlock run OPTS -- CMD ARGS`, or CMD ARGS itself with --no-sandbox.
+fn child_argv(a: &ProxyArgs) -> anyhow::Result<Vec<String>> {
+    if a.no_sandbox {
+        return Ok(a.argv.clone());
+    }
+    let me = std::env::current_exe().context("finding the airlock binary")?;
+    let mut v = vec![me.to_string_lossy().into_owned(), "run".into()];
+    let path = |p: &PathBuf| -> anyhow::Result<String> {
+        Ok(std::fs::canonicalize(p)
+            .with_context(|| format!("{}", p.display()))?
+            .to_string_lossy()
+            .into_owned())
+    };
+    if let Some(w) = &a.workspace {
+        v.extend(["--workspace".into(), path(w)?]);
+    }
+    if a.write_through {
+        v.push("--write-through".into());
+    }
+    for p in &a.allow_read {
+        v.extend(["--allow-read".into(), path(p)?]);
+    }
+    for p in &a.allow_write {
+        v.extend(["--allow-write".into(), path(p)?]);
+    }
+    for (flag, vals) in [
+        ("--allow-net", &a.allow_net),
+        ("--env", &a.env),
+        ("--allow-degraded", &a.allow_degraded),
+    ] {
+        for x in vals {
+            v.extend([flag.to_string(), x.clone()]);
+        }
+    }
+    for (flag, val) in [
+        ("--memory", &a.memory),
+        ("--cpu-time", &a.cpu_time),
+        ("--disk", &a.disk),
+    ] {
+        if let Some(x) = val {
+            v.extend([flag.to_string(), x.clone()]);
+        }
+    }
+    if let Some(p) = a.pids {
+        v.extend(["--pids".into(), p.to_string()]);
+    }
+    v.extend(["--profile".into(), a.profile.clone(), "--".into()]);
+    v.extend(a.argv.iter().cloned());
+    Ok(v)
+}
+
+pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
+    let name = a.name.clone().unwrap_or_else(|| derive_name(&a.argv));
+    anyhow::ensure!(
+        pins::valid_name(&name),
+        "--name {name:?}: use letters, digits, '.', '-', '_' (at most 128, not starting with '.')"
+    );
+    let argv = child_argv(&a)?;
+    if a.no_sandbox {
+        eprintln!("airlock mcp-proxy: --no-sandbox: the MCP server {name} runs with all your rights; only its calls are brokered");
+    }
+    let pin_dir = match &a.pins {
+        Some(d) => d.clone(),
+        None => pins::default_dir()
+            .context("neither XDG_STATE_HOME nor HOME is set; give --pins DIR")?,
+    };
+    let socket = a
+        .socket
+        .clone()
+        .unwrap_or_else(airlock_client::default_agent_socket);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let proxy = Proxy::connect(ProxyOptions {
+            socket: socket.clone(),
+            name: name.clone(),
+            argv,
+            ask_timeout: Duration::from_secs(a.ask_timeout),
+            pins: PinStore::new(pin_dir),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nairlock mcp-proxy needs a running broker (`airlock serve`)"))?;
+        tracing::info!(server = %name, socket = %socket.display(), "proxying an MCP server through the broker");
+        let stop = CancellationToken::new();
+        let run = async {
+            match a.http {
+                Some(addr) => {
+                    let bearer = if a.no_auth {
+                        None
+                    } else {
+                        Some(
+                            std::env::var("AIRLOCK_MCP_TOKEN")
+                                .ok()
+                                .filter(|t| !t.is_empty())
+                                .unwrap_or_else(http::new_bearer),
+                        )
+                    };
+                    let shown = bearer.clone();
+                    let p = proxy.clone();
+                    http::serve(
+                        move || p.session(),
+                        HttpOptions { addr, bearer },
+                        stop.clone(),
+                        |bound| {
+                            eprintln!("airlock mcp-proxy: MCP server {name}");
+                            eprintln!("airlock mcp-proxy: serving MCP at http://{bound}/mcp");
+                            match &shown {
+                                Some(t) => eprintln!("airlock mcp-proxy: bearer token: {t}"),
+                                None => eprintln!("airlock mcp-proxy: --no-auth: no bearer token is required (loopback only)"),
+                            }
+                        },
+                    )
+                    .await?;
+                }
+                None => {
+                    let svc = proxy
+                        .session()
+                        .serve(rmcp::transport::stdio())
+                        .await
+                        .context("starting MCP on stdio")?;
+                    tokio::select! {
+                        r = svc.waiting() => { r.context("MCP session")?; }
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            }
+            anyhow::Ok(())
+        };
+        let signals = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            anyhow::Ok(())
+        };
+        let res = tokio::select! {
+            r = run => r,
+            r = signals => r,
+        };
+        stop.cancel();
+        res.map(|()| 0)
+    })
+}
+
+/// `airlock mcp-pins`.
+#[derive(clap::Subcommand, Debug)]
+pub enum PinsCmd {
+    /// Servers with pins, or one server's pinned and quarantined tools.
+    List {
+        name: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        pins: Option<PathBuf>,
+    },
+    /// A tool's pinned definition and the one waiting for approval.
+    Show {
+        name: String,
+        tool: String,
+        #[arg(long, value_name = "DIR")]
+        pins: Option<PathBuf>,
+    },
+    /// Accept a quarantined tool's new definition (or its name shadowing another server's).
+    Approve {
+        name: String,
+        tool: String,
+        #[arg(long, value_name = "DIR")]
+        pins: Option<PathBuf>,
+    },
+}
+
+fn store(d: &Option<PathBuf>) -> anyhow::Result<PinStore> {
+    Ok(PinStore::new(match d {
+        Some(d) => d.clone(),
+        None => pins::default_dir()
+            .context("neither XDG_STATE_HOME nor HOME is set; give --pins DIR")?,
+    }))
+}
+
+pub fn mcp_pins(c: PinsCmd) -> anyhow::Result<i32> {
+    match c {
+        PinsCmd::List { name: None, pins } => {
+            let s = store(&pins)?;
+            for n in s.servers()? {
+                let p = s.load(&n)?;
+                println!(
+                    "{n}\t{} pinned\t{} quarantined",
+                    p.tools.len(),
+                    p.pending.len()
+                );
+            }
+        }
+        PinsCmd::List {
+            name: Some(n),
+            pins,
+        } => {
+            let p = store(&pins)?.load(&n)?;
+            for (t, pin) in &p.tools {
+                let q = p
+                    .pending
+                    .get(t)
+                    .map(|q| format!("\tQUARANTINED ({})", q.reason))
+                    .unwrap_or_default();
+                println!("{t}\tpinned {}{q}", &pin.hash[..12]);
+            }
+            for (t, q) in p.pending.iter().filter(|(t, _)| !p.tools.contains_key(*t)) {
+                let other = q
+                    .other
+                    .as_deref()
+                    .map(|o| format!(" by {o}"))
+                    .unwrap_or_default();
+                println!("{t}\tQUARANTINED ({}{other})", q.reason);
+            }
+        }
+        PinsCmd::Show { name, tool, pins } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&store(&pins)?.show(&name, &tool)?)?
+            );
+        }
+        PinsCmd::Approve { name, tool, pins } => {
+            let pin = store(&pins)?.approve(&name, &tool)?;
+            println!("approved {tool} of {name} (pinned {})", &pin.hash[..12]);
+        }
+    }
+    Ok(0)
+}
