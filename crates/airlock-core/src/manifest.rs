@@ -639,14 +639,16 @@ fn mcp_call(
         .count();
     match got {
         Some(n) if named == 1 && n.len() <= crate::path::MAX_PATH_LEN && !n.is_empty() => {}
-        _ => return Err(ApiError::new(
-            ErrorCode::InvalidValue,
-            format!(
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidValue,
+                format!(
                 "action `{}` needs mcp.{want} (non-empty) and no other of tool, resource, prompt",
                 action.as_str()
             ),
-        )
-        .field(format!("mcp.{want}"))),
+            )
+            .field(format!("mcp.{want}")))
+        }
     }
     if let Some(i) = call.secrets.iter().position(|s| !label_ok(s)) {
         return Err(ApiError::new(

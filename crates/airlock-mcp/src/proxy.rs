@@ -443,10 +443,12 @@ impl ProxySession {
         match self.verdict(&tool, &ctx.ct).await? {
             Some(Verdict::Trusted) => {}
             Some(Verdict::Quarantined(why)) => return Ok(refusal(why)),
-            None => return Ok(refusal(format!(
+            None => {
+                return Ok(refusal(format!(
                 "MCP server {} does not list a tool named {tool}, so Airlock refuses to call it.",
                 self.name()
-            ))),
+            )))
+            }
         }
         let args = req.params.arguments.clone().map(Value::Object);
         let scan = args.as_ref().map(secrets::scan).unwrap_or_default();
