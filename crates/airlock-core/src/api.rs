@@ -181,6 +181,7 @@ impl Route {
 
 /// A decoded request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per request, moved once, never stored
 pub enum ApiRequest {
     Manifest(Manifest),
     Read(ReadRequest),

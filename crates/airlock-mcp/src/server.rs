@@ -55,8 +55,11 @@ struct Inner {
     client: RwLock<String>,
     tools: Vec<Tool>,
     /// Read-side grants by (action, paths), with the instant they stop being reused.
-    grants: Mutex<HashMap<(String, Vec<String>), (Grant, Instant)>>,
+    grants: Mutex<HashMap<GrantKey, (Grant, Instant)>>,
 }
+
+/// A grant's action and exact paths.
+type GrantKey = (String, Vec<String>);
 
 /// How long a capability the front door asks for lasts.
 pub(crate) const GRANT_SECONDS: u64 = 60;
