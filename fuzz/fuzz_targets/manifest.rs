@@ -118,6 +118,21 @@ fn check(bytes: &[u8], limits: &ManifestLimits) -> Option<Manifest> {
         }
         Action::Exec => assert!(!m.commands.is_empty(), "exec without commands"),
         Action::Network => assert!(!m.hosts.is_empty(), "network without hosts"),
+        // An MCP call names its server and exactly the one thing the action is about.
+        Action::McpTool | Action::McpResource | Action::McpPrompt => {
+            let call = m.mcp.as_ref().expect("mcp action without mcp");
+            assert!(!call.server.is_empty(), "mcp call without a server");
+            let named = match m.action {
+                Action::McpTool => &call.tool,
+                Action::McpResource => &call.resource,
+                _ => &call.prompt,
+            };
+            assert!(
+                named.as_ref().is_some_and(|n| !n.is_empty()),
+                "{} without its name",
+                m.action
+            );
+        }
     }
 
     // The approval binding: what the broker stores and shows re-parses to

@@ -367,6 +367,8 @@ fn expected(g: &Grant, atts: &[Attenuation], a: &Access<'_>) -> Want {
         Verb::Read | Verb::List | Verb::Stat | Verb::Write | Verb::Delete => a.path.is_some(),
         Verb::Connect => a.host.is_some(),
         Verb::Exec => a.command.is_some(),
+        // An MCP call names no resource: the verb alone is the grant.
+        Verb::Call => true,
     };
     let path_ok = a.path.is_none_or(|p| check_abs_normalised(p).is_ok());
     let granted = g.verbs.contains(&a.verb)
