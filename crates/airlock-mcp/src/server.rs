@@ -315,6 +315,22 @@ impl FsServer {
         Ok(g)
     }
 
+    /// Resolve one client path and ask for `action` on it; `why` words the
+    /// justification from the resolved path.
+    async fn grant_path(
+        &self,
+        action: &str,
+        raw: &str,
+        why: impl FnOnce(&str) -> String,
+        n: &Notifier,
+    ) -> Result<(String, Grant), Refusal> {
+        let path = self.resolve(raw)?;
+        let g = self
+            .grant(action, vec![path.clone()], why(&path), n)
+            .await?;
+        Ok((path, g))
+    }
+
     async fn fs(&self, route: &str, g: &Grant, body: Value) -> Result<Value, Refusal> {
         let r = self.inner.link.call(route, &g.token, &body).await;
         if matches!(r, Err(Refusal::Token(_))) {
@@ -397,12 +413,11 @@ impl FsServer {
             "read_text_file" | "read_file" => self.read_text(name, args(name, a)?, n).await,
             "read_media_file" => {
                 let p: PathArg = args(name, a)?;
-                let path = self.resolve(&p.path)?;
-                let g = self
-                    .grant(
+                let (path, g) = self
+                    .grant_path(
                         "read_files",
-                        vec![path.clone()],
-                        format!("MCP {name}: read {path}"),
+                        &p.path,
+                        |path| format!("MCP {name}: read {path}"),
                         n,
                     )
                     .await?;
@@ -428,12 +443,11 @@ impl FsServer {
                 let mut parts = Vec::new();
                 for raw in &p.paths {
                     let one = async {
-                        let path = self.resolve(raw)?;
-                        let g = self
-                            .grant(
+                        let (path, g) = self
+                            .grant_path(
                                 "read_files",
-                                vec![path.clone()],
-                                format!("MCP {name}: read {path}"),
+                                raw,
+                                |path| format!("MCP {name}: read {path}"),
                                 n,
                             )
                             .await?;
@@ -449,12 +463,11 @@ impl FsServer {
             }
             "write_file" => {
                 let w: WriteArgs = args(name, a)?;
-                let path = self.resolve(&w.path)?;
-                let g = self
-                    .grant(
+                let (path, g) = self
+                    .grant_path(
                         "edit_files",
-                        vec![path.clone()],
-                        format!("MCP {name}: write {} bytes to {path}", w.content.len()),
+                        &w.path,
+                        |path| format!("MCP {name}: write {} bytes to {path}", w.content.len()),
                         n,
                     )
                     .await?;
@@ -505,12 +518,11 @@ impl FsServer {
             }
             "create_directory" => {
                 let p: PathArg = args(name, a)?;
-                let path = self.resolve(&p.path)?;
-                let g = self
-                    .grant(
+                let (path, g) = self
+                    .grant_path(
                         "edit_files",
-                        vec![path.clone()],
-                        format!("MCP {name}: {path}"),
+                        &p.path,
+                        |path| format!("MCP {name}: {path}"),
                         n,
                     )
                     .await?;
@@ -577,12 +589,11 @@ impl FsServer {
             }
             "directory_tree" => {
                 let t: TreeArgs = args(name, a)?;
-                let root = self.resolve(&t.path)?;
-                let g = self
-                    .grant(
+                let (root, g) = self
+                    .grant_path(
                         "list_files",
-                        vec![root.clone()],
-                        format!("MCP {name}: {root}"),
+                        &t.path,
+                        |root| format!("MCP {name}: {root}"),
                         n,
                     )
                     .await?;
@@ -634,12 +645,11 @@ impl FsServer {
             }
             "search_files" => {
                 let s: SearchArgs = args(name, a)?;
-                let root = self.resolve(&s.path)?;
-                let g = self
-                    .grant(
+                let (root, g) = self
+                    .grant_path(
                         "list_files",
-                        vec![root.clone()],
-                        format!("MCP {name}: {} under {root}", s.pattern),
+                        &s.path,
+                        |root| format!("MCP {name}: {} under {root}", s.pattern),
                         n,
                     )
                     .await?;
@@ -682,12 +692,11 @@ impl FsServer {
             }
             "get_file_info" => {
                 let p: PathArg = args(name, a)?;
-                let path = self.resolve(&p.path)?;
-                let g = self
-                    .grant(
+                let (path, g) = self
+                    .grant_path(
                         "list_files",
-                        vec![path.clone()],
-                        format!("MCP {name}: {path}"),
+                        &p.path,
+                        |path| format!("MCP {name}: {path}"),
                         n,
                     )
                     .await?;
@@ -762,14 +771,8 @@ impl FsServer {
         raw: &str,
         n: &Notifier,
     ) -> Result<(String, Vec<Value>), Refusal> {
-        let path = self.resolve(raw)?;
-        let g = self
-            .grant(
-                "list_files",
-                vec![path.clone()],
-                format!("MCP {tool}: {path}"),
-                n,
-            )
+        let (path, g) = self
+            .grant_path("list_files", raw, |path| format!("MCP {tool}: {path}"), n)
             .await?;
         let v = self.fs("/v1/fs/list", &g, json!({"path": path})).await?;
         Ok((path, v["entries"].as_array().cloned().unwrap_or_default()))

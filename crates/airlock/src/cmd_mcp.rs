@@ -112,67 +112,8 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
             }
             Err(e) => anyhow::bail!("{e}"),
         };
-        let signals = {
-            let stop = stop.clone();
-            async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate())?;
-                let mut int = signal(SignalKind::interrupt())?;
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                    _ = stop.cancelled() => {}
-                }
-                stop.cancel();
-                anyhow::Ok(())
-            }
-        };
-        let run = async {
-            match a.http {
-                Some(addr) => {
-                    let bearer = if a.no_auth {
-                        None
-                    } else {
-                        Some(
-                            std::env::var("AIRLOCK_MCP_TOKEN")
-                                .ok()
-                                .filter(|t| !t.is_empty())
-                                .unwrap_or_else(http::new_bearer),
-                        )
-                    };
-                    let shown = bearer.clone();
-                    let s = server.clone();
-                    http::serve(
-                        move || s.clone(),
-                        HttpOptions { addr, bearer },
-                        stop.clone(),
-                        |bound| {
-                            eprintln!("airlock mcp: serving MCP at http://{bound}/mcp");
-                            match &shown {
-                                Some(t) => eprintln!("airlock mcp: bearer token: {t}"),
-                                None => eprintln!("airlock mcp: --no-auth: no bearer token is required (loopback only)"),
-                            }
-                        },
-                    )
-                    .await?;
-                }
-                None => {
-                    let svc = server
-                        .serve(rmcp::transport::stdio())
-                        .await
-                        .context("starting MCP on stdio")?;
-                    tokio::select! {
-                        r = svc.waiting() => { r.context("MCP session")?; }
-                        _ = stop.cancelled() => {}
-                    }
-                }
-            }
-            anyhow::Ok(())
-        };
-        let res = tokio::select! {
-            r = run => r,
-            r = signals => r,
-        };
+        let s = server.clone();
+        let res = serve_mcp("airlock mcp", move || s.clone(), a.http, a.no_auth, stop.clone()).await;
         stop.cancel();
         if let Some(h) = embedded {
             match h.await {
@@ -183,4 +124,76 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
         }
         res.map(|()| 0)
     })
+}
+
+/// Serve the MCP handlers `factory` makes on stdio or, with `http`, over
+/// Streamable HTTP (a bearer token unless `no_auth`; `AIRLOCK_MCP_TOKEN`
+/// sets it), until the client leaves, SIGTERM/SIGINT, or `stop`.
+pub(crate) async fn serve_mcp<S, F>(
+    prog: &str,
+    factory: F,
+    http: Option<std::net::SocketAddr>,
+    no_auth: bool,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: rmcp::ServerHandler + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    let run = async {
+        match http {
+            Some(addr) => {
+                let bearer = (!no_auth).then(|| {
+                    std::env::var("AIRLOCK_MCP_TOKEN")
+                        .ok()
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(http::new_bearer)
+                });
+                let shown = bearer.clone();
+                http::serve(
+                    factory,
+                    HttpOptions { addr, bearer },
+                    stop.clone(),
+                    |bound| {
+                        eprintln!("{prog}: serving MCP at http://{bound}/mcp");
+                        match &shown {
+                            Some(t) => eprintln!("{prog}: bearer token: {t}"),
+                            None => eprintln!(
+                                "{prog}: --no-auth: no bearer token is required (loopback only)"
+                            ),
+                        }
+                    },
+                )
+                .await?;
+            }
+            None => {
+                let svc = factory()
+                    .serve(rmcp::transport::stdio())
+                    .await
+                    .context("starting MCP on stdio")?;
+                tokio::select! {
+                    r = svc.waiting() => { r.context("MCP session")?; }
+                    _ = stop.cancelled() => {}
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    let signals = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = stop.cancelled() => {}
+        }
+        anyhow::Ok(())
+    };
+    let res = tokio::select! {
+        r = run => r,
+        r = signals => r,
+    };
+    stop.cancel();
+    res
 }

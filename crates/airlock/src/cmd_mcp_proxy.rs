@@ -4,11 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airlock_mcp::http::{self, HttpOptions};
 use airlock_mcp::pins::{self, PinStore};
 use airlock_mcp::{Proxy, ProxyOptions};
 use anyhow::Context;
-use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `airlock mcp-proxy`.
@@ -205,64 +203,16 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("{e}\nairlock mcp-proxy needs a running broker (`airlock serve`)"))?;
         tracing::info!(server = %name, socket = %socket.display(), "proxying an MCP server through the broker");
         let stop = CancellationToken::new();
-        let run = async {
-            match a.http {
-                Some(addr) => {
-                    let bearer = if a.no_auth {
-                        None
-                    } else {
-                        Some(
-                            std::env::var("AIRLOCK_MCP_TOKEN")
-                                .ok()
-                                .filter(|t| !t.is_empty())
-                                .unwrap_or_else(http::new_bearer),
-                        )
-                    };
-                    let shown = bearer.clone();
-                    let p = proxy.clone();
-                    http::serve(
-                        move || p.session(),
-                        HttpOptions { addr, bearer },
-                        stop.clone(),
-                        |bound| {
-                            eprintln!("airlock mcp-proxy: MCP server {name}");
-                            eprintln!("airlock mcp-proxy: serving MCP at http://{bound}/mcp");
-                            match &shown {
-                                Some(t) => eprintln!("airlock mcp-proxy: bearer token: {t}"),
-                                None => eprintln!("airlock mcp-proxy: --no-auth: no bearer token is required (loopback only)"),
-                            }
-                        },
-                    )
-                    .await?;
-                }
-                None => {
-                    let svc = proxy
-                        .session()
-                        .serve(rmcp::transport::stdio())
-                        .await
-                        .context("starting MCP on stdio")?;
-                    tokio::select! {
-                        r = svc.waiting() => { r.context("MCP session")?; }
-                        _ = stop.cancelled() => {}
-                    }
-                }
-            }
-            anyhow::Ok(())
-        };
-        let signals = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            anyhow::Ok(())
-        };
-        let res = tokio::select! {
-            r = run => r,
-            r = signals => r,
-        };
+        eprintln!("airlock mcp-proxy: MCP server {name}");
+        let p = proxy.clone();
+        let res = crate::cmd_mcp::serve_mcp(
+            "airlock mcp-proxy",
+            move || p.session(),
+            a.http,
+            a.no_auth,
+            stop.clone(),
+        )
+        .await;
         stop.cancel();
         res.map(|()| 0)
     })
