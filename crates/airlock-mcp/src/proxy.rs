@@ -51,6 +51,8 @@ pub struct ProxyOptions {
     pub ask_timeout: Duration,
     /// The pin store.
     pub pins: PinStore,
+    /// The secret rules arguments and results are scanned with.
+    pub secrets: Arc<secrets::Scanner>,
 }
 
 struct Shared {
@@ -451,7 +453,10 @@ impl ProxySession {
             }
         }
         let args = req.params.arguments.clone().map(Value::Object);
-        let scan = args.as_ref().map(secrets::scan).unwrap_or_default();
+        let scan = args
+            .as_ref()
+            .map(|a| self.shared.opts.secrets.scan(a))
+            .unwrap_or_default();
         let m = self.manifest(
             "mcp_tool",
             "tool",
@@ -479,7 +484,7 @@ impl ProxySession {
         match r {
             Ok(ServerResult::CallToolResult(mut res)) => {
                 let mut v = serde_json::to_value(&res).unwrap_or(Value::Null);
-                let found = secrets::scan(&v);
+                let found = self.shared.opts.secrets.scan(&v);
                 let mut detail = json!({"arguments_secrets": scan.rules});
                 if let Some(red) = found.redacted {
                     v = red;
@@ -540,7 +545,7 @@ impl ProxySession {
         match r {
             Ok(res) => {
                 let v = serde_json::to_value(&res).unwrap_or(Value::Null);
-                let found = secrets::scan(&v);
+                let found = self.shared.opts.secrets.scan(&v);
                 let mut detail = json!({});
                 let res = match found.redacted.and_then(|red| {
                     let mut typed = res.clone();

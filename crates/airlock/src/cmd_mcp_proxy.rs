@@ -70,6 +70,10 @@ pub struct ProxyArgs {
     /// Sandbox: run without this layer if it cannot be applied (see `airlock run`).
     #[arg(long = "allow-degraded", value_name = "LAYER")]
     pub allow_degraded: Vec<String>,
+    /// More secret rules in gitleaks' TOML format, scanned with the shipped
+    /// gitleaks and Airlock rules (repeatable).
+    #[arg(long = "secret-rules", value_name = "FILE")]
+    pub secret_rules: Vec<PathBuf>,
     /// The MCP server: command and arguments (it speaks MCP on stdin/stdout).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub argv: Vec<String>,
@@ -192,12 +196,14 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let secrets = airlock_mcp::secrets::Scanner::with_files(&a.secret_rules)?;
         let proxy = Proxy::connect(ProxyOptions {
             socket: socket.clone(),
             name: name.clone(),
             argv,
             ask_timeout: Duration::from_secs(a.ask_timeout),
             pins: PinStore::new(pin_dir),
+            secrets,
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nairlock mcp-proxy needs a running broker (`airlock serve`)"))?;

@@ -71,6 +71,11 @@ struct Session {
 
 impl Session {
     fn start(d: &Daemon, name: &str, state: &Path) -> Session {
+        Session::start_with(d, name, state, &[])
+    }
+
+    /// With more `airlock mcp-proxy` options before `--`.
+    fn start_with(d: &Daemon, name: &str, state: &Path, extra: &[&std::ffi::OsStr]) -> Session {
         let support_dir = support("mcp_fake_server.js")
             .parent()
             .unwrap()
@@ -81,6 +86,7 @@ impl Session {
             .arg(&d.env.ws)
             .arg("--allow-read")
             .arg(&support_dir)
+            .args(extra)
             .args(["--", "node"])
             .arg(support("mcp_fake_server.js"))
             .arg(state)
@@ -252,9 +258,21 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
             ("danger", "Deletes things."),
             ("leak", "Leaks."),
         ],
-        &format!("db: postgres://app:hunter2secret@db.internal/x key {aws}"),
+        &format!("db: postgres://app:hunter2secret@db.internal/x key {aws} corp_5f0e9a3c7d21b846"),
     );
-    let mut s = Session::start(&d, "fake-c", &st);
+    // A security team's own rule, in gitleaks' format, next to the shipped set.
+    let rules = d.env.tmp.path().join("corp-rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nid = \"corp-token\"\nregex = 'corp_[0-9a-f]{16}'\nkeywords = [\"corp_\"]\n",
+    )
+    .unwrap();
+    let mut s = Session::start_with(
+        &d,
+        "fake-c",
+        &st,
+        &["--secret-rules".as_ref(), rules.as_os_str()],
+    );
 
     // Denied outright by policy: hidden from the list, refused on call.
     let tools = s.tools();
@@ -281,11 +299,13 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
     let (err, text) = s.call("leak", json!({"text": "x"}));
     assert!(!err, "{text}");
     assert!(
-        !text.contains(aws) && !text.contains("hunter2secret"),
+        !text.contains(aws) && !text.contains("hunter2secret") && !text.contains("corp_5f0e"),
         "{text}"
     );
     assert!(
-        text.contains("[REDACTED:aws-access-token]") && text.contains("[REDACTED:password-in-url]"),
+        text.contains("[REDACTED:aws-access-token]")
+            && text.contains("postgres://app:[REDACTED:password-in-url]@db.internal")
+            && text.contains("[REDACTED:corp-token]"),
         "{text}"
     );
     drop(s);
@@ -293,7 +313,7 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
     let recs = d.records();
     let all = serde_json::to_string(&recs).unwrap();
     assert!(
-        !all.contains(aws) && !all.contains("hunter2secret"),
+        !all.contains(aws) && !all.contains("hunter2secret") && !all.contains("corp_5f0e"),
         "no secret reaches the audit log"
     );
     let denied_danger = recs.iter().any(|r| {
@@ -312,7 +332,7 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
         r["kind"] == "outcome"
             && r["outcome"]["detail"]["result_secrets_action"] == "redacted"
             && r["outcome"]["detail"]["result_secrets"]
-                == json!(["aws-access-token", "password-in-url"])
+                == json!(["aws-access-token", "corp-token", "password-in-url"])
     });
     assert!(redacted, "the audit says the result was redacted: {all}");
 }
