@@ -58,6 +58,8 @@ pub struct ProxyOptions {
 struct Shared {
     opts: ProxyOptions,
     link: BrokerLink,
+    /// Outcome reports still on their way to the broker.
+    reports: tokio_util::task::TaskTracker,
 }
 
 /// The proxy; one [`ProxySession`] per client session.
@@ -72,8 +74,21 @@ impl Proxy {
         let link = BrokerLink::new(opts.socket.clone(), opts.ask_timeout);
         link.health().await?;
         Ok(Proxy {
-            shared: Arc::new(Shared { opts, link }),
+            shared: Arc::new(Shared {
+                opts,
+                link,
+                reports: Default::default(),
+            }),
         })
+    }
+
+    /// Wait (at most `within`) for outcome reports still on their way to
+    /// the broker; false if some did not make it in time.
+    pub async fn flush(&self, within: Duration) -> bool {
+        self.shared.reports.close();
+        tokio::time::timeout(within, self.shared.reports.wait())
+            .await
+            .is_ok()
     }
 
     /// A handler for one client session (its child starts on `initialize`).
@@ -424,16 +439,24 @@ impl ProxySession {
         }
     }
 
-    async fn report(&self, request_id: &str, what: String, is_error: bool, detail: Value) {
+    /// Record how a call ended. The request record (intent and decision)
+    /// was durable before the call was forwarded; the outcome is sent
+    /// alongside the answer rather than before it, so a call costs one
+    /// broker round trip, and [`Proxy::flush`] waits for stragglers when
+    /// the proxy stops.
+    fn report(&self, request_id: &str, what: String, is_error: bool, detail: Value) {
         let body = json!({
             "request_id": request_id,
             "status": if is_error { "error" } else { "success" },
             "tool": link::truncate(what, 250),
             "detail": detail,
         });
-        if let Err(e) = self.shared.link.post("/v1/outcomes", &body).await {
-            tracing::warn!(error = %e, "cannot record the outcome of an MCP call");
-        }
+        let shared = self.shared.clone();
+        self.shared.reports.spawn(async move {
+            if let Err(e) = shared.link.post("/v1/outcomes", &body).await {
+                tracing::warn!(error = %e, "cannot record the outcome of an MCP call");
+            }
+        });
     }
 
     async fn call_tool(
@@ -494,8 +517,7 @@ impl ProxySession {
                     detail["result_secrets"] = json!(found.rules);
                     detail["result_secrets_action"] = json!("redacted");
                 }
-                self.report(&request_id, what, res.is_error == Some(true), detail)
-                    .await;
+                self.report(&request_id, what, res.is_error == Some(true), detail);
                 Ok(ServerResult::CallToolResult(res))
             }
             Ok(other) => {
@@ -504,13 +526,11 @@ impl ProxySession {
                     what,
                     false,
                     json!({"result": "not a plain tool result; passed through"}),
-                )
-                .await;
+                );
                 Ok(other)
             }
             Err(e) => {
-                self.report(&request_id, what, true, json!({"error": e.to_string()}))
-                    .await;
+                self.report(&request_id, what, true, json!({"error": e.to_string()}));
                 Err(service_error(e))
             }
         }
@@ -557,12 +577,11 @@ impl ProxySession {
                     }
                     None => res,
                 };
-                self.report(&request_id, what, false, detail).await;
+                self.report(&request_id, what, false, detail);
                 Ok(res)
             }
             Err(e) => {
-                self.report(&request_id, what, true, json!({"error": e.to_string()}))
-                    .await;
+                self.report(&request_id, what, true, json!({"error": e.to_string()}));
                 Err(service_error(e))
             }
         }

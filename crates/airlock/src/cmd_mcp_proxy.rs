@@ -220,6 +220,9 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         )
         .await;
         stop.cancel();
+        if !proxy.flush(Duration::from_secs(5)).await {
+            tracing::warn!("some outcome records did not reach the broker before the proxy stopped");
+        }
         res.map(|()| 0)
     })
 }

@@ -119,6 +119,26 @@ impl Session {
         s
     }
 
+    /// End the session as a stdio client does, by closing stdin, and wait
+    /// for the proxy to exit (it writes its last outcome records first).
+    fn close(self) {
+        let Session {
+            _child: mut child,
+            stdin,
+            ..
+        } = self;
+        drop(stdin);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = child.0.try_wait() {
+                assert!(st.success(), "airlock mcp-proxy exited with {st}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("airlock mcp-proxy did not exit after its client closed stdin");
+    }
+
     fn send(&mut self, v: Value) {
         writeln!(self.stdin, "{v}").unwrap();
         self.stdin.flush().unwrap();
@@ -226,7 +246,7 @@ fn proxy_pins_tools_quarantines_a_rug_pull_and_refuses_shadowing() {
         err && text.contains("MCP server fake-a already exposes"),
         "{text}"
     );
-    drop(s);
+    s.close();
 
     // Only calls that passed the pins reached the broker, each audited.
     let recs = d.records();
@@ -308,7 +328,7 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
             && text.contains("[REDACTED:corp-token]"),
         "{text}"
     );
-    drop(s);
+    s.close();
 
     let recs = d.records();
     let all = serde_json::to_string(&recs).unwrap();
