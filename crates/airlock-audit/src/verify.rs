@@ -84,11 +84,36 @@ pub(crate) fn verify(dir: &Path) -> Result<VerifyReport, VerifyFailure> {
     let anchor = read_anchor(dir)
         .map_err(|reason| fail(dir.join(ANCHOR_FILE).display().to_string(), 1, None, reason))?;
 
+    // Segments are read one ahead on their own thread, so the checkers do
+    // not wait for the next segment's bytes (at most two are in memory).
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let paths: Vec<_> = segments.iter().map(|(_, p)| p.clone()).collect();
+        s.spawn(move || {
+            for p in paths {
+                // Stops when verification has ended early (receiver gone).
+                if tx.send(std::fs::read(p)).is_err() {
+                    break;
+                }
+            }
+        });
+        walk(dir, &dir_name, &segments, anchor, rx)
+    })
+}
+
+/// Check every segment's lines and the chain across them, in order.
+fn walk(
+    dir: &Path,
+    dir_name: &str,
+    segments: &[(u64, std::path::PathBuf)],
+    anchor: Option<crate::format::Anchor>,
+    reads: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> Result<VerifyReport, VerifyFailure> {
     let mut prev_hash = GENESIS;
     let mut last_seq = 0u64;
     let mut records = 0u64;
     let mut anchor_matched = false;
-    let mut last_loc = (dir_name.clone(), 0u64);
+    let mut last_loc = (dir_name.to_string(), 0u64);
 
     for (expected_segment, (n, path)) in (1u64..).zip(segments.iter()) {
         let file = path.display().to_string();
@@ -108,7 +133,9 @@ pub(crate) fn verify(dir: &Path) -> Result<VerifyReport, VerifyFailure> {
             };
             return Err(fail(file, 0, None, reason));
         }
-        let data = std::fs::read(path)
+        let data = reads
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the segment reader stopped")))
             .map_err(|e| fail(file.clone(), 0, None, format!("cannot read segment: {e}")))?;
         let (lines, torn) = split_lines(&data);
         let checks = check_all(&lines);
