@@ -76,7 +76,17 @@ pub(crate) fn result_response(r: Result<(u16, serde_json::Value), ApiError>) -> 
     }
 }
 
-/// Read a whole body, refusing more than `limit` bytes or slower than `timeout`.
+/// A handler step's value, or the handler returns its structured error.
+macro_rules! or_respond {
+    ($e:expr) => {
+        match $e {
+            Ok(x) => x,
+            Err(e) => return $crate::http::error_response(&e),
+        }
+    };
+}
+pub(crate) use or_respond;
+
 /// The body a handler receives, already read in full (and checked against
 /// the size cap and time limit) by [`buffer_body`] before routing.
 pub(crate) async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
@@ -86,6 +96,20 @@ pub(crate) async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
             format!("cannot read the buffered body: {e}"),
         )
     })
+}
+
+/// A handler's JSON body, decoded strictly.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, ApiError> {
+    airlock_core::api::decode_json(&read_body(req.into_body()).await?)
+}
+
+/// A handler's JSON body where every field is optional: an empty body reads
+/// as `{}`.
+pub(crate) async fn json_body_or_empty<T: serde::de::DeserializeOwned>(
+    req: Request,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req.into_body()).await?;
+    airlock_core::api::decode_json(if bytes.is_empty() { b"{}" } else { &bytes })
 }
 
 /// Read a whole body, refusing more than `max_body_bytes` or slower than
@@ -183,10 +207,7 @@ async fn requests(
     Extension(c): Extension<Conn>,
     req: Request,
 ) -> Response {
-    let bytes = match read_body(req.into_body()).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let bytes = or_respond!(read_body(req.into_body()).await);
     let m = match Manifest::parse(&bytes, &b.inner.cfg.limits) {
         Ok(m) => m,
         Err(e) => {
@@ -217,10 +238,7 @@ async fn requests_check(
     Extension(c): Extension<Conn>,
     req: Request,
 ) -> Response {
-    let bytes = match read_body(req.into_body()).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
+    let bytes = or_respond!(read_body(req.into_body()).await);
     match Manifest::parse(&bytes, &b.inner.cfg.limits) {
         Ok(m) => json_response(200, &b.check(&c.peer, &m)),
         Err(e) => error_response(&e),
@@ -250,10 +268,7 @@ async fn approval_poll(
     UrlPath(id): UrlPath<String>,
     req: Request,
 ) -> Response {
-    let wait = match parse_wait(req.uri().query()) {
-        Ok(w) => w,
-        Err(e) => return error_response(&e),
-    };
+    let wait = or_respond!(parse_wait(req.uri().query()));
     match b.poll_approval(&c.peer, &id, wait).await {
         Ok(a) => json_response(a.status, &a.body),
         Err(e) => error_response(&e),
@@ -262,18 +277,9 @@ async fn approval_poll(
 
 async fn fs_op(b: Broker, c: Conn, route: Route, op: &'static str, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let token = match bearer(&parts.headers) {
-        Ok(t) => t,
-        Err(e) => return error_response(&e),
-    };
-    let bytes = match read_body(body).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
-    let decoded = match decode(route, &bytes, &b.inner.cfg.limits) {
-        Ok(d) => d,
-        Err(e) => return error_response(&e),
-    };
+    let token = or_respond!(bearer(&parts.headers));
+    let bytes = or_respond!(read_body(body).await);
+    let decoded = or_respond!(decode(route, &bytes, &b.inner.cfg.limits));
     let res = match decoded {
         ApiRequest::Exec(x) => b.exec(&c.peer, token.as_deref(), x).await,
         other => b.fs(&c.peer, token.as_deref(), op, other).await,
@@ -331,14 +337,7 @@ async fn outcome_report(
     Extension(c): Extension<Conn>,
     req: Request,
 ) -> Response {
-    let bytes = match read_body(req.into_body()).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
-    let r: OutcomeReport = match airlock_core::api::decode_json(&bytes) {
-        Ok(r) => r,
-        Err(e) => return error_response(&e),
-    };
+    let r: OutcomeReport = or_respond!(json_body(req).await);
     let bad = |field: &str, msg: &str| {
         error_response(&ApiError::new(ErrorCode::InvalidValue, msg.to_string()).field(field))
     };
@@ -405,19 +404,7 @@ async fn session_register(
     Extension(c): Extension<Conn>,
     req: Request,
 ) -> Response {
-    let bytes = match read_body(req.into_body()).await {
-        Ok(x) => x,
-        Err(e) => return error_response(&e),
-    };
-    let bytes = if bytes.is_empty() {
-        bytes::Bytes::from_static(b"{}")
-    } else {
-        bytes
-    };
-    let r: SessionRegister = match airlock_core::api::decode_json(&bytes) {
-        Ok(r) => r,
-        Err(e) => return error_response(&e),
-    };
+    let r: SessionRegister = or_respond!(json_body_or_empty(req).await);
     if r.label
         .as_deref()
         .is_some_and(|l| l.len() > 256 || l.chars().any(char::is_control))

@@ -15,7 +15,9 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{error_response, json_response, read_body, result_response, Conn};
+use crate::http::{
+    error_response, json_body_or_empty, json_response, or_respond, result_response, Conn,
+};
 use crate::{new_id, now_unix, rfc3339, Broker};
 
 /// Refuse agents and their descendants; name the caller otherwise.
@@ -23,37 +25,8 @@ fn gate(b: &Broker, c: &Conn) -> Result<String, ApiError> {
     b.operator_gate(&c.peer)
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, ApiError> {
-    let bytes = read_body(req.into_body()).await?;
-    let bytes = if bytes.is_empty() {
-        bytes::Bytes::from_static(b"{}")
-    } else {
-        bytes
-    };
-    airlock_core::api::decode_json(&bytes)
-}
-
-/// The JSON body of an operator call, or the structured error response.
-macro_rules! body {
-    ($req:expr) => {
-        match body_json($req).await {
-            Ok(x) => x,
-            Err(e) => return error_response(&e),
-        }
-    };
-}
-
-macro_rules! gated {
-    ($b:expr, $c:expr) => {
-        match gate(&$b, &$c) {
-            Ok(by) => by,
-            Err(e) => return error_response(&e),
-        }
-    };
-}
-
 async fn status(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     result_response(b.status().map(|v| (200, v)))
 }
 
@@ -65,7 +38,7 @@ async fn health(State(b): State<Broker>) -> Response {
 }
 
 async fn approvals_list(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     let v: Vec<Value> = b
         .inner
         .approvals
@@ -81,7 +54,7 @@ async fn approval_show(
     Extension(c): Extension<Conn>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     match b.inner.approvals.get(&id) {
         Some(a) => json_response(200, &a.view()),
         None => error_response(
@@ -105,8 +78,8 @@ async fn approve(
     UrlPath(id): UrlPath<String>,
     req: Request,
 ) -> Response {
-    let by = gated!(b, c);
-    let body: ApproveBody = body!(req);
+    let by = or_respond!(gate(&b, &c));
+    let body: ApproveBody = or_respond!(json_body_or_empty(req).await);
     result_response(
         b.approve(&id, &by, body.for_seconds)
             .await
@@ -127,13 +100,13 @@ async fn deny(
     UrlPath(id): UrlPath<String>,
     req: Request,
 ) -> Response {
-    let by = gated!(b, c);
-    let body: DenyBody = body!(req);
+    let by = or_respond!(gate(&b, &c));
+    let body: DenyBody = or_respond!(json_body_or_empty(req).await);
     result_response(b.deny(&id, &by, body.reason).await.map(|v| (200, v)))
 }
 
 async fn tokens_list(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     let list: Vec<Value> = b
         .inner
         .tokens
@@ -165,8 +138,8 @@ async fn tokens_revoke(
     Extension(c): Extension<Conn>,
     req: Request,
 ) -> Response {
-    let by = gated!(b, c);
-    let body: RevokeBody = body!(req);
+    let by = or_respond!(gate(&b, &c));
+    let body: RevokeBody = or_respond!(json_body_or_empty(req).await);
     let chosen = [body.id.is_some(), body.session.is_some(), body.all]
         .iter()
         .filter(|x| **x)
@@ -216,7 +189,7 @@ async fn tokens_revoke(
 }
 
 async fn sessions_list(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     b.housekeeping();
     json_response(200, &json!({"sessions": b.inner.sessions.list()}))
 }
@@ -226,7 +199,7 @@ async fn session_quarantine(
     Extension(c): Extension<Conn>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let by = gated!(b, c);
+    let by = or_respond!(gate(&b, &c));
     let Some(s) = b.inner.sessions.quarantine(&id) else {
         return error_response(
             &ApiError::new(ErrorCode::NotFound, format!("no session {id}"))
@@ -252,7 +225,7 @@ async fn session_quarantine(
 }
 
 async fn staged_list(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     result_response(b.staged_list().await.map(|v| (200, v)))
 }
 
@@ -268,7 +241,7 @@ async fn staged_show(
     Extension(c): Extension<Conn>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     result_response(b.staged_show(&id).await.map(|v| (200, v)))
 }
 
@@ -278,8 +251,8 @@ async fn staged_diff(
     UrlPath(id): UrlPath<String>,
     req: Request,
 ) -> Response {
-    gated!(b, c);
-    let body: PathsBody = body!(req);
+    or_respond!(gate(&b, &c));
+    let body: PathsBody = or_respond!(json_body_or_empty(req).await);
     result_response(b.staged_diff(&id, body.paths).await.map(|v| (200, v)))
 }
 
@@ -289,8 +262,8 @@ async fn staged_commit(
     UrlPath(id): UrlPath<String>,
     req: Request,
 ) -> Response {
-    let by = gated!(b, c);
-    let body: PathsBody = body!(req);
+    let by = or_respond!(gate(&b, &c));
+    let body: PathsBody = or_respond!(json_body_or_empty(req).await);
     result_response(
         b.staged_commit(&c.peer, &id, body.paths, &by)
             .await
@@ -304,8 +277,8 @@ async fn staged_discard(
     UrlPath(id): UrlPath<String>,
     req: Request,
 ) -> Response {
-    let by = gated!(b, c);
-    let body: PathsBody = body!(req);
+    let by = or_respond!(gate(&b, &c));
+    let body: PathsBody = or_respond!(json_body_or_empty(req).await);
     result_response(
         b.staged_discard(&c.peer, &id, body.paths, &by)
             .await
@@ -314,7 +287,7 @@ async fn staged_discard(
 }
 
 async fn policy_reload(State(b): State<Broker>, Extension(c): Extension<Conn>) -> Response {
-    gated!(b, c);
+    or_respond!(gate(&b, &c));
     match b.reload_policy("operator").await {
         Ok(rev) => json_response(
             200,
