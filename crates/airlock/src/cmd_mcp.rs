@@ -10,13 +10,10 @@ use anyhow::Context;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-/// Arguments of `airlock mcp`.
+/// How an MCP front door serves and reaches the broker (`airlock mcp`,
+/// `airlock mcp-proxy`).
 #[derive(clap::Args, Debug)]
-pub struct McpArgs {
-    /// Allowed directories, as for the reference filesystem server. They must lie within the
-    /// running broker's workspaces; with no broker running, an embedded one serves them as its workspaces.
-    #[arg(value_name = "DIR")]
-    pub dirs: Vec<PathBuf>,
+pub struct ServeArgs {
     /// Serve Streamable HTTP at http://ADDR/mcp (loopback only) instead of stdio.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
@@ -29,6 +26,26 @@ pub struct McpArgs {
     /// How long a call waits for a human when policy asks (seconds).
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub ask_timeout: u64,
+}
+
+impl ServeArgs {
+    /// The broker's agent socket.
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(airlock_client::default_agent_socket)
+    }
+}
+
+/// Arguments of `airlock mcp`.
+#[derive(clap::Args, Debug)]
+pub struct McpArgs {
+    /// Allowed directories, as for the reference filesystem server. They must lie within the
+    /// running broker's workspaces; with no broker running, an embedded one serves them as its workspaces.
+    #[arg(value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
     /// Ignore MCP roots sent by the client (keep the DIR arguments).
     #[arg(long)]
     pub no_roots: bool,
@@ -57,14 +74,11 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let socket = a
-            .socket
-            .clone()
-            .unwrap_or_else(airlock_client::default_agent_socket);
+        let socket = a.serve.socket();
         let opts = FsOptions {
             socket: socket.clone(),
             dirs: dirs.clone(),
-            ask_timeout: Duration::from_secs(a.ask_timeout),
+            ask_timeout: Duration::from_secs(a.serve.ask_timeout),
             accept_roots: !a.no_roots,
         };
         let stop = CancellationToken::new();
@@ -113,7 +127,7 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
             Err(e) => anyhow::bail!("{e}"),
         };
         let s = server.clone();
-        let res = serve_mcp("airlock mcp", move || s.clone(), a.http, a.no_auth, stop.clone()).await;
+        let res = serve_mcp("airlock mcp", move || s.clone(), a.serve.http, a.serve.no_auth, stop.clone()).await;
         stop.cancel();
         if let Some(h) = embedded {
             match h.await {

@@ -16,66 +16,27 @@ pub struct ProxyArgs {
     /// the pin file (default: derived from CMD).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Serve Streamable HTTP at http://ADDR/mcp (loopback only) instead of stdio.
-    #[arg(long, value_name = "ADDR")]
-    pub http: Option<std::net::SocketAddr>,
-    /// With --http: accept requests without the bearer token (for tools that cannot send headers).
-    #[arg(long, requires = "http")]
-    pub no_auth: bool,
-    /// The broker's agent socket (default: AIRLOCK_SOCKET, else the per-user default).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// How long a call waits for a human when policy asks (seconds).
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
-    pub ask_timeout: u64,
+    #[command(flatten)]
+    pub serve: crate::cmd_mcp::ServeArgs,
     /// Directory of tool pins (default: $XDG_STATE_HOME/airlock/mcp-pins).
     #[arg(long, value_name = "DIR")]
     pub pins: Option<PathBuf>,
     /// Run the server without the sandbox (printed; the server then runs with all your rights).
     #[arg(long)]
     pub no_sandbox: bool,
-    /// Sandbox: directory visible read-write, writes staged for review (default: the current directory).
-    #[arg(long, value_name = "DIR")]
-    pub workspace: Option<PathBuf>,
-    /// Sandbox: write to the workspace directly instead of staging.
-    #[arg(long)]
-    pub write_through: bool,
-    /// Sandbox: extra path visible read-only (repeatable).
-    #[arg(long = "allow-read", value_name = "PATH")]
-    pub allow_read: Vec<PathBuf>,
-    /// Sandbox: extra path visible read-write, not staged (repeatable).
-    #[arg(long = "allow-write", value_name = "PATH")]
-    pub allow_write: Vec<PathBuf>,
-    /// Sandbox: allow TCP to HOST[:PORT] (repeatable); without it, no network.
-    #[arg(long = "allow-net", value_name = "HOST[:PORT]")]
-    pub allow_net: Vec<String>,
-    /// Sandbox: memory limit, e.g. 512M.
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
-    /// Sandbox: limit on processes and threads.
-    #[arg(long, value_name = "N")]
-    pub pids: Option<u64>,
-    /// Sandbox: CPU time limit per process, e.g. 10m.
-    #[arg(long = "cpu-time", value_name = "DUR")]
-    pub cpu_time: Option<String>,
-    /// Sandbox: cap on written file size and staged changes, e.g. 1G.
-    #[arg(long, value_name = "SIZE")]
-    pub disk: Option<String>,
-    /// Sandbox: pass NAME from the environment, or set NAME=VALUE (repeatable).
-    #[arg(long = "env", value_name = "NAME[=VALUE]")]
-    pub env: Vec<String>,
-    /// Sandbox profile (see `airlock run --profile`).
-    #[arg(long, value_name = "NAME", default_value = "workspace-write")]
-    pub profile: String,
-    /// Sandbox: run without this layer if it cannot be applied (see `airlock run`).
-    #[arg(long = "allow-degraded", value_name = "LAYER")]
-    pub allow_degraded: Vec<String>,
     /// More secret rules in gitleaks' TOML format, scanned with the shipped
     /// gitleaks and Airlock rules (repeatable).
     #[arg(long = "secret-rules", value_name = "FILE")]
     pub secret_rules: Vec<PathBuf>,
+    #[command(flatten, next_help_heading = "Sandbox options (as for `airlock run`)")]
+    pub sandbox: crate::cmd_run::SandboxArgs,
     /// The MCP server: command and arguments (it speaks MCP on stdin/stdout).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(
+        last = true,
+        required = true,
+        value_name = "CMD",
+        help_heading = "Arguments"
+    )]
     pub argv: Vec<String>,
 }
 
@@ -129,46 +90,8 @@ fn child_argv(a: &ProxyArgs) -> anyhow::Result<Vec<String>> {
     }
     let me = std::env::current_exe().context("finding the airlock binary")?;
     let mut v = vec![me.to_string_lossy().into_owned(), "run".into()];
-    let path = |p: &PathBuf| -> anyhow::Result<String> {
-        Ok(std::fs::canonicalize(p)
-            .with_context(|| format!("{}", p.display()))?
-            .to_string_lossy()
-            .into_owned())
-    };
-    if let Some(w) = &a.workspace {
-        v.extend(["--workspace".into(), path(w)?]);
-    }
-    if a.write_through {
-        v.push("--write-through".into());
-    }
-    for p in &a.allow_read {
-        v.extend(["--allow-read".into(), path(p)?]);
-    }
-    for p in &a.allow_write {
-        v.extend(["--allow-write".into(), path(p)?]);
-    }
-    for (flag, vals) in [
-        ("--allow-net", &a.allow_net),
-        ("--env", &a.env),
-        ("--allow-degraded", &a.allow_degraded),
-    ] {
-        for x in vals {
-            v.extend([flag.to_string(), x.clone()]);
-        }
-    }
-    for (flag, val) in [
-        ("--memory", &a.memory),
-        ("--cpu-time", &a.cpu_time),
-        ("--disk", &a.disk),
-    ] {
-        if let Some(x) = val {
-            v.extend([flag.to_string(), x.clone()]);
-        }
-    }
-    if let Some(p) = a.pids {
-        v.extend(["--pids".into(), p.to_string()]);
-    }
-    v.extend(["--profile".into(), a.profile.clone(), "--".into()]);
+    v.extend(a.sandbox.run_flags()?);
+    v.push("--".into());
     v.extend(a.argv.iter().cloned());
     Ok(v)
 }
@@ -188,10 +111,7 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         None => pins::default_dir()
             .context("neither XDG_STATE_HOME nor HOME is set; give --pins DIR")?,
     };
-    let socket = a
-        .socket
-        .clone()
-        .unwrap_or_else(airlock_client::default_agent_socket);
+    let socket = a.serve.socket();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -201,7 +121,7 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
             socket: socket.clone(),
             name: name.clone(),
             argv,
-            ask_timeout: Duration::from_secs(a.ask_timeout),
+            ask_timeout: Duration::from_secs(a.serve.ask_timeout),
             pins: PinStore::new(pin_dir),
             secrets,
         })
@@ -214,8 +134,8 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         let res = crate::cmd_mcp::serve_mcp(
             "airlock mcp-proxy",
             move || p.session(),
-            a.http,
-            a.no_auth,
+            a.serve.http,
+            a.serve.no_auth,
             stop.clone(),
         )
         .await;

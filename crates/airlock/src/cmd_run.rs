@@ -6,17 +6,14 @@ use airlock_sandbox::{Layer, Outcome, SandboxSpec, WorkspaceMode, WorkspaceMount
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-/// Arguments of `airlock run`.
+/// The sandbox's options, shared by `airlock run` and `airlock mcp-proxy`
+/// (which passes them on to `airlock run`, see [`SandboxArgs::run_flags`]).
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
+pub struct SandboxArgs {
     /// Directory visible read-write, with writes staged for review
     /// (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
-    /// Apply the staged changes when the command exits 0 (same checks as
-    /// `airlock staged commit`).
-    #[arg(long, conflicts_with = "write_through")]
-    pub commit: bool,
     /// Write to the workspace directly instead of staging (protected paths
     /// stay read-only).
     #[arg(long)]
@@ -40,9 +37,6 @@ pub struct RunArgs {
     /// CPU time limit per process, e.g. 30s.
     #[arg(long = "cpu-time", value_name = "DUR")]
     pub cpu_time: Option<String>,
-    /// Wall-clock limit for the whole run, e.g. 10m.
-    #[arg(long, value_name = "DUR")]
-    pub timeout: Option<String>,
     /// Cap on the size of a written file and of the staged changes, e.g. 1G.
     #[arg(long, value_name = "SIZE")]
     pub disk: Option<String>,
@@ -57,6 +51,68 @@ pub struct RunArgs {
     /// limits) if it cannot be applied; printed and recorded.
     #[arg(long = "allow-degraded", value_name = "LAYER")]
     pub allow_degraded: Vec<Layer>,
+}
+
+impl SandboxArgs {
+    /// The same options as `airlock run` flags, paths made absolute (the
+    /// sandboxed process may start elsewhere).
+    pub fn run_flags(&self) -> anyhow::Result<Vec<String>> {
+        let path = |p: &PathBuf| -> anyhow::Result<String> {
+            Ok(std::fs::canonicalize(p)
+                .with_context(|| format!("{}", p.display()))?
+                .to_string_lossy()
+                .into_owned())
+        };
+        let mut v: Vec<String> = vec![];
+        if let Some(w) = &self.workspace {
+            v.extend(["--workspace".into(), path(w)?]);
+        }
+        if self.write_through {
+            v.push("--write-through".into());
+        }
+        for p in &self.allow_read {
+            v.extend(["--allow-read".into(), path(p)?]);
+        }
+        for p in &self.allow_write {
+            v.extend(["--allow-write".into(), path(p)?]);
+        }
+        for (flag, vals) in [("--allow-net", &self.allow_net), ("--env", &self.env)] {
+            for x in vals {
+                v.extend([flag.to_string(), x.clone()]);
+            }
+        }
+        for l in &self.allow_degraded {
+            v.extend(["--allow-degraded".to_string(), l.as_str().to_string()]);
+        }
+        for (flag, val) in [
+            ("--memory", &self.memory),
+            ("--cpu-time", &self.cpu_time),
+            ("--disk", &self.disk),
+        ] {
+            if let Some(x) = val {
+                v.extend([flag.to_string(), x.clone()]);
+            }
+        }
+        if let Some(p) = self.pids {
+            v.extend(["--pids".into(), p.to_string()]);
+        }
+        v.extend(["--profile".into(), self.profile.clone()]);
+        Ok(v)
+    }
+}
+
+/// Arguments of `airlock run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Apply the staged changes when the command exits 0 (same checks as
+    /// `airlock staged commit`).
+    #[arg(long, conflicts_with = "write_through")]
+    pub commit: bool,
+    /// Wall-clock limit for the whole run, e.g. 10m.
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
     /// Print the execution record as JSON on the last line of stderr.
     #[arg(long)]
     pub json: bool,
@@ -142,20 +198,20 @@ fn parse_limits(
     mut l: airlock_sandbox::Limits,
 ) -> anyhow::Result<airlock_sandbox::Limits> {
     use airlock_sandbox::limits::{parse_duration, parse_size};
-    if let Some(m) = &args.memory {
+    if let Some(m) = &args.sandbox.memory {
         l.memory = Some(
             parse_size(m)
                 .map_err(anyhow::Error::msg)
                 .context("--memory")?,
         );
     }
-    if let Some(p) = args.pids {
+    if let Some(p) = args.sandbox.pids {
         if p == 0 {
             bail!("--pids must be at least 1");
         }
         l.pids = Some(p);
     }
-    if let Some(c) = &args.cpu_time {
+    if let Some(c) = &args.sandbox.cpu_time {
         l.cpu_time = Some(
             parse_duration(c)
                 .map_err(anyhow::Error::msg)
@@ -169,7 +225,7 @@ fn parse_limits(
                 .context("--timeout")?,
         );
     }
-    if let Some(d) = &args.disk {
+    if let Some(d) = &args.sandbox.disk {
         l.disk = Some(
             parse_size(d)
                 .map_err(anyhow::Error::msg)
@@ -188,10 +244,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         .ok()
         .filter(|h| Path::new(h).is_absolute());
     let t0 = std::time::Instant::now();
-    let profile = airlock_sandbox::profile::find_profile(&args.profile, config_file().as_deref())?;
+    let profile =
+        airlock_sandbox::profile::find_profile(&args.sandbox.profile, config_file().as_deref())?;
     let limits = parse_limits(&args, profile.limits.clone())?;
     let cwd = std::env::current_dir().context("current directory")?;
-    let ws = canonical(args.workspace.as_deref().unwrap_or(&cwd), "--workspace")?;
+    let ws = canonical(
+        args.sandbox.workspace.as_deref().unwrap_or(&cwd),
+        "--workspace",
+    )?;
     if !ws.is_dir() {
         bail!("--workspace {} is not a directory", ws.display());
     }
@@ -199,13 +259,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut spec = SandboxSpec::new(args.argv.clone(), ws.clone());
     spec.env = airlock_sandbox::scrub_env(
         std::env::vars(),
-        &[profile.env.clone(), args.env.clone()].concat(),
+        &[profile.env.clone(), args.sandbox.env.clone()].concat(),
     );
     spec.limits = limits;
     spec.hidden = hidden_paths();
     let expand = |p: &str, flag: &str| -> anyhow::Result<PathBuf> {
-        airlock_sandbox::Profile::expand(p, home.as_deref())
-            .with_context(|| format!("profile {}: {flag} {p}: HOME is not set", args.profile))
+        airlock_sandbox::Profile::expand(p, home.as_deref()).with_context(|| {
+            format!(
+                "profile {}: {flag} {p}: HOME is not set",
+                args.sandbox.profile
+            )
+        })
     };
     for p in &profile.allow_read {
         let p = expand(p, "allow_read")?;
@@ -219,20 +283,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             spec.allow_write.push(p);
         }
     }
-    for p in &args.allow_read {
+    for p in &args.sandbox.allow_read {
         spec.allow_read.push(canonical(p, "--allow-read")?);
     }
-    for p in &args.allow_write {
+    for p in &args.sandbox.allow_write {
         spec.allow_write.push(canonical(p, "--allow-write")?);
     }
-    spec.allow_net = [profile.allow_net.clone(), args.allow_net.clone()].concat();
-    spec.allow_degraded = [profile.allow_degraded.clone(), args.allow_degraded.clone()].concat();
+    spec.allow_net = [profile.allow_net.clone(), args.sandbox.allow_net.clone()].concat();
+    spec.allow_degraded = [
+        profile.allow_degraded.clone(),
+        args.sandbox.allow_degraded.clone(),
+    ]
+    .concat();
 
     // Workspace mode; the staging area is the one the broker would use.
-    let staged_mode = !args.write_through
+    let staged_mode = !args.sandbox.write_through
         && profile.workspace == airlock_sandbox::profile::WorkspaceAccess::Staged;
     let mut area = None;
-    let mode = if args.write_through
+    let mode = if args.sandbox.write_through
         || profile.workspace == airlock_sandbox::profile::WorkspaceAccess::WriteThrough
     {
         WorkspaceMode::WriteThrough
@@ -256,7 +324,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         if args.commit {
             bail!(
                 "--commit needs a staged workspace (profile {} mounts it read-only)",
-                args.profile
+                args.sandbox.profile
             );
         }
         WorkspaceMode::ReadOnly
@@ -360,7 +428,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     if args.json || args.report.is_some() {
         let rec = Record {
             argv: &args.argv,
-            profile: &args.profile,
+            profile: &args.sandbox.profile,
             spec: &spec,
             outcome: &outcome,
             exit_code: code,
