@@ -29,6 +29,8 @@ use serde_json::Value;
 const GITLEAKS: &str = include_str!("../rules/gitleaks.toml");
 /// Airlock's additions, same format.
 const AIRLOCK: &str = include_str!("../rules/airlock.toml");
+/// The shipped rule files, by name.
+const SHIPPED: [(&str, &str); 2] = [("gitleaks.toml", GITLEAKS), ("airlock.toml", AIRLOCK)];
 
 /// A rule file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -267,8 +269,11 @@ impl Allow {
                 .regex
                 .as_ref()
                 .is_some_and(|r| r.is_match(target.as_bytes()));
-        let lower = secret.to_lowercase();
-        let by_word = !secret.is_empty() && self.stopwords.iter().any(|w| lower.contains(w));
+        // Most allowlists have no stopwords: lower-case only when needed.
+        let by_word = !secret.is_empty() && !self.stopwords.is_empty() && {
+            let lower = secret.to_lowercase();
+            self.stopwords.iter().any(|w| lower.contains(w))
+        };
         if self.and {
             // Every condition the allowlist names must hold; paths and
             // commits never do here.
@@ -341,7 +346,7 @@ impl Scanner {
         static S: OnceLock<Arc<Scanner>> = OnceLock::new();
         S.get_or_init(|| {
             Arc::new(
-                Scanner::from_sources(&[("gitleaks.toml", GITLEAKS), ("airlock.toml", AIRLOCK)])
+                Scanner::from_sources(&SHIPPED)
                     .expect("the shipped secret rules compile (checked by tests)"),
             )
         })
@@ -363,8 +368,7 @@ impl Scanner {
             })?;
             texts.push((name, text));
         }
-        let mut sources: Vec<(&str, &str)> =
-            vec![("gitleaks.toml", GITLEAKS), ("airlock.toml", AIRLOCK)];
+        let mut sources: Vec<(&str, &str)> = SHIPPED.to_vec();
         sources.extend(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())));
         Ok(Arc::new(Scanner::from_sources(&sources)?))
     }
@@ -605,7 +609,8 @@ impl Scanner {
 }
 
 /// Scan with the shipped rules.
-pub fn scan(v: &Value) -> Scan {
+#[cfg(test)]
+fn scan(v: &Value) -> Scan {
     Scanner::builtin().scan(v)
 }
 
