@@ -102,13 +102,7 @@ pub fn passed(checks: &[Value]) -> bool {
 
 #[test]
 fn conformance_suite_passes_the_applicable_scenarios() {
-    let nm = match node_modules() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let nm = or_skip!(node_modules());
     if !nm
         .join("@modelcontextprotocol/conformance/dist/index.js")
         .exists()

@@ -188,10 +188,7 @@ impl Session {
 
 #[test]
 fn proxy_pins_tools_quarantines_a_rug_pull_and_refuses_shadowing() {
-    if let Err(why) = node() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    or_skip!(node());
     let d = daemon();
     let st = state(&d, "a.json", &[("echo", "Echoes its text.")], "");
 
@@ -264,10 +261,7 @@ fn proxy_pins_tools_quarantines_a_rug_pull_and_refuses_shadowing() {
 
 #[test]
 fn proxy_hides_denied_tools_and_keeps_secrets_out() {
-    if let Err(why) = node() {
-        println!("SKIPPED: {why}");
-        return;
-    }
+    or_skip!(node());
     let d = daemon();
     let aws = "AKIAQYLPMN5HHHFPZAM2";
     let st = state(
@@ -405,13 +399,7 @@ fn run_all(nm: &Path, url: &str, out: &Path) -> Vec<(String, bool)> {
 
 #[test]
 fn server_everything_passes_as_much_behind_the_proxy_as_bare() {
-    let nm = match node_modules() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let nm = or_skip!(node_modules());
     let everything = nm.join("@modelcontextprotocol/server-everything/dist/index.js");
     if !nm
         .join("@modelcontextprotocol/conformance/dist/index.js")

@@ -59,13 +59,7 @@ pub fn fixture(env: &Env) {
 
 #[test]
 fn python_sdk_client_end_to_end() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let py = or_skip!(python());
     let d = Daemon::start("");
     fixture(&d.env);
     let mut c = Command::new(py);
@@ -100,13 +94,7 @@ fn python_sdk_client_end_to_end() {
 
 #[test]
 fn with_no_broker_running_an_embedded_one_serves_the_directories() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let py = or_skip!(python());
     let env = Env::new();
     let script = r#"
 import asyncio, os, sys

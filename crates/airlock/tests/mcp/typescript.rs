@@ -30,13 +30,7 @@ pub fn node_modules() -> Result<PathBuf, String> {
 
 #[test]
 fn typescript_sdk_client_end_to_end() {
-    let nm = match node_modules() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let nm = or_skip!(node_modules());
     let d = Daemon::start("");
     fixture(&d.env);
     let mut c = Command::new("node");
