@@ -118,7 +118,7 @@ impl Broker {
     /// (`POST /v1/requests/check`).
     pub(crate) fn check(&self, peer: &Peer, m: &Manifest) -> Value {
         let d = self.decide_counting(peer, m, false);
-        json!({
+        let mut v = json!({
             "decision": d.decision.decision.as_str(),
             "policy_id": d.decision.policy_id,
             "rule": d.decision.rule,
@@ -127,7 +127,11 @@ impl Broker {
             "reason_code": d.decision.reason_code,
             "policy_revision": self.inner.policy.revision(),
             "session": d.session.id,
-        })
+        });
+        if let Some(t) = d.decision.secrets {
+            v["secrets"] = json!(t);
+        }
+        v
     }
 
     fn decide_counting(&self, peer: &Peer, m: &Manifest, count: bool) -> Decided {
@@ -145,11 +149,15 @@ impl Broker {
                 reasons: vec![format!("session {} is quarantined by the user", session.id)],
                 grantable: false,
                 reason_code: Some("quarantined".into()),
+                secrets: None,
             }
         } else {
             self.inner.policy.evaluate(&input)
         };
-        if count {
+        // A result check (`mcp.result_secrets`) is about a call already
+        // counted, so it does not count again.
+        let result_check = m.mcp.as_ref().is_some_and(|c| !c.result_secrets.is_empty());
+        if count && !result_check {
             self.inner.quotas.count_request(&quota_key, m.action, now);
         }
         let mut approval_id = None;
@@ -215,6 +223,7 @@ impl Broker {
             approval_id: approval_id.clone(),
             approval_expires_at: None,
             retry_after,
+            secrets: decision.secrets,
             session: session.id.clone(),
             hint: None,
         };
@@ -385,6 +394,7 @@ impl Broker {
             approval_id: Some(a.id.clone()),
             approval_expires_at: Some(rfc3339(a.expires)),
             retry_after: None,
+            secrets: a.decision.secrets,
             session: a.session.clone(),
             hint: None,
         };
@@ -587,7 +597,7 @@ pub(crate) fn intent_json(m: &Manifest, hash: &str) -> Value {
 }
 
 pub(crate) fn decision_json(d: &Decision, labels: &[String]) -> Value {
-    json!({
+    let mut v = json!({
         "allowed": d.decision == DecisionKind::Allow,
         "decision": d.decision.as_str(),
         "policy_id": d.policy_id,
@@ -596,7 +606,11 @@ pub(crate) fn decision_json(d: &Decision, labels: &[String]) -> Value {
         "grantable": d.grantable,
         "reason_code": d.reason_code,
         "labels": labels,
-    })
+    });
+    if let Some(t) = d.secrets {
+        v["secrets"] = json!(t);
+    }
+    v
 }
 
 fn grant_json(m: &Manifest, expires_at: u64) -> Value {

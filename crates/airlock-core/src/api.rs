@@ -134,6 +134,10 @@ pub struct DecisionResponse {
     /// Seconds after which retrying may succeed (quota denials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// What to do with secrets found in an MCP call (`allow` or `redact`),
+    /// when a policy said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<crate::SecretsTreatment>,
     /// The broker session the token is bound to.
     pub session: String,
     /// What the agent can do next, in words.

@@ -30,6 +30,47 @@ impl DecisionKind {
     }
 }
 
+/// What happens to secrets Airlock found in an MCP call's arguments or
+/// result when the call goes ahead (a policy's `secrets` rule, or the
+/// `secrets` field of its decision object). Ordered: `redact` is the more
+/// restrictive of the two.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretsTreatment {
+    /// Pass them on unchanged.
+    Allow,
+    /// Replace each by `[REDACTED:RULE]` first.
+    Redact,
+}
+
+impl SecretsTreatment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretsTreatment::Allow => "allow",
+            SecretsTreatment::Redact => "redact",
+        }
+    }
+    pub fn parse(s: &str) -> Option<SecretsTreatment> {
+        match s {
+            "allow" => Some(SecretsTreatment::Allow),
+            "redact" => Some(SecretsTreatment::Redact),
+            _ => None,
+        }
+    }
+}
+
 /// A policy decision: what, which policy and rule decided, and why in words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Decision {
@@ -48,6 +89,11 @@ pub struct Decision {
     /// `quota_exceeded`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_code: Option<String>,
+    /// What to do with secrets found in an MCP call, when a policy said
+    /// (the most restrictive any policy said); `None` leaves it to the
+    /// caller's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsTreatment>,
 }
 
 impl Decision {
@@ -59,6 +105,7 @@ impl Decision {
             reasons: vec![reason.into()],
             grantable: false,
             reason_code: None,
+            secrets: None,
         }
     }
 }
@@ -72,5 +119,6 @@ mod tests {
         assert_eq!(Allow.most_restrictive(Ask), Ask);
         assert_eq!(Ask.most_restrictive(Deny), Deny);
         assert_eq!(Allow.most_restrictive(Allow), Allow);
+        assert!(SecretsTreatment::Redact > SecretsTreatment::Allow);
     }
 }

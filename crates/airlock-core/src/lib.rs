@@ -13,7 +13,7 @@ pub mod manifest;
 pub mod path;
 
 pub use api::{decode, ApiRequest, DecisionResponse, Encoding, Route};
-pub use decision::{Decision, DecisionKind};
+pub use decision::{Decision, DecisionKind, SecretsTreatment};
 pub use error::{ApiError, ErrorCode};
 pub use hash::{canonical_json, sha256_hex};
 pub use manifest::{Action, Manifest, ManifestLimits, McpCall, Verb};

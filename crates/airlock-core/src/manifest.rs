@@ -220,6 +220,10 @@ pub struct McpCall {
     /// Ids of the secret patterns found in the arguments (never the secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Ids of the secret patterns found in the call's result. Set only when
+    /// the proxy asks whether a result holding them may reach the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub result_secrets: Vec<String>,
 }
 
 /// Validation limits; all configurable (see docs/config.md).
@@ -617,7 +621,7 @@ fn mcp_call(
     let call: McpCall = serde_json::from_value(v.clone()).map_err(|e| {
         ApiError::new(ErrorCode::InvalidValue, format!("mcp: {e}"))
             .field("mcp")
-            .hint("mcp has server, tool | resource | prompt, arguments and secrets")
+            .hint("mcp has server, tool | resource | prompt, arguments, secrets and result_secrets")
     })?;
     let max = limits.max_label_bytes;
     let label_ok = |s: &str| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
@@ -650,12 +654,17 @@ fn mcp_call(
             .field(format!("mcp.{want}")))
         }
     }
-    if let Some(i) = call.secrets.iter().position(|s| !label_ok(s)) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidValue,
-            format!("mcp.secrets[{i}] is empty, too long or has control characters"),
-        )
-        .field(format!("mcp.secrets[{i}]")));
+    for (key, ids) in [
+        ("secrets", &call.secrets),
+        ("result_secrets", &call.result_secrets),
+    ] {
+        if let Some(i) = ids.iter().position(|s| !label_ok(s)) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidValue,
+                format!("mcp.{key}[{i}] is empty, too long or has control characters"),
+            )
+            .field(format!("mcp.{key}[{i}]")));
+        }
     }
     Ok(Some(call))
 }

@@ -48,6 +48,10 @@ impl std::fmt::Debug for BrokerLink {
 pub struct Grant {
     pub token: String,
     pub request_id: String,
+    /// What policy said to do with secrets found in an MCP call, if it said.
+    pub secrets: Option<airlock_core::SecretsTreatment>,
+    /// Whether a human approved it (now, or by a standing approval).
+    pub approved: bool,
 }
 
 impl BrokerLink {
@@ -123,6 +127,10 @@ impl BrokerLink {
                 return Ok(Grant {
                     token: t.to_string(),
                     request_id: v["request_id"].as_str().unwrap_or_default().to_string(),
+                    secrets: v["secrets"]
+                        .as_str()
+                        .and_then(airlock_core::SecretsTreatment::parse),
+                    approved: v["approval_id"].is_string(),
                 });
             }
         }
@@ -231,6 +239,22 @@ pub fn describe(manifest: &Value) -> String {
             h.iter()
                 .filter_map(|x| x.as_str().map(|s| format!("host {s}"))),
         );
+    }
+    let mcp = &manifest["mcp"];
+    if let Some(server) = mcp["server"].as_str() {
+        for key in ["tool", "resource", "prompt"] {
+            if let Some(n) = mcp[key].as_str() {
+                what.push(format!("{key} {n} of MCP server {server}"));
+            }
+        }
+        if let Some(found) = mcp["result_secrets"].as_array().filter(|a| !a.is_empty()) {
+            let ids: Vec<&str> = found.iter().filter_map(Value::as_str).collect();
+            return format!(
+                "{action} of {}: passing its result, which holds what looks like a secret ({}), to the agent",
+                what.join(", "),
+                ids.join(", ")
+            );
+        }
     }
     format!("{action} of {}", what.join(", "))
 }

@@ -14,8 +14,12 @@
 //!   would deny outright (asked with `POST /v1/requests/check`, which grants,
 //!   asks and records nothing) and tools quarantined by the pin store
 //!   (see [`crate::pins`]).
-//! - Secrets in tool arguments are named (never shown) to policy; secrets
-//!   in results are redacted (see [`crate::secrets`]).
+//! - Secrets (see [`crate::secrets`]) in tool arguments are named, never
+//!   shown, to policy, which may have them redacted before the server sees
+//!   them (`mcp_secrets := "redact"`). A result holding secrets is asked
+//!   about again (a result check, `mcp.result_secrets`): redacted unless
+//!   policy passes it (`mcp_secrets := "allow"`, or a human's approval) or
+//!   withholds it (deny).
 //! - Progress tokens are mapped between the two sides, since each side of
 //!   the proxy numbers its own requests.
 
@@ -37,6 +41,7 @@ use serde_json::{json, Value};
 use crate::link::{self, BrokerLink, Refusal};
 use crate::pins::{PinStore, Verdict};
 use crate::secrets;
+use airlock_core::SecretsTreatment;
 
 /// How `airlock mcp-proxy` runs.
 #[derive(Debug, Clone)]
@@ -267,8 +272,29 @@ impl Service<RoleClient> for Downstream {
 
 /// What the proxy decided about one call.
 enum Gate {
-    Go { request_id: String },
+    Go(link::Grant),
     Refuse(String),
+}
+
+/// What becomes of a result that holds what looks like a secret.
+enum ResultFate {
+    /// Passed to the agent unchanged (policy said `mcp_secrets := "allow"`,
+    /// or a human approved it).
+    Pass,
+    /// Secrets replaced by `[REDACTED:RULE]` (the default).
+    Redact,
+    /// Not passed at all: policy denied it; the text says why.
+    Withhold(String),
+}
+
+impl ResultFate {
+    fn as_str(&self) -> &'static str {
+        match self {
+            ResultFate::Pass => "passed",
+            ResultFate::Redact => "redacted",
+            ResultFate::Withhold(_) => "withheld",
+        }
+    }
 }
 
 impl ProxySession {
@@ -432,10 +458,56 @@ impl ProxySession {
             _ = ctx.ct.cancelled() => Err(Refusal::Invalid("the call was cancelled".into())),
         };
         match r {
-            Ok(g) => Gate::Go {
-                request_id: g.request_id,
-            },
+            Ok(g) => Gate::Go(g),
             Err(e) => Gate::Refuse(e.to_string()),
+        }
+    }
+
+    /// A result check: may a result holding `found` (secret rule ids) reach
+    /// the agent? Policy sees the call again with `mcp.result_secrets`; an
+    /// allow that says nothing about secrets redacts them, an allow with
+    /// `mcp_secrets := "allow"` or a human's approval passes them, and a
+    /// deny withholds the result.
+    async fn result_fate(
+        &self,
+        call: (&str, &str, &str),
+        args: Option<Value>,
+        found: &[String],
+        ctx: &RequestContext<RoleServer>,
+    ) -> (ResultFate, Option<String>) {
+        let (action, key, name) = call;
+        let mut m = self.manifest(action, key, name, args, vec![]);
+        m["mcp"]["result_secrets"] = json!(found);
+        m["justification"] = json!(link::truncate(
+            format!(
+                "MCP server {}: the result of {key} {name} holds what looks like a secret ({}); may the agent see it?",
+                self.name(),
+                found.join(", ")
+            ),
+            1800
+        ));
+        match self.gate(m, ctx).await {
+            Gate::Go(g) => {
+                let default = if g.approved {
+                    SecretsTreatment::Allow
+                } else {
+                    SecretsTreatment::Redact
+                };
+                let fate = match g.secrets.unwrap_or(default) {
+                    SecretsTreatment::Allow => ResultFate::Pass,
+                    SecretsTreatment::Redact => ResultFate::Redact,
+                };
+                (fate, Some(g.request_id))
+            }
+            Gate::Refuse(why) => (
+                ResultFate::Withhold(format!(
+                    "Airlock withheld the result of {key} {name} from MCP server {}: it holds what \
+                     looks like a secret ({}).\n{why}",
+                    self.name(),
+                    found.join(", ")
+                )),
+                None,
+            ),
         }
     }
 
@@ -480,21 +552,27 @@ impl ProxySession {
             .as_ref()
             .map(|a| self.shared.opts.secrets.scan(a))
             .unwrap_or_default();
-        let m = self.manifest(
-            "mcp_tool",
-            "tool",
-            &tool,
-            scan.redacted.clone().or(args.clone()).map(clip),
-            scan.rules.clone(),
-        );
-        let request_id = match self.gate(m, &ctx).await {
-            Gate::Go { request_id } => request_id,
+        // Policy sees the arguments with any secret redacted.
+        let shown = scan.redacted.clone().or(args.clone()).map(clip);
+        let m = self.manifest("mcp_tool", "tool", &tool, shown.clone(), scan.rules.clone());
+        let grant = match self.gate(m, &ctx).await {
+            Gate::Go(g) => g,
             Gate::Refuse(why) => return Ok(refusal(why)),
         };
+        let mut detail = json!({});
+        if !scan.rules.is_empty() {
+            // Policy saw the secrets named and let the call go: the
+            // arguments pass unchanged unless it said to redact them.
+            let redact = grant.secrets == Some(SecretsTreatment::Redact);
+            if redact {
+                req.params.arguments = scan.redacted.as_ref().and_then(|a| a.as_object().cloned());
+            }
+            detail["arguments_secrets"] = json!(scan.rules);
+            detail["arguments_secrets_action"] = json!(if redact { "redacted" } else { "passed" });
+        }
         let child = self.child()?;
         let token = ctx.meta.get_progress_token();
         let _inflight = InflightGuard::new(&self.inflight, ctx.id.clone());
-        req.params.arguments = args.and_then(|a| a.as_object().cloned());
         let r = forward(
             child.service.peer(),
             ClientRequest::CallToolRequest(req),
@@ -505,32 +583,18 @@ impl ProxySession {
         .await;
         let what = format!("mcp:{}/{tool}", self.name());
         match r {
-            Ok(ServerResult::CallToolResult(mut res)) => {
-                let mut v = serde_json::to_value(&res).unwrap_or(Value::Null);
-                let found = self.shared.opts.secrets.scan(&v);
-                let mut detail = json!({"arguments_secrets": scan.rules});
-                if let Some(red) = found.redacted {
-                    v = red;
-                    if let Ok(r2) = serde_json::from_value::<CallToolResult>(v) {
-                        res = r2;
-                    }
-                    detail["result_secrets"] = json!(found.rules);
-                    detail["result_secrets_action"] = json!("redacted");
-                }
-                self.report(&request_id, what, res.is_error == Some(true), detail);
-                Ok(ServerResult::CallToolResult(res))
-            }
-            Ok(other) => {
-                self.report(
-                    &request_id,
-                    what,
-                    false,
-                    json!({"result": "not a plain tool result; passed through"}),
-                );
-                Ok(other)
+            Ok(res) => {
+                let is_error =
+                    matches!(&res, ServerResult::CallToolResult(r) if r.is_error == Some(true));
+                let screened = self
+                    .screen(res, ("mcp_tool", "tool", &tool), shown, &ctx, &mut detail)
+                    .await;
+                self.report(&grant.request_id, what, is_error, detail);
+                Ok(screened.unwrap_or_else(refusal))
             }
             Err(e) => {
-                self.report(&request_id, what, true, json!({"error": e.to_string()}));
+                detail["error"] = json!(e.to_string());
+                self.report(&grant.request_id, what, true, detail);
                 Err(service_error(e))
             }
         }
@@ -546,9 +610,10 @@ impl ProxySession {
         req: ClientRequest,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
-        let m = self.manifest(action, key, &name, args.map(clip), vec![]);
+        let args = args.map(clip);
+        let m = self.manifest(action, key, &name, args.clone(), vec![]);
         let request_id = match self.gate(m, &ctx).await {
-            Gate::Go { request_id } => request_id,
+            Gate::Go(g) => g.request_id,
             Gate::Refuse(why) => return Err(ErrorData::invalid_request(why, None)),
         };
         let child = self.child()?;
@@ -564,21 +629,12 @@ impl ProxySession {
         let what = format!("mcp:{}/{key}:{name}", self.name());
         match r {
             Ok(res) => {
-                let v = serde_json::to_value(&res).unwrap_or(Value::Null);
-                let found = self.shared.opts.secrets.scan(&v);
                 let mut detail = json!({});
-                let res = match found.redacted.and_then(|red| {
-                    let mut typed = res.clone();
-                    replace_typed(&mut typed, red).then_some(typed)
-                }) {
-                    Some(red) => {
-                        detail = json!({"result_secrets": found.rules, "result_secrets_action": "redacted"});
-                        red
-                    }
-                    None => res,
-                };
+                let screened = self
+                    .screen(res, (action, key, &name), args, &ctx, &mut detail)
+                    .await;
                 self.report(&request_id, what, false, detail);
-                Ok(res)
+                screened.map_err(|why| ErrorData::invalid_request(why, None))
             }
             Err(e) => {
                 self.report(&request_id, what, true, json!({"error": e.to_string()}));
@@ -586,15 +642,63 @@ impl ProxySession {
             }
         }
     }
+
+    /// Scan a result for secrets and give it the fate policy decides (see
+    /// [`Self::result_fate`]); `Err` with the reason when it is withheld.
+    /// What was found and done goes into `detail` for the outcome record.
+    async fn screen(
+        &self,
+        res: ServerResult,
+        call: (&str, &str, &str),
+        args: Option<Value>,
+        ctx: &RequestContext<RoleServer>,
+        detail: &mut Value,
+    ) -> Result<ServerResult, String> {
+        let v = serde_json::to_value(&res).unwrap_or(Value::Null);
+        let found = self.shared.opts.secrets.scan(&v);
+        let Some(red) = found.redacted else {
+            return Ok(res);
+        };
+        let (fate, check) = self.result_fate(call, args, &found.rules, ctx).await;
+        detail["result_secrets"] = json!(found.rules);
+        detail["result_secrets_action"] = json!(fate.as_str());
+        if let Some(id) = check {
+            detail["result_check_request_id"] = json!(id);
+        }
+        match fate {
+            ResultFate::Pass => Ok(res),
+            ResultFate::Redact => redact_typed(&res, red).ok_or_else(|| {
+                detail["result_secrets_action"] = json!("withheld");
+                format!(
+                    "Airlock withheld the result of {} {} from MCP server {}: it holds what looks \
+                     like a secret ({}) and could not be redacted.",
+                    call.1,
+                    call.2,
+                    self.name(),
+                    found.rules.join(", ")
+                )
+            }),
+            ResultFate::Withhold(why) => Err(why),
+        }
+    }
 }
 
-/// Replace a typed result by a redacted JSON value of the same variant.
-fn replace_typed(r: &mut ServerResult, v: Value) -> bool {
-    match r {
-        ServerResult::ReadResourceResult(x) => serde_json::from_value(v).map(|y| *x = y).is_ok(),
-        ServerResult::GetPromptResult(x) => serde_json::from_value(v).map(|y| *x = y).is_ok(),
-        _ => false,
-    }
+/// A result of the same kind as `r` made from its redacted JSON.
+fn redact_typed(r: &ServerResult, v: Value) -> Option<ServerResult> {
+    Some(match r {
+        ServerResult::CallToolResult(_) => {
+            ServerResult::CallToolResult(serde_json::from_value(v).ok()?)
+        }
+        ServerResult::ReadResourceResult(_) => {
+            ServerResult::ReadResourceResult(serde_json::from_value(v).ok()?)
+        }
+        ServerResult::GetPromptResult(_) => {
+            ServerResult::GetPromptResult(serde_json::from_value(v).ok()?)
+        }
+        // Any other shape is sent as JSON; whichever variant reads it back
+        // serializes to the same JSON.
+        _ => serde_json::from_value(v).ok()?,
+    })
 }
 
 /// Arguments as policy sees them: long strings cut to 4096 bytes.

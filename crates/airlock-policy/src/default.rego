@@ -196,6 +196,7 @@ _never contains {"rule": "broker_state", "reason": msg} if {
 
 _quota contains msg if {
 	input.action != "commit"
+	not _mcp_result
 	some name, u in input.usage
 	is_number(u.used)
 	is_number(u.limit)
@@ -286,9 +287,21 @@ _ask contains {"rule": "holds_broker_state", "reason": msg} if {
 #     and prompt asks; what looks like a secret in the arguments is named
 #     (never shown) so the human sees it. A policy directory allows or denies
 #     by input.mcp.server / tool / resource / prompt / arguments / secrets.
+#
+#     When a call's result holds what looks like a secret, the proxy asks
+#     again with input.mcp.result_secrets set (a "result check"). This policy
+#     allows it without saying what to do with the secrets, so the proxy
+#     redacts them; a policy directory passes them with
+#     `mcp_secrets := "allow"`, withholds the result with a deny, or lets a
+#     human decide with an ask.
 # ---------------------------------------------------------------------------
 
 _mcp_actions := {"mcp_tool", "mcp_resource", "mcp_prompt"}
+
+_mcp_result if {
+	input.action in _mcp_actions
+	count(input.mcp.result_secrets) > 0
+}
 
 _mcp_what := sprintf("tool %s", [input.mcp.tool]) if input.action == "mcp_tool"
 
@@ -298,11 +311,13 @@ else := sprintf("prompt %s", [input.mcp.prompt])
 
 _ask contains {"rule": "mcp", "reason": msg} if {
 	input.action in _mcp_actions
+	not _mcp_result
 	msg := sprintf("MCP server %s: %s needs your approval", [input.mcp.server, _mcp_what])
 }
 
 _ask contains {"rule": "mcp_secret", "reason": msg} if {
 	input.action in _mcp_actions
+	not _mcp_result
 	count(input.mcp.secrets) > 0
 	msg := sprintf("the arguments hold what looks like a secret (%s)", [concat(", ", input.mcp.secrets)])
 }
@@ -314,6 +329,15 @@ _ask contains {"rule": "mcp_secret", "reason": msg} if {
 _allow_reason := sprintf("%s of %s, inside your workspace %s", [input.action, _path, _ws]) if {
 	_ws := [w | some w in input.workspaces; _within(_path, w)][0]
 }
+
+_allow_reason := msg if {
+	_mcp_result
+	msg := sprintf("the result of MCP server %s's %s holds what looks like a secret (%s); it is redacted before the agent sees it", [input.mcp.server, _mcp_what, concat(", ", input.mcp.result_secrets)])
+}
+
+_allow_rule := "mcp_result" if _mcp_result
+
+else := "workspace"
 
 # ---------------------------------------------------------------------------
 # The full decision: exactly one branch holds for any input.
@@ -374,7 +398,7 @@ _decision := {
 
 _decision := {
 	"decision": "allow",
-	"rule": "workspace",
+	"rule": _allow_rule,
 	"reasons": [_allow_reason],
 	"grantable": false,
 } if {

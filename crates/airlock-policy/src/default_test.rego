@@ -136,3 +136,27 @@ test_mcp_secret_is_named if {
 	d.decision == "ask"
 	d.rule == "mcp,mcp_secret"
 }
+
+_result_check := object.union(_base, {"action": "mcp_tool", "mcp": {
+	"server": "s", "tool": "t",
+	"secrets": ["generic-api-key"],
+	"result_secrets": ["aws-access-token", "github-pat"],
+}})
+
+test_mcp_result_check_allowed_and_redacted if {
+	d := p.decision with input as _result_check
+	d.decision == "allow"
+	d.rule == "mcp_result"
+	d.reasons == ["the result of MCP server s's tool t holds what looks like a secret (aws-access-token, github-pat); it is redacted before the agent sees it"]
+
+	# The default says nothing about secrets, so the proxy redacts and a
+	# policy directory can relax that with mcp_secrets := "allow".
+	not d.mcp_secrets
+}
+
+test_mcp_result_check_ignores_used_up_quota if {
+	used := {"usage": {"mcp_calls_per_minute": {"used": 60, "limit": 60, "retry_after": 10}}}
+	p.decision.decision == "allow" with input as object.union(_result_check, used)
+	inp := object.union(_base, {"action": "mcp_tool", "mcp": {"server": "s", "tool": "t"}})
+	p.decision.reason_code == "quota_exceeded" with input as object.union(inp, used)
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use airlock_core::{Decision, DecisionKind};
+use airlock_core::{Decision, DecisionKind, SecretsTreatment};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::Value;
 use serde_json::Value as Json;
@@ -46,6 +46,7 @@ impl Failure {
             reasons: vec![msg],
             grantable: false,
             reason_code: Some(rule.into()),
+            secrets: None,
         }
     }
 }
@@ -314,12 +315,33 @@ fn votes(set: &ActiveSet, result: &Value) -> Result<Decision, Failure> {
     }
     let slot = |i: Option<usize>| i.and_then(|i| arr.get(i)).filter(|v| **v != Value::Null);
     let mut cast = Vec::with_capacity(set.voters.len());
+    let mut treatment = None;
     for voter in &set.voters {
         if let Some(d) = vote(voter, &slot) {
             cast.push((None, d));
         }
+        if let Some(v) = slot(voter.secrets) {
+            let t = secrets_treatment(v).map_err(|why| {
+                Failure::Error(format!("policy {}: mcp_secrets {why}", voter.package))
+            })?;
+            treatment = treatment.max(Some(t));
+        }
     }
-    Ok(combine(cast))
+    let mut d = combine(cast);
+    d.secrets = d.secrets.max(treatment);
+    Ok(d)
+}
+
+/// A `mcp_secrets` value: `"allow"` or `"redact"`.
+fn secrets_treatment(v: &Value) -> Result<SecretsTreatment, String> {
+    match v {
+        Value::String(s) => SecretsTreatment::parse(s)
+            .ok_or_else(|| format!("must be \"allow\" or \"redact\", not \"{s}\"")),
+        other => Err(format!(
+            "must be \"allow\" or \"redact\", not {}",
+            short(other)
+        )),
+    }
 }
 
 /// One package's vote, or `None` when it abstains (it only defines
@@ -341,6 +363,7 @@ fn vote<'a>(voter: &Voter, slot: &dyn Fn(Option<usize>) -> Option<&'a Value>) ->
                 )],
                 grantable: false,
                 reason_code: Some("policy_error".into()),
+                secrets: None,
             },
         });
     }
@@ -353,6 +376,7 @@ fn vote<'a>(voter: &Voter, slot: &dyn Fn(Option<usize>) -> Option<&'a Value>) ->
             reasons,
             grantable: false,
             reason_code: None,
+            secrets: None,
         });
     }
     let ask = slot(voter.ask).and_then(|v| messages(v, &policy_id, "needs approval per"));
@@ -364,6 +388,7 @@ fn vote<'a>(voter: &Voter, slot: &dyn Fn(Option<usize>) -> Option<&'a Value>) ->
             reasons,
             grantable: true,
             reason_code: None,
+            secrets: None,
         });
     }
     voter.allow?;
@@ -375,6 +400,7 @@ fn vote<'a>(voter: &Voter, slot: &dyn Fn(Option<usize>) -> Option<&'a Value>) ->
             reasons: vec![format!("allowed by {policy_id}")],
             grantable: false,
             reason_code: None,
+            secrets: None,
         },
         _ => Decision {
             decision: DecisionKind::Deny,
@@ -383,6 +409,7 @@ fn vote<'a>(voter: &Voter, slot: &dyn Fn(Option<usize>) -> Option<&'a Value>) ->
             reasons: vec![format!("not allowed by {policy_id}")],
             grantable: false,
             reason_code: None,
+            secrets: None,
         },
     })
 }
@@ -429,6 +456,7 @@ fn parse_decision_value(policy_id: &str, v: &Value) -> Decision {
         )],
         grantable: false,
         reason_code: Some("policy_error".into()),
+        secrets: None,
     };
     let kind_of = |s: &str| match s {
         "allow" => Some(DecisionKind::Allow),
@@ -463,6 +491,7 @@ fn parse_decision_value(policy_id: &str, v: &Value) -> Decision {
         reasons: Vec::new(),
         grantable: kind == DecisionKind::Ask,
         reason_code: None,
+        secrets: None,
     };
     if let Some(o) = obj {
         if let Some(Value::String(s)) = field(&o, "policy_id") {
@@ -485,6 +514,13 @@ fn parse_decision_value(policy_id: &str, v: &Value) -> Decision {
         }
         if let Some(Value::String(s)) = field(&o, "reason_code") {
             d.reason_code = Some(s.to_string());
+        }
+        match field(&o, "mcp_secrets") {
+            None | Some(Value::Null) | Some(Value::Undefined) => {}
+            Some(v) => match secrets_treatment(&v) {
+                Ok(t) => d.secrets = Some(t),
+                Err(why) => return bad(format!("mcp_secrets {why}")),
+            },
         }
     }
     if d.reasons.is_empty() {
@@ -517,6 +553,7 @@ pub(crate) fn combine(items: Vec<(Option<&str>, Decision)>) -> Decision {
             reasons: vec!["no policy decided on this request (no package defines decision, deny, ask or allow for it)".into()],
             grantable: false,
             reason_code: None,
+            secrets: None,
         };
     };
     let winners: Vec<&(Option<&str>, Decision)> =
@@ -546,6 +583,7 @@ pub(crate) fn combine(items: Vec<(Option<&str>, Decision)>) -> Decision {
     }
     out.reasons = reasons;
     out.grantable = winners.iter().all(|(_, d)| d.grantable);
+    out.secrets = items.iter().filter_map(|(_, d)| d.secrets).max();
     if out.reason_code.is_none() {
         out.reason_code = winners.iter().find_map(|(_, d)| d.reason_code.clone());
     }

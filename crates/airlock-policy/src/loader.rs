@@ -49,15 +49,19 @@ pub(crate) enum Slot {
     Ask,
     Allow,
     PolicyId,
+    /// `mcp_secrets`: `"allow"` or `"redact"`, what happens to secrets found in
+    /// an MCP call that goes ahead.
+    Secrets,
 }
 
 impl Slot {
-    const ALL: [Slot; 5] = [
+    const ALL: [Slot; 6] = [
         Slot::Decision,
         Slot::Deny,
         Slot::Ask,
         Slot::Allow,
         Slot::PolicyId,
+        Slot::Secrets,
     ];
 
     pub(crate) fn rule_name(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Slot {
             Slot::Ask => "ask",
             Slot::Allow => "allow",
             Slot::PolicyId => "policy_id",
+            Slot::Secrets => "mcp_secrets",
         }
     }
 }
@@ -81,6 +86,7 @@ pub(crate) struct Voter {
     pub ask: Option<usize>,
     pub allow: Option<usize>,
     pub policy_id: Option<usize>,
+    pub secrets: Option<usize>,
 }
 
 impl Voter {
@@ -91,6 +97,7 @@ impl Voter {
             Slot::Ask => &mut self.ask,
             Slot::Allow => &mut self.allow,
             Slot::PolicyId => &mut self.policy_id,
+            Slot::Secrets => &mut self.secrets,
         }
     }
 }

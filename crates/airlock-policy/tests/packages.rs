@@ -366,3 +366,83 @@ deny contains msg if {
         Allow
     );
 }
+
+/// A result check of an MCP call (`airlock mcp-proxy` asks once a result
+/// holds what looks like a secret).
+fn result_check(tool: &str) -> serde_json::Value {
+    let mut i = input("mcp_tool", &[]);
+    i["mcp"] = json!({"server": "s", "tool": tool, "result_secrets": ["aws-access-token"]});
+    i
+}
+
+#[test]
+fn policies_say_what_becomes_of_secrets_in_mcp_calls() {
+    use airlock_core::SecretsTreatment::{Allow as Pass, Redact};
+    let dir = tempfile::tempdir().expect("tmp");
+    // The rule form, and the decision-object field.
+    write(
+        dir.path(),
+        "pass.rego",
+        "package team.pass\n\nimport rego.v1\n\nmcp_secrets := \"allow\" if input.mcp.tool in {\"vault_read\", \"both\"}\n",
+    );
+    write(
+        dir.path(),
+        "redact.rego",
+        r#"package team.redact
+
+import rego.v1
+
+decision := {"decision": "allow", "mcp_secrets": "redact"} if {
+	input.mcp.tool in {"shell", "both"}
+} else := "allow"
+"#,
+    );
+    let e = engine_in(dir.path(), true);
+
+    // The default policy allows a result check and says nothing, so the
+    // proxy's default (redact) applies.
+    let d = e.evaluate(&result_check("other"));
+    assert_eq!(
+        (d.decision, d.rule.as_str(), d.secrets),
+        (Allow, "mcp_result", None),
+        "{d:?}"
+    );
+    let d = e.evaluate(&result_check("vault_read"));
+    assert_eq!((d.decision, d.secrets), (Allow, Some(Pass)), "{d:?}");
+    let d = e.evaluate(&result_check("shell"));
+    assert_eq!((d.decision, d.secrets), (Allow, Some(Redact)), "{d:?}");
+    // Two packages disagree: the more restrictive treatment wins.
+    let d = e.evaluate(&result_check("both"));
+    assert_eq!(d.secrets, Some(Redact), "{d:?}");
+    // Nothing about secrets outside MCP calls.
+    assert_eq!(
+        e.evaluate(&input("read_files", &["/home/u/proj/a.txt"]))
+            .secrets,
+        None
+    );
+}
+
+#[test]
+fn a_malformed_secrets_treatment_fails_closed() {
+    for (file, text) in [
+        (
+            "rule.rego",
+            "package team.bad\n\nimport rego.v1\n\nmcp_secrets := \"maybe\" if input.action == \"mcp_tool\"\n",
+        ),
+        (
+            "field.rego",
+            "package team.bad\n\nimport rego.v1\n\ndecision := {\"decision\": \"allow\", \"mcp_secrets\": true} if input.action == \"mcp_tool\"\n",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), file, text);
+        let e = engine_in(dir.path(), true);
+        let d = e.evaluate(&result_check("t"));
+        assert_eq!(d.decision, Deny, "{file}: {d:?}");
+        assert_eq!(d.reason_code.as_deref(), Some("policy_error"), "{file}: {d:?}");
+        assert!(
+            d.reasons.iter().any(|r| r.contains("mcp_secrets") && r.contains("\"allow\" or \"redact\"")),
+            "{file}: {d:?}"
+        );
+    }
+}

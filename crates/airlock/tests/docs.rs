@@ -411,6 +411,25 @@ fn manifest_schema_file_is_the_manifest_schema() {
         for (name, def) in &defs {
             assert_eq!(&components[name], def, "{}: {name} component", s.doc());
         }
+        // Enumerations that are written by hand.
+        let verbs: Vec<&str> = airlock_core::Verb::ALL.iter().map(|v| v.as_str()).collect();
+        if !components["Verb"].is_null() {
+            assert_eq!(
+                components["Verb"]["enum"],
+                json!(verbs),
+                "{}: Verb",
+                s.doc()
+            );
+        }
+        let treatments = [
+            airlock_core::SecretsTreatment::Allow.as_str(),
+            airlock_core::SecretsTreatment::Redact.as_str(),
+        ];
+        for (name, body) in components.as_object().unwrap() {
+            if let Some(e) = body["properties"]["secrets"].get("enum") {
+                assert_eq!(e, &json!(treatments), "{}: {name}.secrets", s.doc());
+            }
+        }
     }
 }
 
@@ -966,6 +985,14 @@ fn live_answers_match_the_documents() {
         "[limits]\npath_allowlist = [{:?}]\n",
         root.display().to_string()
     );
+    // A package that only says what becomes of secrets in one MCP tool's calls.
+    let policy_dir = env.home.join(".config/airlock/policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(
+        policy_dir.join("secrets.rego"),
+        "package docs.secrets\n\nimport rego.v1\n\nmcp_secrets := \"redact\" if input.mcp.tool == \"vault\"\n",
+    )
+    .unwrap();
     let d = Daemon::start_with(env, &config, vec![]);
     let ws = d.env.ws.clone();
     let report = ws.join("report.txt");
@@ -1071,6 +1098,24 @@ fn live_answers_match_the_documents() {
         "{v}"
     );
     c.check(A, "POST", check, s, &v);
+    // A result check (`mcp.result_secrets`): the default policy allows it,
+    // and the package above says to redact.
+    let result_check = json!({"action": "mcp_tool", "duration_seconds": 60, "justification": "result",
+        "mcp": {"server": "everything", "tool": "vault", "result_secrets": ["aws-access-token"]}});
+    let (s, v) = agent.call("POST", check, None, Some(result_check.clone()));
+    assert_eq!(
+        (s, v["decision"].as_str(), v["secrets"].as_str()),
+        (200, Some("allow"), Some("redact")),
+        "{v}"
+    );
+    c.check(A, "POST", check, s, &v);
+    let (s, v) = agent.request(result_check);
+    assert_eq!(
+        (s, v["rule"].as_str(), v["secrets"].as_str()),
+        (200, Some("mcp_result"), Some("redact")),
+        "{v}"
+    );
+    c.check(A, "POST", "/v1/requests", s, &v);
     let (s, v) = agent.call(
         "POST",
         check,

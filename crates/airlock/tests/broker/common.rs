@@ -514,3 +514,45 @@ fn rustix_uid() -> u32 {
         .map(|m| m.uid())
         .unwrap_or(u32::MAX)
 }
+
+/// Approve (or deny) the first pending approval, from the human's side.
+pub fn decide_when_asked(d: &Daemon, verb: &'static str) -> std::thread::JoinHandle<String> {
+    let env_home = d.env.home.clone();
+    let run = d.env.run.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no approval appeared");
+            let out = std::process::Command::new(bin())
+                .args(["approvals", "list", "--json"])
+                .env("HOME", &env_home)
+                .env("XDG_RUNTIME_DIR", &run)
+                .env_remove("AIRLOCK_SOCKET")
+                .env_remove("AIRLOCK_OPERATOR_SOCKET")
+                .output()
+                .unwrap();
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!({}));
+            let pending = list["approvals"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["state"] == "pending")
+                .and_then(|a| a["approval_id"].as_str().map(str::to_string));
+            if let Some(id) = pending {
+                let mut c = std::process::Command::new(bin());
+                c.args(["approvals", verb, &id])
+                    .env("HOME", &env_home)
+                    .env("XDG_RUNTIME_DIR", &run)
+                    .env_remove("AIRLOCK_SOCKET")
+                    .env_remove("AIRLOCK_OPERATOR_SOCKET");
+                if verb == "deny" {
+                    c.args(["--reason", "not now"]);
+                }
+                let st = c.status().unwrap();
+                assert!(st.success());
+                return id;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}

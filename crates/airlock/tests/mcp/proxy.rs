@@ -43,10 +43,15 @@ fn node() -> Result<(), String> {
 
 /// A broker whose only policy is [`POLICY`].
 fn daemon() -> Daemon {
+    daemon_with(POLICY)
+}
+
+/// A broker whose only policy is `policy`.
+fn daemon_with(policy: &str) -> Daemon {
     let env = Env::new();
     let dir = env.home.join(".config/airlock/policy");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("mcp.rego"), POLICY).unwrap();
+    std::fs::write(dir.join("mcp.rego"), policy).unwrap();
     Daemon::start_with(env, "[policy]\ninclude_default = false\n", vec![])
 }
 
@@ -349,6 +354,152 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
                 == json!(["aws-access-token", "corp-token", "password-in-url"])
     });
     assert!(redacted, "the audit says the result was redacted: {all}");
+}
+
+/// A test policy that decides per tool what becomes of secrets: in
+/// arguments (passed, or redacted before the server sees them) and in
+/// results (redacted by default, passed, withheld, or a human decides).
+const SECRETS_POLICY: &str = r#"package test.secrets
+
+import rego.v1
+
+_result_check if count(object.get(input.mcp, "result_secrets", [])) > 0
+
+decision := {"decision": "deny", "rule": "no_secret_results", "reasons": ["results of leak_deny may not carry secrets"], "grantable": false} if {
+	_result_check
+	input.mcp.tool == "leak_deny"
+} else := {"decision": "ask", "rule": "ask_secret_results", "reasons": ["a human decides whether leak_ask's secrets reach the agent"]} if {
+	_result_check
+	input.mcp.tool == "leak_ask"
+} else := {"decision": "allow", "rule": "redact_arguments", "reasons": ["reverse_redact gets no secrets"], "mcp_secrets": "redact"} if {
+	input.mcp.tool == "reverse_redact"
+} else := "allow" if {
+	input.action in {"mcp_tool", "mcp_resource", "mcp_prompt"}
+}
+
+# The rule form: results of leak_pass reach the agent as they are.
+mcp_secrets := "allow" if input.mcp.tool == "leak_pass"
+"#;
+
+#[test]
+fn policy_decides_whether_secrets_are_passed_redacted_or_withheld() {
+    or_skip!(node());
+    let d = daemon_with(SECRETS_POLICY);
+    let aws = "AKIAR7MZQ4WXKJ2LD5NB";
+    let names = [
+        "reverse",
+        "reverse_redact",
+        "leak",
+        "leak_pass",
+        "leak_deny",
+        "leak_ask",
+    ];
+    let tools: Vec<(&str, &str)> = names.iter().map(|n| (*n, "A test tool.")).collect();
+    let st = state(&d, "s.json", &tools, &format!("key {aws}"));
+    let mut s = Session::start(&d, "fake-s", &st);
+    assert_eq!(s.tools(), names);
+    let reversed = |t: &str| t.chars().rev().collect::<String>();
+
+    // Arguments: policy allowed the call without a word on secrets, so the
+    // server got them as sent (it answers with its text reversed)...
+    let (err, text) = s.call("reverse", json!({"text": format!("use {aws}")}));
+    assert!(!err, "{text}");
+    assert_eq!(text, reversed(&format!("use {aws}")));
+    // ...or with mcp_secrets "redact", redacted before the server saw them.
+    let (err, text) = s.call("reverse_redact", json!({"text": format!("use {aws}")}));
+    assert!(!err, "{text}");
+    assert_eq!(text, reversed("use [REDACTED:aws-access-token]"));
+
+    // Results: redacted when policy allows without a word on secrets...
+    let (err, text) = s.call("leak", json!({}));
+    assert!(
+        !err && text.contains("key [REDACTED:aws-access-token]"),
+        "{text}"
+    );
+    assert!(!text.contains(aws), "{text}");
+    // ...passed with mcp_secrets := "allow"...
+    let (err, text) = s.call("leak_pass", json!({}));
+    assert!(!err && text.contains(&format!("key {aws}")), "{text}");
+    // ...withheld when policy denies, saying what, which policy and rule...
+    let (err, text) = s.call("leak_deny", json!({}));
+    assert!(err, "{text}");
+    assert!(
+        text.contains("withheld the result of tool leak_deny")
+            && text.contains("aws-access-token")
+            && text.contains("no_secret_results")
+            && text.contains("test.secrets"),
+        "{text}"
+    );
+    assert!(!text.contains(aws), "{text}");
+    // ...and passed once a human approves when policy asks.
+    let human = decide_when_asked(&d, "approve");
+    let (err, text) = s.call("leak_ask", json!({}));
+    human.join().unwrap();
+    assert!(!err && text.contains(&format!("key {aws}")), "{text}");
+    s.close();
+
+    let recs = d.records();
+    let all = serde_json::to_string(&recs).unwrap();
+    assert!(!all.contains(aws), "no secret reaches the audit log");
+    let outcome = |tool: &str| -> Value {
+        let what = format!("mcp:fake-s/{tool}");
+        recs.iter()
+            .find(|r| r["kind"] == "outcome" && r["intent"]["tool"] == what.as_str())
+            .map(|r| r["outcome"]["detail"].clone())
+            .unwrap_or_else(|| panic!("no outcome record for {tool}: {all}"))
+    };
+    for (tool, key, action) in [
+        ("reverse", "arguments_secrets_action", "passed"),
+        ("reverse_redact", "arguments_secrets_action", "redacted"),
+        ("leak", "result_secrets_action", "redacted"),
+        ("leak_pass", "result_secrets_action", "passed"),
+        ("leak_deny", "result_secrets_action", "withheld"),
+        ("leak_ask", "result_secrets_action", "passed"),
+    ] {
+        let detail = outcome(tool);
+        assert_eq!(detail[key], action, "{tool}: {detail}");
+        let rules = if key.starts_with("result") {
+            &detail["result_secrets"]
+        } else {
+            &detail["arguments_secrets"]
+        };
+        assert_eq!(rules, &json!(["aws-access-token"]), "{tool}: {detail}");
+    }
+    // Each result check is a request record of its own, with its decision.
+    let checks: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["kind"] == "request" && r["intent"]["mcp"]["result_secrets"].is_array())
+        .collect();
+    let checked: Vec<(&str, &str)> = checks
+        .iter()
+        .map(|r| {
+            (
+                r["intent"]["mcp"]["tool"].as_str().unwrap(),
+                r["decision"]["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checked,
+        [
+            ("leak", "allow"),
+            ("leak_pass", "allow"),
+            ("leak_deny", "deny"),
+            ("leak_ask", "ask")
+        ],
+        "{checks:?}"
+    );
+    assert!(checks
+        .iter()
+        .all(|r| r["intent"]["mcp"]["result_secrets"] == json!(["aws-access-token"])));
+    let redact_call = recs
+        .iter()
+        .find(|r| r["kind"] == "request" && r["intent"]["mcp"]["tool"] == "reverse_redact")
+        .unwrap();
+    assert_eq!(
+        redact_call["decision"]["secrets"], "redact",
+        "{redact_call}"
+    );
 }
 
 /// The scenarios of the conformance suite (0.1.13) that apply to a server.

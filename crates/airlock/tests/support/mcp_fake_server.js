@@ -3,7 +3,10 @@
 // STATE.json: {"tools": [{"name", "description", "inputSchema"}], "leak": "text"}
 // Its tools are read when the process starts, so a test changes them
 // between sessions (a "rug pull"). Every tool answers with its arguments;
-// the tool named "leak" also returns state.leak.
+// tools whose names start with "leak" also return state.leak, and tools
+// whose names start with "reverse" answer with their `text` argument
+// reversed (so a test sees what reached the server without the client
+// seeing it as it was sent).
 "use strict";
 const fs = require("fs");
 const readline = require("readline");
@@ -27,8 +30,10 @@ readline.createInterface({ input: process.stdin }).on("line", (line) => {
       return ok({ tools: state.tools });
     case "tools/call": {
       const name = m.params.name;
-      let text = `${name} called with ${JSON.stringify(m.params.arguments || {})}`;
-      if (name === "leak") text += `\n${state.leak}`;
+      const args = m.params.arguments || {};
+      let text = `${name} called with ${JSON.stringify(args)}`;
+      if (name.startsWith("reverse")) text = [...String(args.text)].reverse().join("");
+      if (name.startsWith("leak")) text += `\n${state.leak}`;
       return ok({ content: [{ type: "text", text }] });
     }
     default:
