@@ -26,6 +26,7 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 mod key;
+mod pool;
 mod scope;
 mod store;
 
@@ -255,6 +256,8 @@ pub struct TokenAuthority {
     cache: Mutex<LruCache<[u8; 32], Arc<Parsed>>>,
     templates: Templates,
     limits: AuthorizerLimits,
+    /// One-off key pairs for the tokens' next blocks, made ahead of time.
+    next_keys: pool::KeyPool,
 }
 
 #[derive(Default)]
@@ -401,6 +404,7 @@ impl TokenAuthority {
             )),
             templates,
             limits: authorizer_limits(),
+            next_keys: pool::KeyPool::new(),
         }
     }
 
@@ -519,7 +523,13 @@ impl TokenAuthority {
             .expiry_check(grant.expires_at)
             .map_err(|e| build_err("expires_at", e))?;
         let b = b.check(check).map_err(|e| build_err("expires_at", e))?;
-        let biscuit = b.build(&self.keypair).map_err(|e| build_err("grant", e))?;
+        let biscuit = b
+            .build_with_key_pair(
+                &self.keypair,
+                biscuit_auth::datalog::SymbolTable::new(),
+                &self.next_keys.take(),
+            )
+            .map_err(|e| build_err("grant", e))?;
         let token = biscuit.to_base64().map_err(|e| build_err("grant", e))?;
         if token.len() > MAX_TOKEN_LEN {
             return Err(invalid_input(
