@@ -57,6 +57,63 @@ pub struct McpArgs {
     pub config: Option<PathBuf>,
 }
 
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// The process's stdin and stdout for MCP. When they are pipes or sockets
+/// (as MCP clients launch servers: Python's subprocess uses pipes, Node's
+/// socket pairs), they are read and written through the runtime's event
+/// loop; tokio's own stdin and stdout hand every read and write to a
+/// blocking thread, which costs thread switches on every message.
+/// Anything else (a terminal, a file) keeps tokio's.
+fn stdio() -> (Reader, Writer) {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    use tokio::net::unix::pipe;
+    enum Kind {
+        Pipe(std::os::fd::OwnedFd),
+        Socket(std::os::unix::net::UnixStream),
+    }
+    let kind = |fd: std::os::fd::BorrowedFd<'_>| -> Option<Kind> {
+        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        let t = file.metadata().ok()?.file_type();
+        if t.is_fifo() {
+            Some(Kind::Pipe(file.into()))
+        } else if t.is_socket() {
+            let s = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file));
+            s.set_nonblocking(true).ok()?;
+            Some(Kind::Socket(s))
+        } else {
+            None
+        }
+    };
+    let socket = |s| tokio::net::UnixStream::from_std(s).ok();
+    let (stdin, stdout) = rmcp::transport::stdio();
+    let reader: Reader = match kind(std::io::stdin().as_fd()) {
+        Some(Kind::Pipe(fd)) => match pipe::Receiver::from_owned_fd(fd) {
+            Ok(r) => Box::new(r),
+            Err(_) => Box::new(stdin),
+        },
+        Some(Kind::Socket(s)) => match socket(s) {
+            Some(r) => Box::new(r),
+            None => Box::new(stdin),
+        },
+        None => Box::new(stdin),
+    };
+    let writer: Writer = match kind(std::io::stdout().as_fd()) {
+        Some(Kind::Pipe(fd)) => match pipe::Sender::from_owned_fd(fd) {
+            Ok(w) => Box::new(w),
+            Err(_) => Box::new(stdout),
+        },
+        Some(Kind::Socket(s)) => match socket(s) {
+            Some(w) => Box::new(w),
+            None => Box::new(stdout),
+        },
+        None => Box::new(stdout),
+    };
+    (reader, writer)
+}
+
 fn canonical_dirs(dirs: &[PathBuf]) -> anyhow::Result<Vec<String>> {
     dirs.iter()
         .map(|d| {
@@ -182,7 +239,7 @@ where
             }
             None => {
                 let svc = factory()
-                    .serve(rmcp::transport::stdio())
+                    .serve(stdio())
                     .await
                     .context("starting MCP on stdio")?;
                 tokio::select! {
