@@ -93,7 +93,7 @@ pub use env::scrub_env;
 pub use exec::{run, spawn, Running, Signaller};
 pub use probe::{probe, Check, Probe};
 pub use profile::Profile;
-pub use syscall::peer_pidfd;
+pub use syscall::{default_sigpipe, peer_pidfd};
 
 /// How the workspace is visible inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -312,6 +312,19 @@ pub(crate) fn decode_failure(buf: &[u8]) -> Option<(u32, i32)> {
 /// `SO_PEERPIDFD` (Linux 6.5+; not yet in every libc).
 const SO_PEERPIDFD: c_int = 77;
 
+/// Let SIGPIPE end the process, as it ends ordinary Unix tools (the Rust
+/// runtime ignores it, so every write to a closed pipe fails instead and
+/// `println!` panics). For commands whose output goes to a reader such as
+/// `head`: they stop quietly when the reader is done. Not for long-running
+/// services, which should see `EPIPE` and shut down in order.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler
+    // and touches no memory of this process; it is valid at any time.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A pidfd for the process at the other end of a connected Unix socket
 /// (`getsockopt(SOL_SOCKET, SO_PEERPIDFD)`, Linux 6.5+). Unlike a pid from
 /// `SO_PEERCRED`, the pidfd cannot be recycled: signals sent through it and

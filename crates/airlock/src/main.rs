@@ -97,6 +97,21 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // One-shot commands stop quietly when their reader goes away
+    // (`airlock audit tail | head`); the services, `run` (which passes its
+    // child's status on) and the hook (which must always answer) keep
+    // seeing EPIPE as an error.
+    if !matches!(
+        cli.cmd,
+        Cmd::Serve(_)
+            | Cmd::Mcp(_)
+            | Cmd::McpProxy(_)
+            | Cmd::Run(_)
+            | Cmd::Session(_)
+            | Cmd::Hook(_)
+    ) {
+        airlock_sandbox::default_sigpipe();
+    }
     let code = match cli.cmd {
         Cmd::Serve(a) => cmd_serve::serve(a),
         Cmd::Status(a) => cmd_operator::status(a),

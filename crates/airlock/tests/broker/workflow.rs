@@ -142,3 +142,28 @@ fn sigterm_shuts_down_cleanly_and_keeps_every_record() {
     assert_eq!(mode(&d.env.state_dir().join("token.key")), 0o600);
     assert_eq!(mode(&d.env.run.join("airlock")), 0o700);
 }
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    // `airlock audit tail | head -1`: once the reader is gone, the command
+    // ends as Unix tools do (SIGPIPE), without a panic on its next write.
+    use std::os::unix::process::ExitStatusExt;
+    let d = Daemon::start("");
+    let mut c = std::process::Command::new(bin());
+    d.env.apply(&mut c);
+    c.args(["audit", "tail", "-n", "50"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}
