@@ -332,7 +332,7 @@ _allow_reason := sprintf("%s of %s, inside your workspace %s", [input.action, _p
 
 _allow_reason := msg if {
 	_mcp_result
-	msg := sprintf("the result of MCP server %s's %s holds what looks like a secret (%s); it is redacted before the agent sees it", [input.mcp.server, _mcp_what, concat(", ", input.mcp.result_secrets)])
+	msg := sprintf("the result of MCP server %s's %s holds what looks like a secret (%s); the agent sees it redacted unless a policy passes it (mcp_secrets)", [input.mcp.server, _mcp_what, concat(", ", input.mcp.result_secrets)])
 }
 
 _allow_rule := "mcp_result" if _mcp_result

@@ -147,7 +147,7 @@ test_mcp_result_check_allowed_and_redacted if {
 	d := p.decision with input as _result_check
 	d.decision == "allow"
 	d.rule == "mcp_result"
-	d.reasons == ["the result of MCP server s's tool t holds what looks like a secret (aws-access-token, github-pat); it is redacted before the agent sees it"]
+	d.reasons == ["the result of MCP server s's tool t holds what looks like a secret (aws-access-token, github-pat); the agent sees it redacted unless a policy passes it (mcp_secrets)"]
 
 	# The default says nothing about secrets, so the proxy redacts and a
 	# policy directory can relax that with mcp_secrets := "allow".
