@@ -10,8 +10,9 @@
 //! secret, the match or the line; stopwords; `AND` conditions), and generic
 //! rules yielding to a specific rule that found the same secret. Rules that
 //! only make sense for files (a `path` condition) do not apply to tool
-//! traffic and are skipped; gitleaks' decoding of base64/hex segments is not
-//! done.
+//! traffic and are skipped. Like gitleaks, base64, hex and percent-encoded
+//! segments are decoded (two levels deep) and scanned again; a secret inside
+//! one redacts the whole segment.
 //!
 //! A finding is reported by rule id only; the secret is replaced by
 //! `[REDACTED:RULE]` wherever the proxy passes it on or records it.
@@ -304,6 +305,60 @@ struct Finding {
     secret: Range<usize>,
 }
 
+/// Levels of encoding looked through (base64 of hex, say, is two).
+const MAX_DECODE_DEPTH: usize = 2;
+/// Longest encoded segment decoded; longer ones (images, archives) are
+/// scanned as they are only.
+const MAX_DECODE_BYTES: usize = 1 << 20;
+
+/// Base64 (standard or URL-safe, padded or not), hex and percent-encoded
+/// segments of `s` with their decoded text, when that is text: valid UTF-8
+/// without control characters other than tab, newline and carriage return
+/// (binary data such as an image holds no secret the rules could read).
+fn encoded_segments(s: &str) -> Vec<(Range<usize>, String)> {
+    use base64::Engine;
+    static RE: OnceLock<(regex::Regex, regex::Regex)> = OnceLock::new();
+    let (b64, pct) = RE.get_or_init(|| {
+        (
+            regex::Regex::new(r"[A-Za-z0-9+/_-]{16,}={0,2}").expect("base64 segment pattern"),
+            regex::Regex::new(r"[^\s%]*(?:%[0-9A-Fa-f]{2}[^\s%]*)+").expect("percent pattern"),
+        )
+    });
+    let text = |b: Vec<u8>| -> Option<String> {
+        let t = String::from_utf8(b).ok()?;
+        (!t.is_empty()
+            && t.chars()
+                .all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r')))
+        .then_some(t)
+    };
+    let mut out = vec![];
+    for m in b64.find_iter(s).filter(|m| m.len() <= MAX_DECODE_BYTES) {
+        let seg = m.as_str();
+        let bare = seg.trim_end_matches('=');
+        let decoded = if bare.len() % 2 == 0 && bare.bytes().all(|c| c.is_ascii_hexdigit()) {
+            hex::decode(bare).ok()
+        } else if bare.contains(['-', '_']) {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(bare)
+                .ok()
+        } else {
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(bare)
+                .ok()
+        };
+        if let Some(t) = decoded.and_then(text) {
+            out.push((m.range(), t));
+        }
+    }
+    for m in pct.find_iter(s).filter(|m| m.len() <= MAX_DECODE_BYTES) {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(m.as_str()).collect();
+        if let Some(t) = text(decoded) {
+            out.push((m.range(), t));
+        }
+    }
+    out
+}
+
 fn entropy(s: &str) -> f64 {
     // As gitleaks computes it: frequencies of characters over the byte length.
     if s.is_empty() {
@@ -537,9 +592,39 @@ impl Scanner {
             .collect()
     }
 
+    /// [`Self::findings`], and those of base64, hex and percent-encoded
+    /// segments once decoded (as gitleaks decodes), down to
+    /// [`MAX_DECODE_DEPTH`] levels of encoding. A secret found inside an
+    /// encoded segment is reported on the whole segment, which is what gets
+    /// redacted: a part of an encoding cannot be.
+    fn findings_deep(&self, s: &str, depth: usize) -> Vec<Finding> {
+        let mut out = self.findings(s);
+        if depth >= MAX_DECODE_DEPTH {
+            return out;
+        }
+        let mut encoded = vec![];
+        for (seg, decoded) in encoded_segments(s) {
+            if out
+                .iter()
+                .any(|f| f.whole.start < seg.end && seg.start < f.whole.end)
+            {
+                continue;
+            }
+            for f in self.findings_deep(&decoded, depth + 1) {
+                encoded.push(Finding {
+                    rule: f.rule,
+                    whole: seg.clone(),
+                    secret: seg.clone(),
+                });
+            }
+        }
+        out.extend(encoded);
+        out
+    }
+
     /// Scan one string: the rules that matched and the redacted text.
     pub fn scan_str(&self, s: &str) -> (Vec<&str>, Option<String>) {
-        let mut found = self.findings(s);
+        let mut found = self.findings_deep(s, 0);
         if found.is_empty() {
             return (vec![], None);
         }
@@ -625,6 +710,49 @@ mod tests {
         assert_eq!(go_braces(r"a{2}b{1,}c{1,3}"), r"a{2}b{1,}c{1,3}");
         assert_eq!(go_braces(r"[{]x\{y{z"), r"[{]x\{y\{z");
         assert_eq!(go_braces(r"[]{]{2}"), r"[]{]{2}");
+    }
+
+    #[test]
+    fn encoded_secrets_are_found_and_their_whole_encoding_redacted() {
+        use base64::Engine;
+        let key = "AKIAQYLPMN5HHHFPZAM2";
+        let line = format!("export AWS_ACCESS_KEY_ID={key}");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&line);
+        let url_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&line);
+        let hexed = hex::encode(&line);
+        // Two levels: base64 of the hex encoding.
+        let twice = base64::engine::general_purpose::STANDARD.encode(&hexed);
+        let pct = "https%3A%2F%2Fapp%3Ahunter22%40db.internal%2Fx";
+        let scanner = Scanner::builtin();
+        for (what, text) in [
+            ("base64", format!("config: {b64} end")),
+            ("url-safe base64", format!("config: {url_b64} end")),
+            ("hex", format!("config: {hexed} end")),
+            ("base64 of hex", format!("config: {twice} end")),
+        ] {
+            let (ids, red) = scanner.scan_str(&text);
+            assert_eq!(ids, vec!["aws-access-token"], "{what}: {text}");
+            assert_eq!(
+                red.as_deref(),
+                Some("config: [REDACTED:aws-access-token] end"),
+                "{what}"
+            );
+        }
+        let text = format!("see {pct} now");
+        let (ids, red) = scanner.scan_str(&text);
+        assert_eq!(ids, vec!["password-in-url"]);
+        assert_eq!(red.as_deref(), Some("see [REDACTED:password-in-url] now"));
+
+        // Encoded data that is not text, or text without a secret, stays.
+        let png = base64::engine::general_purpose::STANDARD.encode([
+            0x89u8, b'P', b'N', b'G', 0, 0, 0, 13, 0xff, 0xfe, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+        ]);
+        let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let plain =
+            base64::engine::general_purpose::STANDARD.encode("just an ordinary sentence here");
+        for text in [png, sha.to_string(), plain, "a%20b%20c".to_string()] {
+            assert_eq!(scanner.scan_str(&text), (vec![], None), "{text}");
+        }
     }
 
     #[test]
