@@ -269,6 +269,12 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
     or_skip!(node());
     let d = daemon();
     let aws = "AKIAQYLPMN5HHHFPZAM2";
+    // A GitHub token, base64-encoded, as a config blob would carry it.
+    let gh = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .encode("GITHUB_TOKEN=ghp_R7mQ2xLw9KdZp4NvT8sHc3JfY6bUa1EoGi5V")
+    };
     let st = state(
         &d,
         "c.json",
@@ -277,7 +283,7 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
             ("danger", "Deletes things."),
             ("leak", "Leaks."),
         ],
-        &format!("db: postgres://app:hunter2secret@db.internal/x key {aws} corp_5f0e9a3c7d21b846"),
+        &format!("db: postgres://app:hunter2secret@db.internal/x key {aws} corp_5f0e9a3c7d21b846 env {gh}"),
     );
     // A security team's own rule, in gitleaks' format, next to the shipped set.
     let rules = d.env.tmp.path().join("corp-rules.toml");
@@ -318,13 +324,17 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
     let (err, text) = s.call("leak", json!({"text": "x"}));
     assert!(!err, "{text}");
     assert!(
-        !text.contains(aws) && !text.contains("hunter2secret") && !text.contains("corp_5f0e"),
+        !text.contains(aws)
+            && !text.contains("hunter2secret")
+            && !text.contains("corp_5f0e")
+            && !text.contains(&gh),
         "{text}"
     );
     assert!(
         text.contains("[REDACTED:aws-access-token]")
             && text.contains("postgres://app:[REDACTED:password-in-url]@db.internal")
-            && text.contains("[REDACTED:corp-token]"),
+            && text.contains("[REDACTED:corp-token]")
+            && text.contains("env [REDACTED:github-pat]"),
         "{text}"
     );
     s.close();
@@ -332,7 +342,10 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
     let recs = d.records();
     let all = serde_json::to_string(&recs).unwrap();
     assert!(
-        !all.contains(aws) && !all.contains("hunter2secret") && !all.contains("corp_5f0e"),
+        !all.contains(aws)
+            && !all.contains("hunter2secret")
+            && !all.contains("corp_5f0e")
+            && !all.contains(&gh),
         "no secret reaches the audit log"
     );
     let denied_danger = recs.iter().any(|r| {
@@ -351,7 +364,12 @@ fn proxy_hides_denied_tools_and_keeps_secrets_out() {
         r["kind"] == "outcome"
             && r["outcome"]["detail"]["result_secrets_action"] == "redacted"
             && r["outcome"]["detail"]["result_secrets"]
-                == json!(["aws-access-token", "corp-token", "password-in-url"])
+                == json!([
+                    "aws-access-token",
+                    "corp-token",
+                    "github-pat",
+                    "password-in-url"
+                ])
     });
     assert!(redacted, "the audit says the result was redacted: {all}");
 }
