@@ -149,15 +149,27 @@ fn cli_output_into_a_closed_pipe_ends_quietly() {
     // ends as Unix tools do (SIGPIPE), without a panic on its next write.
     use std::os::unix::process::ExitStatusExt;
     let d = Daemon::start("");
+    // Something to print: a request's records, and the output checked
+    // non-empty (a command that writes nothing never meets the pipe).
+    let (status, _) = d.agent().request(json!({
+        "action": "read_files", "paths": [p(&d.env.ws)],
+        "duration_seconds": 60, "justification": "records to tail"
+    }));
+    assert_eq!(status, 200);
+    assert!(!d.cli_ok(&["audit", "tail", "-n", "50"]).trim().is_empty());
+    // The reader is closed before the command starts. (Dropping a piped
+    // stdout after spawning races with other tests' spawns, whose forked
+    // children briefly hold a copy of every descriptor: a short output can
+    // land in the pipe before that copy is gone.)
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
     let mut c = std::process::Command::new(bin());
     d.env.apply(&mut c);
     c.args(["audit", "tail", "-n", "50"])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer)
         .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = c.spawn().unwrap().wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(
