@@ -31,8 +31,8 @@ impl DecisionKind {
 }
 
 /// What happens to secrets Airlock found in an MCP call's arguments or
-/// result when the call goes ahead (a policy's `secrets` rule, or the
-/// `secrets` field of its decision object). Ordered: `redact` is the more
+/// result when the call goes ahead (a policy's `mcp_secrets` rule, or the
+/// `mcp_secrets` field of its decision object). Ordered: `redact` is the more
 /// restrictive of the two.
 #[derive(
     Debug,

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use airlock_core::SecretsTreatment;
 use rmcp::model::{
     CallToolResult, ClientNotification, ClientRequest, ClientResult, ContentBlock, ErrorData,
     InitializeRequestParams, InitializeResult, ProgressNotificationParam, ProgressToken,
@@ -41,7 +42,6 @@ use serde_json::{json, Value};
 use crate::link::{self, BrokerLink, Refusal};
 use crate::pins::{PinStore, Verdict};
 use crate::secrets;
-use airlock_core::SecretsTreatment;
 
 /// How `airlock mcp-proxy` runs.
 #[derive(Debug, Clone)]
@@ -270,12 +270,6 @@ impl Service<RoleClient> for Downstream {
     }
 }
 
-/// What the proxy decided about one call.
-enum Gate {
-    Go(link::Grant),
-    Refuse(String),
-}
-
 /// What becomes of a result that holds what looks like a secret.
 enum ResultFate {
     /// Passed to the agent unchanged (policy said `mcp_secrets := "allow"`,
@@ -445,8 +439,13 @@ impl ProxySession {
         }
     }
 
-    /// A broker request for one call; waits for a human on `ask`.
-    async fn gate(&self, manifest: Value, ctx: &RequestContext<RoleServer>) -> Gate {
+    /// A broker request for one call; waits for a human on `ask`. The grant,
+    /// or the refusal's text for the client.
+    async fn gate(
+        &self,
+        manifest: Value,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<link::Grant, String> {
         let notifier = Notifier {
             peer: ctx.peer.clone(),
             token: ctx.meta.get_progress_token(),
@@ -457,10 +456,7 @@ impl ProxySession {
             r = self.shared.link.grant(manifest, &progress) => r,
             _ = ctx.ct.cancelled() => Err(Refusal::Invalid("the call was cancelled".into())),
         };
-        match r {
-            Ok(g) => Gate::Go(g),
-            Err(e) => Gate::Refuse(e.to_string()),
-        }
+        r.map_err(|e| e.to_string())
     }
 
     /// A result check: may a result holding `found` (secret rule ids) reach
@@ -487,7 +483,7 @@ impl ProxySession {
             1800
         ));
         match self.gate(m, ctx).await {
-            Gate::Go(g) => {
+            Ok(g) => {
                 let default = if g.approved {
                     SecretsTreatment::Allow
                 } else {
@@ -499,7 +495,7 @@ impl ProxySession {
                 };
                 (fate, Some(g.request_id))
             }
-            Gate::Refuse(why) => (
+            Err(why) => (
                 ResultFate::Withhold(format!(
                     "Airlock withheld the result of {key} {name} from MCP server {}: it holds what \
                      looks like a secret ({}).\n{why}",
@@ -556,8 +552,8 @@ impl ProxySession {
         let shown = scan.redacted.clone().or(args.clone()).map(clip);
         let m = self.manifest("mcp_tool", "tool", &tool, shown.clone(), scan.rules.clone());
         let grant = match self.gate(m, &ctx).await {
-            Gate::Go(g) => g,
-            Gate::Refuse(why) => return Ok(refusal(why)),
+            Ok(g) => g,
+            Err(why) => return Ok(refusal(why)),
         };
         let mut detail = json!({});
         if !scan.rules.is_empty() {
@@ -612,10 +608,11 @@ impl ProxySession {
     ) -> Result<ServerResult, ErrorData> {
         let args = args.map(clip);
         let m = self.manifest(action, key, &name, args.clone(), vec![]);
-        let request_id = match self.gate(m, &ctx).await {
-            Gate::Go(g) => g.request_id,
-            Gate::Refuse(why) => return Err(ErrorData::invalid_request(why, None)),
-        };
+        let request_id = self
+            .gate(m, &ctx)
+            .await
+            .map_err(|why| ErrorData::invalid_request(why, None))?
+            .request_id;
         let child = self.child()?;
         let _inflight = InflightGuard::new(&self.inflight, ctx.id.clone());
         let r = forward(
