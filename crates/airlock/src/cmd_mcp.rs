@@ -89,28 +89,22 @@ fn stdio() -> (Reader, Writer) {
     };
     let socket = |s| tokio::net::UnixStream::from_std(s).ok();
     let (stdin, stdout) = rmcp::transport::stdio();
-    let reader: Reader = match kind(std::io::stdin().as_fd()) {
-        Some(Kind::Pipe(fd)) => match pipe::Receiver::from_owned_fd(fd) {
-            Ok(r) => Box::new(r),
-            Err(_) => Box::new(stdin),
-        },
-        Some(Kind::Socket(s)) => match socket(s) {
-            Some(r) => Box::new(r),
-            None => Box::new(stdin),
-        },
-        None => Box::new(stdin),
-    };
-    let writer: Writer = match kind(std::io::stdout().as_fd()) {
-        Some(Kind::Pipe(fd)) => match pipe::Sender::from_owned_fd(fd) {
-            Ok(w) => Box::new(w),
-            Err(_) => Box::new(stdout),
-        },
-        Some(Kind::Socket(s)) => match socket(s) {
-            Some(w) => Box::new(w),
-            None => Box::new(stdout),
-        },
-        None => Box::new(stdout),
-    };
+    let reader = match kind(std::io::stdin().as_fd()) {
+        Some(Kind::Pipe(fd)) => pipe::Receiver::from_owned_fd(fd)
+            .ok()
+            .map(|r| Box::new(r) as Reader),
+        Some(Kind::Socket(s)) => socket(s).map(|r| Box::new(r) as Reader),
+        None => None,
+    }
+    .unwrap_or_else(|| Box::new(stdin));
+    let writer = match kind(std::io::stdout().as_fd()) {
+        Some(Kind::Pipe(fd)) => pipe::Sender::from_owned_fd(fd)
+            .ok()
+            .map(|w| Box::new(w) as Writer),
+        Some(Kind::Socket(s)) => socket(s).map(|w| Box::new(w) as Writer),
+        None => None,
+    }
+    .unwrap_or_else(|| Box::new(stdout));
     (reader, writer)
 }
 
