@@ -986,13 +986,10 @@ fn live_answers_match_the_documents() {
         root.display().to_string()
     );
     // A package that only says what becomes of secrets in one MCP tool's calls.
-    let policy_dir = env.home.join(".config/airlock/policy");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    std::fs::write(
-        policy_dir.join("secrets.rego"),
+    env.write_policy(
+        "secrets.rego",
         "package docs.secrets\n\nimport rego.v1\n\nmcp_secrets := \"redact\" if input.mcp.tool == \"vault\"\n",
-    )
-    .unwrap();
+    );
     let d = Daemon::start_with(env, &config, vec![]);
     let ws = d.env.ws.clone();
     let report = ws.join("report.txt");
@@ -1501,17 +1498,13 @@ fn live_answers_match_the_documents() {
     assert_eq!((s, code(&v)), (404, "staged_not_found"), "{v}");
     c.check(O, "POST", "/v1/staged/{id}/discard", s, &v);
 
-    let policy_dir = d.env.home.join(".config/airlock/policy");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    std::fs::write(
-        policy_dir.join("broken.rego"),
-        "package team.broken\n\ndeny contains if {\n",
-    )
-    .unwrap();
+    let broken = d
+        .env
+        .write_policy("broken.rego", "package team.broken\n\ndeny contains if {\n");
     let (s, v) = op.call("POST", "/v1/policy/reload", None);
     assert_eq!((s, code(&v)), (400, "invalid_value"), "{v}");
     c.check(O, "POST", "/v1/policy/reload", s, &v);
-    std::fs::remove_file(policy_dir.join("broken.rego")).unwrap();
+    std::fs::remove_file(&broken).unwrap();
     let (s, v) = op.call("POST", "/v1/policy/reload", None);
     assert_eq!(s, 200, "{v}");
     c.check(O, "POST", "/v1/policy/reload", s, &v);

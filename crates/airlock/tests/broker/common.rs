@@ -71,6 +71,16 @@ impl Env {
         }
     }
 
+    /// Write `text` as `name` in the user's policy directory (created when
+    /// missing); the file's path.
+    pub fn write_policy(&self, name: &str, text: &str) -> PathBuf {
+        let dir = self.home.join(".config/airlock/policy");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.run.join("airlock/broker.sock")
     }

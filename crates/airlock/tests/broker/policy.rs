@@ -8,12 +8,6 @@ use serde_json::json;
 
 use crate::common::*;
 
-fn policy_dir(d: &Daemon) -> std::path::PathBuf {
-    let dir = d.env.home.join(".config/airlock/policy");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !f() {
@@ -83,15 +77,13 @@ fn read_quota_refuses_reads() {
 #[test]
 fn sighup_reload_and_last_good_policy() {
     let d = Daemon::start("");
-    let dir = policy_dir(&d);
     let mut a = d.agent();
     let report = d.env.ws.join("report.txt");
     assert_eq!(a.request(manifest("read_files", &[&report], 60)).0, 200);
-    std::fs::write(
-        dir.join("no_reports.rego"),
+    let no_reports = d.env.write_policy(
+        "no_reports.rego",
         "package team.reports\n\nimport rego.v1\n\ndeny contains msg if {\n  endswith(input.path, \"report.txt\")\n  msg := \"reports are off limits\"\n}\n",
-    )
-    .unwrap();
+    );
     Command::new("kill")
         .args(["-HUP", &d.pid().to_string()])
         .status()
@@ -108,11 +100,10 @@ fn sighup_reload_and_last_good_policy() {
     let good_rev = v["policy_revision"].as_str().unwrap().to_string();
 
     // A policy that does not compile is rejected; the last good one stays.
-    std::fs::write(
-        dir.join("broken.rego"),
+    let broken = d.env.write_policy(
+        "broken.rego",
         "package team.broken\n\nthis is not rego {{{\n",
-    )
-    .unwrap();
+    );
     let o = d.cli(&["policy", "reload"]);
     assert!(!o.status.success(), "reload of a broken policy must fail");
     assert!(
@@ -132,8 +123,8 @@ fn sighup_reload_and_last_good_policy() {
         .any(|r| r["kind"] == "policy" && r["decision"]["allowed"] == false));
 
     // Fixing it: the file watcher picks it up without a signal.
-    std::fs::remove_file(dir.join("broken.rego")).unwrap();
-    std::fs::remove_file(dir.join("no_reports.rego")).unwrap();
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::remove_file(&no_reports).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let (s, v) = a.request(manifest("read_files", &[&report], 60));
@@ -152,13 +143,10 @@ fn sighup_reload_and_last_good_policy() {
 #[test]
 fn a_slow_policy_denies_with_policy_timeout() {
     let env = Env::new();
-    let dir = env.home.join(".config/airlock/policy");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("slow.rego"),
+    env.write_policy(
+        "slow.rego",
         "package team.slow\n\nimport rego.v1\n\nn := count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); i != j])\n\ndeny contains \"never\" if n < 0\n",
-    )
-    .unwrap();
+    );
     let d = Daemon::start_with(env, "[policy]\ntimeout_ms = 20\n", vec![]);
     let mut a = d.agent();
     let (s, v) = a.request(manifest("read_files", &[&d.env.ws], 60));

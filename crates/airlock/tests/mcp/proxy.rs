@@ -49,9 +49,7 @@ fn daemon() -> Daemon {
 /// A broker whose only policy is `policy`.
 fn daemon_with(policy: &str) -> Daemon {
     let env = Env::new();
-    let dir = env.home.join(".config/airlock/policy");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("mcp.rego"), policy).unwrap();
+    env.write_policy("mcp.rego", policy);
     Daemon::start_with(env, "[policy]\ninclude_default = false\n", vec![])
 }
 
