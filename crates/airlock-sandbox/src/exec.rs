@@ -1260,6 +1260,12 @@ impl Running {
         }
         let reaped =
             syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
+        // The watch above looks every 5 ms; a command that passes the cap and
+        // exits within one interval (its writer killed by SIGXFSZ, the shell
+        // around it exiting 0) would slip through. Look once more at the end.
+        if let (false, Some((u, max, _))) = (disk_hit || timed_out, &disk_watch) {
+            disk_hit = upper_size(u) > *max;
+        }
         tracing::debug!(us = self.t0.elapsed().as_micros() as u64, "reaped");
         let duration = self.start.elapsed();
         let mut st = [0u8; 4];
