@@ -43,6 +43,9 @@ with open(os.path.join(ws, ".git/config"), "w") as f:
 binary = os.path.join(fix, "airlock")
 shutil.copy(airlock, binary)
 os.chmod(binary, 0o755)
+full = os.path.join(os.path.dirname(airlock), "airlock-full")
+if os.path.exists(full):  # the rest of the CLI, next to the front as installed
+    shutil.copy(full, os.path.join(fix, "airlock-full"))
 
 prefix = []
 if as_user:

@@ -73,7 +73,7 @@ for line in sys.stdin:
        and m["target"]["name"] in ("broker", "suite") and m["package_id"].split("#")[0].rsplit("/", 1)[-1] in ("airlock", "airlock-sandbox"):
         print(m["target"]["name"] + "-" + m["package_id"].split("#")[0].rsplit("/", 1)[-1] + " " + m["executable"])
 ')
-  cp "$CARGO_TARGET_DIR/debug/airlock" "$unpriv/airlock"
+  cp "$CARGO_TARGET_DIR/debug/airlock" "$CARGO_TARGET_DIR/debug/airlock-full" "$unpriv/"
   cp crates/airlock/tests/support/agent.py "$unpriv/agent.py"
   while read -r name exe; do
     [ -n "$name" ] || continue

@@ -778,6 +778,10 @@ class Suite:
         self.airlock = os.path.join(self.bin, "airlock")
         shutil.copy(airlock, self.airlock)
         os.chmod(self.airlock, 0o755)
+        # The rest of the CLI (`airlock staged ...`), next to the front.
+        full = os.path.join(os.path.dirname(airlock), "airlock-full")
+        shutil.copy(full, os.path.join(self.bin, "airlock-full"))
+        os.chmod(os.path.join(self.bin, "airlock-full"), 0o755)
         for f in sorted(os.listdir(src)):
             if f.endswith(".c"):
                 out = os.path.join(self.bin, f[:-2])

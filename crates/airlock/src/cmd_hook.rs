@@ -326,7 +326,7 @@ async fn decide(a: &ClaudeCodeArgs, input: &Value, client: &Client) -> Value {
             let mut reason = format!("Airlock allowed {} (request {})", link::describe(&manifest), g.request_id);
             if a.sandbox_bash && tool == "Bash" {
                 let cmd = input["tool_input"]["command"].as_str().unwrap_or("");
-                let exe = std::env::current_exe()
+                let exe = crate::airlock_exe()
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| "airlock".into());
                 let mut u = input["tool_input"].clone();
@@ -463,7 +463,7 @@ pub fn merge_hooks(settings: &mut Value, command: &str) -> anyhow::Result<bool> 
 }
 
 pub fn install(a: InstallArgs) -> anyhow::Result<i32> {
-    let exe = std::env::current_exe()
+    let exe = crate::airlock_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "airlock".into());
     let command = format!(

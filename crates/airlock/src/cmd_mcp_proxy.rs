@@ -88,7 +88,7 @@ fn child_argv(a: &ProxyArgs) -> anyhow::Result<Vec<String>> {
     if a.no_sandbox {
         return Ok(a.argv.clone());
     }
-    let me = std::env::current_exe().context("finding the airlock binary")?;
+    let me = crate::airlock_exe().context("finding the airlock binary")?;
     let mut v = vec![me.to_string_lossy().into_owned(), "run".into()];
     v.extend(a.sandbox.run_flags()?);
     v.push("--".into());

@@ -1,4 +1,6 @@
-//! `airlock`: thin CLI over the Airlock libraries.
+//! `airlock-full`: the whole CLI over the Airlock libraries. The `airlock`
+//! binary (`front.rs`) runs `airlock run` itself and hands every other
+//! command to this one.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -18,6 +20,7 @@ mod cmd_operator;
 mod cmd_policy;
 mod cmd_run;
 mod cmd_serve;
+mod common;
 mod output;
 
 /// Airlock: a local capability broker and sandbox for desktop LLM agents.
@@ -89,14 +92,7 @@ fn main() {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    common::init_tracing(default_level);
     // One-shot commands stop quietly when their reader goes away
     // (`airlock audit tail | head`); the services, `run` (which passes its
     // child's status on) and the hook (which must always answer) keep
@@ -132,23 +128,14 @@ fn main() {
         Cmd::McpPins(c) => cmd_mcp_proxy::mcp_pins(c),
         Cmd::Hook(c) => cmd_hook::hook(c),
     };
-    match code {
-        Ok(c) => std::process::exit(c),
-        Err(e) => {
-            // Each cause once: library errors often repeat their source in
-            // their own message.
-            let mut msg = String::new();
-            for cause in e.chain() {
-                let s = cause.to_string();
-                if !msg.contains(&s) {
-                    if !msg.is_empty() {
-                        msg.push_str(": ");
-                    }
-                    msg.push_str(&s);
-                }
-            }
-            eprintln!("airlock: {msg}");
-            std::process::exit(125);
-        }
-    }
+    common::exit(code)
+}
+
+/// The `airlock` binary to name in commands that others run later (hook
+/// settings, a sandboxed MCP server's `airlock run`): the front next to this
+/// binary when it is there (it starts `airlock run` faster), else this one.
+pub fn airlock_exe() -> std::io::Result<std::path::PathBuf> {
+    let me = std::env::current_exe()?;
+    let front = me.with_file_name("airlock");
+    Ok(if front.is_file() { front } else { me })
 }
