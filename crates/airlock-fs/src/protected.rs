@@ -8,10 +8,73 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::FsError;
 
 /// A compiled [`crate::ProtectedPaths`] list, for matching many paths.
+///
+/// Patterns of the forms `LIT`, `**/LIT`, `LIT/**` and `**/LIT/**` (LIT
+/// without glob characters: most of the default list) are matched by
+/// comparing strings, exactly as the glob would match; only the others are
+/// compiled to a glob set. Compiling every pattern would cost about half a
+/// millisecond, paid by every `airlock run`.
 #[derive(Debug, Clone)]
 pub struct ProtectedMatcher {
     patterns: Vec<String>,
-    set: GlobSet,
+    literal: Vec<(usize, Literal)>,
+    /// The other patterns, with their index in `patterns`.
+    set: Option<(GlobSet, Vec<usize>)>,
+}
+
+/// A pattern without glob characters other than a leading `**/` and a
+/// trailing `/**`.
+#[derive(Debug, Clone)]
+struct Literal {
+    lit: String,
+    /// Leading `**/`: at any depth.
+    any_depth: bool,
+    /// Trailing `/**`: what is beneath it (not the path itself).
+    beneath: bool,
+}
+
+impl Literal {
+    fn parse(p: &str) -> Option<Literal> {
+        let (any_depth, rest) = match p.strip_prefix("**/") {
+            Some(r) => (true, r),
+            None => (false, p),
+        };
+        let (beneath, lit) = match rest.strip_suffix("/**") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let plain = !lit.is_empty()
+            && !lit.starts_with('/')
+            && !lit.ends_with('/')
+            && !lit.contains("//")
+            && !lit.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        plain.then(|| Literal {
+            lit: lit.to_string(),
+            any_depth,
+            beneath,
+        })
+    }
+
+    /// What globset matches for the same pattern: `**/` is `(?:/?|.*/)`,
+    /// `/**` is `/.*`.
+    fn matches(&self, path: &str) -> bool {
+        let lit = self.lit.as_str();
+        let at = |rest: &str| -> bool {
+            if self.beneath {
+                rest.strip_prefix(lit).is_some_and(|r| r.starts_with('/'))
+            } else {
+                rest == lit
+            }
+        };
+        if at(path) {
+            return true;
+        }
+        if !self.any_depth {
+            return false;
+        }
+        // `**/` also matches a leading `/`, and any prefix ending in `/`.
+        path.match_indices('/').any(|(i, _)| at(&path[i + 1..]))
+    }
 }
 
 fn glob(pattern: &str) -> Result<Glob, globset::Error> {
@@ -24,22 +87,52 @@ fn glob(pattern: &str) -> Result<Glob, globset::Error> {
 impl ProtectedMatcher {
     /// Compile `patterns`; an invalid pattern is an error naming it.
     pub fn new(patterns: &[String]) -> Result<ProtectedMatcher, FsError> {
+        let mut literal = vec![];
         let mut b = GlobSetBuilder::new();
-        for p in patterns {
+        let mut globbed = vec![];
+        for (i, p) in patterns.iter().enumerate() {
+            if let Some(l) = Literal::parse(p) {
+                literal.push((i, l));
+                continue;
+            }
             let g = glob(p).map_err(|e| FsError::Invalid {
                 path: p.clone(),
                 why: format!("invalid protected-path pattern: {e}"),
             })?;
             b.add(g);
+            globbed.push(i);
         }
-        let set = b.build().map_err(|e| FsError::Invalid {
-            path: patterns.join(","),
-            why: format!("invalid protected-path patterns: {e}"),
-        })?;
+        let set = if globbed.is_empty() {
+            None
+        } else {
+            let set = b.build().map_err(|e| FsError::Invalid {
+                path: patterns.join(","),
+                why: format!("invalid protected-path patterns: {e}"),
+            })?;
+            Some((set, globbed))
+        };
         Ok(ProtectedMatcher {
             patterns: patterns.to_vec(),
+            literal,
             set,
         })
+    }
+
+    /// The lowest index of a pattern matching `path` itself.
+    fn first_match(&self, path: &str) -> Option<usize> {
+        let lit = self
+            .literal
+            .iter()
+            .find(|(_, l)| l.matches(path))
+            .map(|(i, _)| *i);
+        let glob = self
+            .set
+            .as_ref()
+            .and_then(|(set, idx)| set.matches(path).iter().map(|&k| idx[k]).min());
+        match (lit, glob) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The first pattern (in list order) matching `rel`, a `/`-separated
@@ -61,7 +154,7 @@ impl ProtectedMatcher {
         }
         let mut best: Option<usize> = None;
         for c in candidates {
-            if let Some(&i) = self.set.matches(c).iter().min() {
+            if let Some(i) = self.first_match(c) {
                 best = Some(best.map_or(i, |b| b.min(i)));
             }
         }
@@ -221,6 +314,84 @@ mod tests {
         assert_eq!(p.matches("a.txt").as_deref(), Some("*.txt"));
         // `*` does not cross `/`.
         assert!(p.matches("d/a.txt").is_none());
+    }
+
+    /// The string comparison for literal patterns answers exactly what
+    /// the compiled glob answers, over every path built from the names the
+    /// patterns use (and a few others), with and without a trailing `/`.
+    #[test]
+    fn literal_patterns_match_exactly_as_their_globs() {
+        let mut patterns: Vec<String> = super::DEFAULT_PROTECTED
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        patterns.extend(
+            [
+                "secrets",
+                "build/out",
+                "x/**",
+                "**/a.b",
+                ".env",
+                "**/q/r/**",
+                "**/*.pem",
+                "a*/b",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let m = super::ProtectedMatcher::new(&patterns).unwrap();
+        assert!(m.literal.len() > 30, "most of the default list is literal");
+        let globs: Vec<globset::GlobMatcher> = patterns
+            .iter()
+            .map(|p| super::glob(p).unwrap().compile_matcher())
+            .collect();
+        let names = [
+            ".git",
+            "hooks",
+            "config",
+            "modules",
+            "worktrees",
+            "w1",
+            ".vscode",
+            ".config",
+            "fish",
+            "git",
+            ".ssh",
+            "id_rsa",
+            "secrets",
+            "build",
+            "out",
+            "x",
+            "a.b",
+            "q",
+            "r",
+            ".env",
+            "k.pem",
+            "src",
+            "",
+        ];
+        let mut paths = vec![String::new()];
+        let mut checked = 0;
+        for _depth in 0..3 {
+            let mut next = vec![];
+            for p in &paths {
+                for n in names {
+                    let q = if p.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{p}/{n}")
+                    };
+                    for cand in [q.clone(), format!("{q}/"), format!("/{q}")] {
+                        let want = globs.iter().position(|g| g.is_match(&cand));
+                        assert_eq!(m.first_match(&cand), want, "{cand:?}");
+                        checked += 1;
+                    }
+                    next.push(q);
+                }
+            }
+            paths = next;
+        }
+        assert!(checked > 30_000);
     }
 
     #[test]
