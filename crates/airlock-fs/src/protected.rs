@@ -11,15 +11,22 @@ use crate::FsError;
 ///
 /// Patterns of the forms `LIT`, `**/LIT`, `LIT/**` and `**/LIT/**` (LIT
 /// without glob characters: most of the default list) are matched by
-/// comparing strings, exactly as the glob would match; only the others are
-/// compiled to a glob set. Compiling every pattern would cost about half a
-/// millisecond, paid by every `airlock run`.
+/// comparing strings, exactly as the glob would match. The others are
+/// compiled to a glob set the first time a path has every literal component
+/// of one of them (`.git`, `modules` and `hooks` for
+/// `**/.git/modules/**/hooks`), which no path can match otherwise. Compiling
+/// every pattern would cost about half a millisecond, paid by every
+/// `airlock run`.
 #[derive(Debug, Clone)]
 pub struct ProtectedMatcher {
     patterns: Vec<String>,
     literal: Vec<(usize, Literal)>,
-    /// The other patterns, with their index in `patterns`.
-    set: Option<(GlobSet, Vec<usize>)>,
+    /// The other patterns: index in `patterns`, parsed glob, literal
+    /// components.
+    globbed: Vec<(usize, Glob, Vec<String>)>,
+    /// Built on first need; `None` if building failed (then a path that
+    /// could match is treated as matching: fail closed).
+    set: std::sync::OnceLock<Option<GlobSet>>,
 }
 
 /// A pattern without glob characters other than a leading `**/` and a
@@ -47,7 +54,7 @@ impl Literal {
             && !lit.starts_with('/')
             && !lit.ends_with('/')
             && !lit.contains("//")
-            && !lit.contains(['*', '?', '[', ']', '{', '}', '\\']);
+            && !lit.contains(GLOB_CHARS);
         plain.then(|| Literal {
             lit: lit.to_string(),
             any_depth,
@@ -77,6 +84,9 @@ impl Literal {
     }
 }
 
+/// Characters with a meaning in a glob.
+const GLOB_CHARS: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+
 fn glob(pattern: &str) -> Result<Glob, globset::Error> {
     GlobBuilder::new(pattern)
         .literal_separator(true)
@@ -88,7 +98,6 @@ impl ProtectedMatcher {
     /// Compile `patterns`; an invalid pattern is an error naming it.
     pub fn new(patterns: &[String]) -> Result<ProtectedMatcher, FsError> {
         let mut literal = vec![];
-        let mut b = GlobSetBuilder::new();
         let mut globbed = vec![];
         for (i, p) in patterns.iter().enumerate() {
             if let Some(l) = Literal::parse(p) {
@@ -99,22 +108,18 @@ impl ProtectedMatcher {
                 path: p.clone(),
                 why: format!("invalid protected-path pattern: {e}"),
             })?;
-            b.add(g);
-            globbed.push(i);
+            let lits = p
+                .split('/')
+                .filter(|c| !c.is_empty() && !c.contains(GLOB_CHARS))
+                .map(str::to_string)
+                .collect();
+            globbed.push((i, g, lits));
         }
-        let set = if globbed.is_empty() {
-            None
-        } else {
-            let set = b.build().map_err(|e| FsError::Invalid {
-                path: patterns.join(","),
-                why: format!("invalid protected-path patterns: {e}"),
-            })?;
-            Some((set, globbed))
-        };
         Ok(ProtectedMatcher {
             patterns: patterns.to_vec(),
             literal,
-            set,
+            globbed,
+            set: std::sync::OnceLock::new(),
         })
     }
 
@@ -125,10 +130,32 @@ impl ProtectedMatcher {
             .iter()
             .find(|(_, l)| l.matches(path))
             .map(|(i, _)| *i);
-        let glob = self
-            .set
-            .as_ref()
-            .and_then(|(set, idx)| set.matches(path).iter().map(|&k| idx[k]).min());
+        // With `literal_separator`, a literal component of a glob matches
+        // only an equal component of the path.
+        let comps: Vec<&str> = path.split('/').collect();
+        let possible = |lits: &Vec<String>| lits.iter().all(|l| comps.contains(&l.as_str()));
+        let glob = if self.globbed.iter().any(|(_, _, l)| possible(l)) {
+            let set = self.set.get_or_init(|| {
+                let mut b = GlobSetBuilder::new();
+                for (_, g, _) in &self.globbed {
+                    b.add(g.clone());
+                }
+                b.build()
+                    .map_err(|e| tracing::warn!(error = %e, "protected-path globs do not compile; treating paths they could match as protected"))
+                    .ok()
+            });
+            match set {
+                Some(set) => set.matches(path).iter().map(|&k| self.globbed[k].0).min(),
+                None => self
+                    .globbed
+                    .iter()
+                    .filter(|(_, _, l)| possible(l))
+                    .map(|(i, _, _)| *i)
+                    .min(),
+            }
+        } else {
+            None
+        };
         match (lit, glob) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -341,6 +368,15 @@ mod tests {
         );
         let m = super::ProtectedMatcher::new(&patterns).unwrap();
         assert!(m.literal.len() > 30, "most of the default list is literal");
+        let d = super::ProtectedMatcher::new(&patterns[..super::DEFAULT_PROTECTED.len()]).unwrap();
+        assert_eq!(d.first_match(".git"), None);
+        assert_eq!(d.first_match("src/.git/hooks"), Some(0));
+        assert!(
+            d.set.get().is_none(),
+            "the default list's globs are not compiled for .git or hooks"
+        );
+        assert!(d.first_match(".git/modules/m/hooks").is_some());
+        assert!(d.set.get().is_some());
         let globs: Vec<globset::GlobMatcher> = patterns
             .iter()
             .map(|p| super::glob(p).unwrap().compile_matcher())
