@@ -31,6 +31,9 @@ pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 /// A link to the broker's agent socket.
 pub struct BrokerLink {
     client: Client,
+    /// A second connection for what nobody waits on (outcome reports), so
+    /// a report and its durable write never hold up the next decision.
+    aside: Client,
     socket: PathBuf,
     ask_timeout: Duration,
 }
@@ -59,6 +62,7 @@ impl BrokerLink {
     pub fn new(socket: PathBuf, ask_timeout: Duration) -> BrokerLink {
         BrokerLink {
             client: Client::new(socket.clone()),
+            aside: Client::new(socket.clone()),
             socket,
             ask_timeout,
         }
@@ -167,6 +171,16 @@ impl BrokerLink {
     /// `POST /v1/requests/check`: what policy would decide, with no side effect.
     pub async fn check(&self, manifest: &Value) -> Result<Value, Refusal> {
         self.post("/v1/requests/check", manifest).await
+    }
+
+    /// `POST` on the second connection, for reports sent alongside the
+    /// answer (the `aside` connection).
+    pub async fn post_aside(&self, route: &str, body: &Value) -> Result<Value, Refusal> {
+        self.aside
+            .post(route, body)
+            .await
+            .map(|(_, v)| v)
+            .map_err(broker_error)
     }
 
     /// `POST` a JSON body on the agent socket (no token).

@@ -521,7 +521,7 @@ impl ProxySession {
         });
         let shared = self.shared.clone();
         self.shared.reports.spawn(async move {
-            if let Err(e) = shared.link.post("/v1/outcomes", &body).await {
+            if let Err(e) = shared.link.post_aside("/v1/outcomes", &body).await {
                 tracing::warn!(error = %e, "cannot record the outcome of an MCP call");
             }
         });
