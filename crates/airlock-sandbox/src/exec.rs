@@ -58,9 +58,10 @@ pub struct Running {
     err: Option<JoinHandle<Vec<u8>>>,
     /// The seccomp notification listener, served by `wait`.
     notify: Option<OwnedFd>,
-    /// The staged overlay's work dir and the upper dir's state before the
-    /// run: the volatile mount is closed after it (see `close_overlay`).
-    volatile: Option<(PathBuf, UpperState)>,
+    /// The staged overlay's work dir and the upper dir's state and
+    /// allocated bytes before the run: the volatile mount is closed after
+    /// it (see `close_overlay`), the disk cap counts from it.
+    volatile: Option<(PathBuf, UpperState, u64)>,
     /// The helper that lent its user namespace to the idmapped workspace;
     /// reaped with the rest.
     _idmap_helper: Option<syscall::Reaper>,
@@ -658,7 +659,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
 
     let volatile = match &workspace {
         Some((_, WorkspaceMode::Staged { upper, work })) => {
-            Some((work.clone(), upper_state(upper)))
+            let (state, bytes) = upper_state(upper);
+            Some((work.clone(), state, bytes))
         }
         _ => None,
     };
@@ -1088,13 +1090,7 @@ fn fs_used(p: &Path) -> u64 {
 }
 
 fn upper_size(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(p)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
+    upper_state(p).1
 }
 
 /// Every entry of an upper dir with its inode, size, mode, owner, link
@@ -1107,14 +1103,18 @@ fn upper_size(p: &Path) -> u64 {
 /// every run without changing anything a crash could cut short.
 type UpperState = Vec<(PathBuf, u64, u64, u32, u32, u32, u64, i64, i64)>;
 
-fn upper_state(p: &Path) -> UpperState {
+/// The upper dir's [`UpperState`] and the bytes allocated to it (what the
+/// disk cap counts), from one walk.
+fn upper_state(p: &Path) -> (UpperState, u64) {
     use std::os::unix::fs::MetadataExt;
+    let mut bytes = 0u64;
     let mut v: UpperState = walkdir::WalkDir::new(p)
         .follow_links(false)
         .into_iter()
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let m = e.metadata().ok()?;
+            bytes = bytes.saturating_add(m.blocks() * 512);
             Some((
                 e.into_path(),
                 m.ino(),
@@ -1129,7 +1129,7 @@ fn upper_state(p: &Path) -> UpperState {
         })
         .collect();
     v.sort();
-    v
+    (v, bytes)
 }
 
 impl Running {
@@ -1138,7 +1138,7 @@ impl Running {
     /// volatile marker (see `airlock_fs::volatile_state`). A failure keeps
     /// the marker; the next run closes it (or, after a crash, refuses).
     fn close_overlay(&mut self, changed: bool) {
-        if let (Some(u), Some((work, _))) = (&self.upper, self.volatile.take()) {
+        if let (Some(u), Some((work, _, _))) = (&self.upper, self.volatile.take()) {
             if let Err(e) = airlock_fs::close_volatile(u, &work, changed) {
                 tracing::warn!("closing the staged overlay of {}: {e}", u.display());
             }
@@ -1188,7 +1188,11 @@ impl Running {
         // baseline, the upper dir itself is measured.
         let mut disk_watch = match (&self.upper, self.limits.disk) {
             (Some(u), Some(max)) => {
-                let base = fs_used(u).saturating_sub(upper_size(u));
+                let size = match &self.volatile {
+                    Some((_, _, bytes)) => *bytes,
+                    None => upper_size(u),
+                };
+                let base = fs_used(u).saturating_sub(size);
                 Some((u.clone(), max, base))
             }
             _ => None,
@@ -1260,11 +1264,16 @@ impl Running {
         }
         let reaped =
             syscall::wait_pidfd(raw).map_err(|e| SandboxError::io("reaping the sandbox", e))?;
+        // One walk of the upper dir now serves both the disk cap and the
+        // question whether the run changed anything there.
+        let after = self.upper.as_deref().map(upper_state);
         // The watch above looks every 5 ms; a command that passes the cap and
         // exits within one interval (its writer killed by SIGXFSZ, the shell
         // around it exiting 0) would slip through. Look once more at the end.
-        if let (false, Some((u, max, _))) = (disk_hit || timed_out, &disk_watch) {
-            disk_hit = upper_size(u) > *max;
+        if let (false, Some((_, max, _)), Some((_, bytes))) =
+            (disk_hit || timed_out, &disk_watch, &after)
+        {
+            disk_hit = bytes > max;
         }
         tracing::debug!(us = self.t0.elapsed().as_micros() as u64, "reaped");
         let duration = self.start.elapsed();
@@ -1288,9 +1297,8 @@ impl Running {
             us = self.start.elapsed().as_micros() as u64,
             "cgroup removed"
         );
-        let changed = match (&self.upper, &self.volatile) {
-            (Some(u), Some((_, before))) => {
-                let after = upper_state(u);
+        let changed = match (after, &self.volatile) {
+            (Some((after, _)), Some((_, before, _))) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     let first = after.iter().zip(before.iter()).find(|(a, b)| a != b);
                     tracing::debug!(
