@@ -355,3 +355,61 @@ fn ctrl_c_reaches_the_command() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "got-int\n");
 }
+
+/// `airlock` runs `airlock run` on its own and hands every other command,
+/// arguments and exit status unchanged, to `airlock-full` next to it; when
+/// that is missing, it says so instead of failing obscurely.
+#[test]
+fn the_front_binary_runs_run_itself_and_hands_the_rest_over() {
+    let e = Env::new();
+    let out = e.run(&["--version"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("airlock {}", env!("CARGO_PKG_VERSION"))
+    );
+    // A usage error of the full CLI keeps clap's exit status and names
+    // the command as `airlock`.
+    let out = e.run(&["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("Usage: airlock "),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The front alone, in a directory without `airlock-full`.
+    let alone = e.dir.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    let front = alone.join("airlock");
+    std::fs::copy(env!("CARGO_BIN_EXE_airlock"), &front).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(&front)
+            .args(args)
+            .current_dir(e.ws())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", e.dir.path())
+            .env("XDG_STATE_HOME", e.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", e.dir.path().join("config"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&["run", "--", "/bin/sh", "-c", "echo made > b.txt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 change(s) staged"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!e.ws().join("b.txt").exists(), "staged, not written");
+    let out = run(&["run", "--", "/bin/sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let out = run(&["status"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("airlock-full") && err.contains("reinstall both"),
+        "{err}"
+    );
+}
