@@ -311,6 +311,10 @@ pub struct TokenAuthority {
 #[derive(Default)]
 struct IssuedRegistry {
     tokens: HashMap<String, TokenInfo>,
+    /// The grants of the tokens `mint` made in this process, by id. Not
+    /// the entries [`TokenAuthority::remember`] adds from the audit log: a
+    /// file on disk must never widen what a signed token says.
+    minted: HashMap<String, Arc<MintedScope>>,
     prune_at: usize,
 }
 
@@ -445,6 +449,7 @@ impl TokenAuthority {
             persist_lock: Mutex::new(()),
             issued: Mutex::new(IssuedRegistry {
                 tokens: HashMap::new(),
+                minted: HashMap::new(),
                 prune_at: 1024,
             }),
             cache: Mutex::new(LruCache::new(
@@ -604,6 +609,7 @@ impl TokenAuthority {
             expires_at: grant.expires_at,
             revoked: false,
         };
+        let scope = Arc::new(MintedScope::from_info(&info));
         // Warm the cache: the broker usually uses a token right after minting.
         let parsed = Arc::new(Parsed {
             biscuit,
@@ -611,16 +617,18 @@ impl TokenAuthority {
             meta,
             attenuated_expiry: None,
             grant_paths: grant.paths.clone(),
-            minted: Some(Arc::new(MintedScope::from_info(&info))),
+            minted: Some(scope.clone()),
         });
         lock(&self.cache).put(cache_key(&token), parsed);
         {
             let mut reg = lock(&self.issued);
             if reg.tokens.len() >= reg.prune_at {
                 reg.tokens.retain(|_, t| t.expires_at >= now);
+                reg.minted.retain(|_, m| m.expires_at >= now);
                 reg.prune_at = (reg.tokens.len() * 2).max(1024);
             }
             reg.tokens.insert(id.clone(), info);
+            reg.minted.insert(id.clone(), scope);
         }
         tracing::debug!(token_id = %id, request_id = %grant.request_id, "minted token");
         Ok(MintedToken {
@@ -675,12 +683,9 @@ impl TokenAuthority {
         // Minted by this process and not attenuated: the id is the
         // authority block's signature, so the block is the one minted.
         let minted = if biscuit.block_count() == 1 {
-            revocation_ids.first().and_then(|id| {
-                lock(&self.issued)
-                    .tokens
-                    .get(id)
-                    .map(|t| Arc::new(MintedScope::from_info(t)))
-            })
+            revocation_ids
+                .first()
+                .and_then(|id| lock(&self.issued).minted.get(id).cloned())
         } else {
             None
         };

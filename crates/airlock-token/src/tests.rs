@@ -189,7 +189,24 @@ fn minted_scope_allows_exactly_what_the_datalog_allows() {
         Revocations::new(),
     );
     let t2 = other.mint(&grant()).unwrap();
+    // What the broker rebuilds from its audit log at start, here claiming
+    // more than the token says: it must not widen the signed grant.
+    let mut claimed = other
+        .list(crate::now_unix())
+        .into_iter()
+        .find(|i| i.id == t2.id)
+        .unwrap();
+    claimed.paths = vec!["/".into()];
+    assert!(auth.remember(claimed));
     let p2 = auth.parse_cached(&t2.token).unwrap();
     assert!(p2.minted.is_none());
     assert!(auth.verify(&t2.token, &read_access()).is_ok());
+    let outside = Access {
+        path: Some("/etc/passwd"),
+        ..read_access()
+    };
+    assert!(matches!(
+        auth.verify(&t2.token, &outside),
+        Err(TokenError::Scope { .. })
+    ));
 }
