@@ -155,6 +155,11 @@ fn built_in_tool_calls_are_decided_by_the_broker_and_audited() {
         cmd.contains(" run --workspace ") && cmd.ends_with("-- /bin/sh -c 'make test'"),
         "{cmd}"
     );
+    // The front binary runs it (it starts faster than the full CLI).
+    assert!(
+        cmd.contains(bin()) && !cmd.contains("airlock-full"),
+        "{cmd}"
+    );
     assert_eq!(
         v["hookSpecificOutput"]["updatedInput"]["description"],
         "run tests"
@@ -290,10 +295,12 @@ fn install_merges_into_settings_without_clobbering() {
     let pre = v["hooks"]["PreToolUse"].as_array().unwrap();
     assert_eq!(pre.len(), 2, "{v}");
     assert_eq!(pre[0]["hooks"][0]["command"], "my-linter");
-    assert!(pre[1]["hooks"][0]["command"]
-        .as_str()
-        .unwrap()
-        .ends_with("hook claude-code"));
+    let installed = pre[1]["hooks"][0]["command"].as_str().unwrap();
+    assert!(installed.ends_with("hook claude-code"), "{installed}");
+    assert!(
+        installed.contains(bin()) && !installed.contains("airlock-full"),
+        "{installed}"
+    );
     assert_eq!(v["hooks"]["PostToolUse"].as_array().unwrap().len(), 1);
     // Again: nothing changes.
     let before = std::fs::read_to_string(&settings).unwrap();
