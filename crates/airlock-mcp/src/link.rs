@@ -176,20 +176,12 @@ impl BrokerLink {
     /// `POST` on the second connection, for reports sent alongside the
     /// answer (the `aside` connection).
     pub async fn post_aside(&self, route: &str, body: &Value) -> Result<Value, Refusal> {
-        self.aside
-            .post(route, body)
-            .await
-            .map(|(_, v)| v)
-            .map_err(broker_error)
+        post_on(&self.aside, route, body).await
     }
 
     /// `POST` a JSON body on the agent socket (no token).
     pub async fn post(&self, route: &str, body: &Value) -> Result<Value, Refusal> {
-        self.client
-            .post(route, body)
-            .await
-            .map(|(_, v)| v)
-            .map_err(broker_error)
+        post_on(&self.client, route, body).await
     }
 
     /// `GET` on the agent socket.
@@ -229,6 +221,14 @@ fn reasons(v: &Value) -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "no reason given".into())
+}
+
+async fn post_on(client: &Client, route: &str, body: &Value) -> Result<Value, Refusal> {
+    client
+        .post(route, body)
+        .await
+        .map(|(_, v)| v)
+        .map_err(broker_error)
 }
 
 /// `read_files of /a, /b` for messages.
