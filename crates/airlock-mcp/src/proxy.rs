@@ -496,12 +496,7 @@ impl ProxySession {
                 (fate, Some(g.request_id))
             }
             Err(why) => (
-                ResultFate::Withhold(format!(
-                    "Airlock withheld the result of {key} {name} from MCP server {}: it holds what \
-                     looks like a secret ({}).\n{why}",
-                    self.name(),
-                    found.join(", ")
-                )),
+                ResultFate::Withhold(format!("{}.\n{why}", self.withheld(key, name, found))),
                 None,
             ),
         }
@@ -640,6 +635,17 @@ impl ProxySession {
         }
     }
 
+    /// The start of the text for a withheld result: which call, which
+    /// server, which rules.
+    fn withheld(&self, key: &str, name: &str, found: &[String]) -> String {
+        format!(
+            "Airlock withheld the result of {key} {name} from MCP server {}: it holds what looks \
+             like a secret ({})",
+            self.name(),
+            found.join(", ")
+        )
+    }
+
     /// Scan a result for secrets and give it the fate policy decides (see
     /// [`Self::result_fate`]); `Err` with the reason when it is withheld.
     /// What was found and done goes into `detail` for the outcome record.
@@ -667,12 +673,8 @@ impl ProxySession {
             ResultFate::Redact => redact_typed(&res, red).ok_or_else(|| {
                 detail["result_secrets_action"] = json!("withheld");
                 format!(
-                    "Airlock withheld the result of {} {} from MCP server {}: it holds what looks \
-                     like a secret ({}) and could not be redacted.",
-                    call.1,
-                    call.2,
-                    self.name(),
-                    found.rules.join(", ")
+                    "{} and could not be redacted.",
+                    self.withheld(call.1, call.2, &found.rules)
                 )
             }),
             ResultFate::Withhold(why) => Err(why),
