@@ -24,7 +24,11 @@ impl Env {
         self.dir.path().join("ws")
     }
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_airlock"))
+        self.run_with(Path::new(env!("CARGO_BIN_EXE_airlock")), args)
+    }
+    /// `bin` with `args` in the workspace, in this environment.
+    fn run_with(&self, bin: &Path, args: &[&str]) -> Output {
+        Command::new(bin)
             .args(args)
             .current_dir(self.ws())
             .env_clear()
@@ -383,18 +387,7 @@ fn the_front_binary_runs_run_itself_and_hands_the_rest_over() {
     std::fs::create_dir(&alone).unwrap();
     let front = alone.join("airlock");
     std::fs::copy(env!("CARGO_BIN_EXE_airlock"), &front).unwrap();
-    let run = |args: &[&str]| {
-        Command::new(&front)
-            .args(args)
-            .current_dir(e.ws())
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", e.dir.path())
-            .env("XDG_STATE_HOME", e.dir.path().join("state"))
-            .env("XDG_CONFIG_HOME", e.dir.path().join("config"))
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| e.run_with(&front, args);
     let out = run(&["run", "--", "/bin/sh", "-c", "echo made > b.txt"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
