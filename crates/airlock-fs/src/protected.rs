@@ -132,8 +132,7 @@ impl ProtectedMatcher {
             .map(|(i, _)| *i);
         // With `literal_separator`, a literal component of a glob matches
         // only an equal component of the path.
-        let comps: Vec<&str> = path.split('/').collect();
-        let possible = |lits: &Vec<String>| lits.iter().all(|l| comps.contains(&l.as_str()));
+        let possible = |lits: &Vec<String>| lits.iter().all(|l| path.split('/').any(|c| c == l));
         let glob = if self.globbed.iter().any(|(_, _, l)| possible(l)) {
             let set = self.set.get_or_init(|| {
                 let mut b = GlobSetBuilder::new();
