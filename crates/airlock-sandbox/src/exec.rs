@@ -1186,13 +1186,10 @@ impl Running {
         // counts dirty (not yet written) data, so it is checked every 5 ms;
         // when the filesystem grew by more than the cap since the last
         // baseline, the upper dir itself is measured.
-        let mut disk_watch = match (&self.upper, self.limits.disk) {
-            (Some(u), Some(max)) => {
-                let size = match &self.volatile {
-                    Some((_, _, bytes)) => *bytes,
-                    None => upper_size(u),
-                };
-                let base = fs_used(u).saturating_sub(size);
+        // (A staged workspace has both an upper dir and its state.)
+        let mut disk_watch = match (&self.upper, &self.volatile, self.limits.disk) {
+            (Some(u), Some((_, _, bytes)), Some(max)) => {
+                let base = fs_used(u).saturating_sub(*bytes);
                 Some((u.clone(), max, base))
             }
             _ => None,
