@@ -232,51 +232,27 @@ struct Parsed {
     /// The grant this process minted the token from, when the token is
     /// exactly that (its authority block, no attenuation block): then an
     /// access the grant covers is allowed without a Datalog run.
-    minted: Option<Arc<MintedScope>>,
+    minted: Option<Arc<TokenInfo>>,
 }
 
-/// What an unattenuated token minted here allows: the same answer as the
-/// authority block's check and the allow policy (see `scope.rs`), by plain
-/// comparison. Only a yes is trusted; anything else is decided by the
+/// What the token `t` describes (an unattenuated token minted here)
+/// allows: the same answer as the authority block's check and the allow
+/// policy (see `scope.rs`), by plain comparison. `check if time($t), $t <=
+/// exp` and `allow if operation($op), verb($op), req_session($s),
+/// session($s)`, plus the path, host and command conditions when the access
+/// names them. Only a yes is trusted; anything else is decided by the
 /// Datalog run, which also classifies the refusal.
-#[derive(Debug)]
-struct MintedScope {
-    session: String,
-    verbs: BTreeSet<Verb>,
-    paths: Vec<String>,
-    hosts: Vec<String>,
-    commands: Vec<String>,
-    expires_at: u64,
-}
-
-impl MintedScope {
-    fn from_info(t: &TokenInfo) -> MintedScope {
-        MintedScope {
-            session: t.session.clone(),
-            verbs: t.verbs.iter().copied().collect(),
-            paths: t.paths.clone(),
-            hosts: t.hosts.clone(),
-            commands: t.commands.clone(),
-            expires_at: t.expires_at,
-        }
-    }
-
-    /// `check if time($t), $t <= exp` and `allow if operation($op),
-    /// verb($op), req_session($s), session($s)`, plus the path, host and
-    /// command conditions when the access names them.
-    fn allows(&self, a: &Access<'_>) -> bool {
-        a.now <= self.expires_at
-            && self.verbs.contains(&a.verb)
-            && a.session == self.session
-            && a.path.is_none_or(|p| {
-                self.paths
-                    .iter()
-                    .any(|r| p == r || p.starts_with(&scope::subtree_prefix(r)))
-            })
-            && a.host.is_none_or(|h| self.hosts.iter().any(|x| x == h))
-            && a.command
-                .is_none_or(|c| self.commands.iter().any(|x| x == c))
-    }
+fn minted_allows(t: &TokenInfo, a: &Access<'_>) -> bool {
+    a.now <= t.expires_at
+        && t.verbs.contains(&a.verb)
+        && a.session == t.session
+        && a.path.is_none_or(|p| {
+            t.paths
+                .iter()
+                .any(|r| p == r || p.starts_with(&scope::subtree_prefix(r)))
+        })
+        && a.host.is_none_or(|h| t.hosts.iter().any(|x| x == h))
+        && a.command.is_none_or(|c| t.commands.iter().any(|x| x == c))
 }
 
 impl Parsed {
@@ -314,7 +290,7 @@ struct IssuedRegistry {
     /// The grants of the tokens `mint` made in this process, by id. Not
     /// the entries [`TokenAuthority::remember`] adds from the audit log: a
     /// file on disk must never widen what a signed token says.
-    minted: HashMap<String, Arc<MintedScope>>,
+    minted: HashMap<String, Arc<TokenInfo>>,
     prune_at: usize,
 }
 
@@ -609,7 +585,7 @@ impl TokenAuthority {
             expires_at: grant.expires_at,
             revoked: false,
         };
-        let scope = Arc::new(MintedScope::from_info(&info));
+        let scope = Arc::new(info.clone());
         // Warm the cache: the broker usually uses a token right after minting.
         let parsed = Arc::new(Parsed {
             biscuit,
@@ -779,7 +755,11 @@ impl TokenAuthority {
         }
 
         let resource = access.path.or(access.host).or(access.command).unwrap_or("");
-        if !parsed.minted.as_ref().is_some_and(|m| m.allows(access)) {
+        if !parsed
+            .minted
+            .as_ref()
+            .is_some_and(|m| minted_allows(m, access))
+        {
             match self.authorize(&parsed.biscuit, access, access.now) {
                 Ok(()) => {}
                 Err(e) => return Err(self.classify_failure(&parsed, access, &e, resource)),
