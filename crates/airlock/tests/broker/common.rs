@@ -103,19 +103,7 @@ impl Env {
 
     /// Environment for every process of the test.
     pub fn apply(&self, c: &mut Command) {
-        for v in [
-            "AIRLOCK_SOCKET",
-            "AIRLOCK_OPERATOR_SOCKET",
-            "AIRLOCK_CONFIG",
-            "AIRLOCK_TOKEN",
-            "XDG_STATE_HOME",
-            "XDG_CONFIG_HOME",
-        ] {
-            c.env_remove(v);
-        }
-        c.env("HOME", &self.home)
-            .env("XDG_RUNTIME_DIR", &self.run)
-            .env("AIRLOCK_LOG", "info,airlock_broker=debug");
+        apply_env(c, &self.home, &self.run);
     }
 
     /// Run the CLI.
@@ -525,22 +513,38 @@ fn rustix_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// The environment of a test's processes: its home and runtime dir, and
+/// nothing of the caller's Airlock settings.
+fn apply_env(c: &mut Command, home: &Path, run: &Path) {
+    for v in [
+        "AIRLOCK_SOCKET",
+        "AIRLOCK_OPERATOR_SOCKET",
+        "AIRLOCK_CONFIG",
+        "AIRLOCK_TOKEN",
+        "XDG_STATE_HOME",
+        "XDG_CONFIG_HOME",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("HOME", home)
+        .env("XDG_RUNTIME_DIR", run)
+        .env("AIRLOCK_LOG", "info,airlock_broker=debug");
+}
+
 /// Approve (or deny) the first pending approval, from the human's side.
 pub fn decide_when_asked(d: &Daemon, verb: &'static str) -> std::thread::JoinHandle<String> {
     let env_home = d.env.home.clone();
     let run = d.env.run.clone();
     std::thread::spawn(move || {
+        let cli = |args: &[&str]| {
+            let mut c = Command::new(bin());
+            apply_env(&mut c, &env_home, &run);
+            c.args(args).stdin(Stdio::null()).output().unwrap()
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "no approval appeared");
-            let out = std::process::Command::new(bin())
-                .args(["approvals", "list", "--json"])
-                .env("HOME", &env_home)
-                .env("XDG_RUNTIME_DIR", &run)
-                .env_remove("AIRLOCK_SOCKET")
-                .env_remove("AIRLOCK_OPERATOR_SOCKET")
-                .output()
-                .unwrap();
+            let out = cli(&["approvals", "list", "--json"]);
             let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!({}));
             let pending = list["approvals"]
                 .as_array()
@@ -549,17 +553,16 @@ pub fn decide_when_asked(d: &Daemon, verb: &'static str) -> std::thread::JoinHan
                 .find(|a| a["state"] == "pending")
                 .and_then(|a| a["approval_id"].as_str().map(str::to_string));
             if let Some(id) = pending {
-                let mut c = std::process::Command::new(bin());
-                c.args(["approvals", verb, &id])
-                    .env("HOME", &env_home)
-                    .env("XDG_RUNTIME_DIR", &run)
-                    .env_remove("AIRLOCK_SOCKET")
-                    .env_remove("AIRLOCK_OPERATOR_SOCKET");
+                let mut args = vec!["approvals", verb, &id];
                 if verb == "deny" {
-                    c.args(["--reason", "not now"]);
+                    args.extend(["--reason", "not now"]);
                 }
-                let st = c.status().unwrap();
-                assert!(st.success());
+                let out = cli(&args);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 return id;
             }
             std::thread::sleep(Duration::from_millis(100));
