@@ -611,6 +611,86 @@ fn refused_router(why: String) -> Router {
 // Sockets
 // ---------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------
+// In process
+// ---------------------------------------------------------------------------
+
+/// The agent socket's routes served in this process to one peer: what a
+/// front door running inside the broker (or embedding it) talks to.
+/// Requests go through the same routes, body limits and checks as on the
+/// socket; only the socket and HTTP framing are skipped.
+struct LocalAgent {
+    router: Router,
+    conn: Conn,
+    cfg: crate::config::ServerConfig,
+}
+
+impl airlock_client::Local for LocalAgent {
+    fn call(
+        &self,
+        req: hyper::Request<bytes::Bytes>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<airlock_client::Answer, String>> + Send>,
+    > {
+        let router = self.router.clone();
+        let conn = self.conn.clone();
+        let cfg = self.cfg.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            parts.extensions.insert(conn);
+            let resp =
+                match buffer_body(&cfg, &parts.headers, http_body_util::Full::new(body)).await {
+                    Ok(bytes) => match router
+                        .oneshot(axum::http::Request::from_parts(parts, Body::from(bytes)))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    },
+                    Err(e) => error_response(&e),
+                };
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| format!("reading the broker's answer: {e}"))?
+                .to_bytes();
+            Ok(airlock_client::Answer {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            })
+        })
+    }
+}
+
+/// A client reaching `b`'s agent routes in this process as `peer`.
+pub(crate) fn local_agent(b: &Broker, peer: Peer) -> airlock_client::Client {
+    let endpoint = LocalAgent {
+        router: agent_router(b.clone()),
+        conn: Conn {
+            peer: Arc::new(peer),
+        },
+        cfg: b.inner.cfg.server.clone(),
+    };
+    airlock_client::Client::local(b.inner.paths.socket.clone(), Arc::new(endpoint))
+}
+
+/// A front door served inside the broker process. Each connection on the
+/// attach socket (`airlock_client::attach_socket_for` the agent socket)
+/// whose peer may use the agent socket is handed over with that peer and a
+/// client reaching this broker in-process as that peer. The future runs
+/// until the front door is done, and is dropped when the broker stops.
+pub type Attach = Arc<
+    dyn Fn(
+            Peer,
+            tokio::net::UnixStream,
+            airlock_client::Client,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Running listeners; stop them with [`ServeHandle::shutdown`].
 pub struct ServeHandle {
     stop: watch::Sender<bool>,
@@ -677,7 +757,7 @@ fn raise_nofile() {
     }
 }
 
-pub(crate) async fn start(b: Broker) -> Result<ServeHandle, BrokerError> {
+pub(crate) async fn start(b: Broker, attach: Option<Attach>) -> Result<ServeHandle, BrokerError> {
     raise_nofile();
     let agent = bind(&b.inner.paths.socket)?;
     let operator = match bind(&b.inner.paths.operator_socket) {
@@ -687,9 +767,25 @@ pub(crate) async fn start(b: Broker) -> Result<ServeHandle, BrokerError> {
             return Err(e);
         }
     };
+    let attach_path = airlock_client::attach_socket_for(&b.inner.paths.socket);
+    let attach = match attach {
+        Some(f) => match bind(&attach_path) {
+            Ok(l) => Some((l, f)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&b.inner.paths.socket);
+                let _ = std::fs::remove_file(&b.inner.paths.operator_socket);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let (stop, _) = watch::channel(false);
     let graceful = Arc::new(tokio::sync::Mutex::new(Some(GracefulShutdown::new())));
-    let tasks = vec![
+    let mut sockets = vec![
+        b.inner.paths.socket.clone(),
+        b.inner.paths.operator_socket.clone(),
+    ];
+    let mut tasks = vec![
         tokio::spawn(accept_loop(
             agent,
             SocketKind::Agent,
@@ -705,15 +801,76 @@ pub(crate) async fn start(b: Broker) -> Result<ServeHandle, BrokerError> {
             graceful.clone(),
         )),
     ];
+    if let Some((listener, f)) = attach {
+        tasks.push(tokio::spawn(attach_loop(
+            listener,
+            f,
+            b.clone(),
+            stop.subscribe(),
+        )));
+        sockets.push(attach_path);
+    }
     Ok(ServeHandle {
         stop,
         tasks,
         graceful,
-        sockets: vec![
-            b.inner.paths.socket.clone(),
-            b.inner.paths.operator_socket.clone(),
-        ],
+        sockets,
     })
+}
+
+/// Accept on the attach socket: identify and check each peer as the agent
+/// socket does, then hand the connection to the front door.
+async fn attach_loop(
+    listener: UnixListener,
+    attach: Attach,
+    b: Broker,
+    mut stop: watch::Receiver<bool>,
+) {
+    let sem = Arc::new(Semaphore::new(b.inner.cfg.server.max_connections.max(1)));
+    let own_uid = rustix::process::getuid().as_raw();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = match Peer::of_socket(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot identify the peer; closing the connection");
+                continue;
+            }
+        };
+        if peer.uid != own_uid && !b.inner.cfg.allow_uids.contains(&peer.uid) {
+            // Closed unanswered: the front door falls back to the agent
+            // socket, which tells it why in a structured error.
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "refusing a peer running as another user on the attach socket"
+            );
+            continue;
+        }
+        let fut = attach(peer.clone(), stream, local_agent(&b, peer));
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = stop.changed() => {}
+            }
+            drop(permit);
+        });
+    }
 }
 
 async fn accept_loop(

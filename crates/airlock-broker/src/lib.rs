@@ -46,7 +46,7 @@ use airlock_policy::PolicyEngine;
 use airlock_token::TokenAuthority;
 
 pub use config::{Config, Paths};
-pub use http::{agent_route_list, ServeHandle};
+pub use http::{agent_route_list, Attach, ServeHandle};
 pub use operator::operator_route_list;
 pub use pipeline::Decided;
 
@@ -479,7 +479,23 @@ impl Broker {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), BrokerError> {
-        let handle = http::start(self.clone()).await?;
+        self.serve_with(shutdown, None).await
+    }
+
+    /// A client that reaches this broker's agent routes in this process as
+    /// `peer`, with no socket in between (a front door embedding the broker).
+    pub fn local_agent(&self, peer: peer::Peer) -> airlock_client::Client {
+        http::local_agent(self, peer)
+    }
+
+    /// [`Broker::serve`], and with `attach`, also the attach socket, whose
+    /// connections are handed to `attach` to be served in this process.
+    pub async fn serve_with(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        attach: Option<Attach>,
+    ) -> Result<(), BrokerError> {
+        let handle = http::start(self.clone(), attach).await?;
         self.lifecycle("broker_start").await;
         tracing::info!(
             socket = %self.inner.paths.socket.display(),

@@ -2,9 +2,16 @@
 //! file operations, exec) and the operator socket (approvals, tokens,
 //! staging, status). HTTP/1.1 + JSON over a Unix socket; one connection is
 //! kept and reused (keep-alive) and re-opened when the broker closed it.
+//!
+//! A broker running in the same process can be reached without a socket
+//! ([`Client::local`]): the same requests and answers, handed to it as
+//! values.
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use airlock_core::ApiError;
 use bytes::Bytes;
@@ -52,10 +59,23 @@ impl Answer {
     }
 }
 
-/// A client for one socket.
+/// An endpoint in this process that answers requests as a socket's
+/// server would: a broker library serving one peer (see
+/// `airlock_broker::Broker::local_agent`).
+pub trait Local: Send + Sync {
+    /// Answer one request (its body already complete).
+    fn call(
+        &self,
+        req: hyper::Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Answer, String>> + Send + 'static>>;
+}
+
+/// A client for one socket, or for a broker in this process.
 pub struct Client {
+    /// The socket, or what names the in-process endpoint in messages.
     socket: PathBuf,
     conn: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    local: Option<Arc<dyn Local>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -72,7 +92,34 @@ impl Client {
         Client {
             socket: socket.into(),
             conn: Mutex::new(None),
+            local: None,
         }
+    }
+
+    /// A client for an endpoint in this process; `name` (the socket the
+    /// same broker listens on) names it in messages.
+    pub fn local(name: impl Into<PathBuf>, endpoint: Arc<dyn Local>) -> Client {
+        Client {
+            socket: name.into(),
+            conn: Mutex::new(None),
+            local: Some(endpoint),
+        }
+    }
+
+    /// Another client for the same broker: its own connection to the same
+    /// socket (so a long poll on it holds up nothing else), or the same
+    /// in-process endpoint.
+    pub fn fresh(&self) -> Client {
+        Client {
+            socket: self.socket.clone(),
+            conn: Mutex::new(None),
+            local: self.local.clone(),
+        }
+    }
+
+    /// Whether requests go to a broker in this process rather than a socket.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
     }
 
     /// The socket path.
@@ -107,6 +154,11 @@ impl Client {
         token: Option<&str>,
         body: Option<Bytes>,
     ) -> Result<Answer, ClientError> {
+        if let Some(local) = &self.local {
+            return self
+                .send_local(local.as_ref(), method, path, token, body)
+                .await;
+        }
         let mut guard = self.conn.lock().await;
         for attempt in 0..2 {
             let mut send = match guard.take() {
@@ -178,6 +230,34 @@ impl Client {
             socket: self.socket.clone(),
             message: "connection closed".into(),
         })
+    }
+
+    async fn send_local(
+        &self,
+        local: &dyn Local,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Bytes>,
+    ) -> Result<Answer, ClientError> {
+        let http_err = |message: String| ClientError::Http {
+            socket: self.socket.clone(),
+            message,
+        };
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "airlock");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.unwrap_or_default())
+            .map_err(|e| http_err(e.to_string()))?;
+        local.call(req).await.map_err(http_err)
     }
 
     /// Send JSON, get JSON; any 4xx/5xx with an error body becomes [`ClientError::Api`].
@@ -293,6 +373,17 @@ pub fn default_agent_socket() -> PathBuf {
         Some(d) => d.join("airlock/broker.sock"),
         None => PathBuf::from(format!("/tmp/airlock-{}/broker.sock", uid())),
     }
+}
+
+/// The attach socket beside the agent socket `agent`
+/// (`broker.sock` → `broker.attach.sock`): where `airlock mcp` hands its
+/// stdio to the broker, which then serves the MCP session itself.
+pub fn attach_socket_for(agent: &Path) -> PathBuf {
+    let stem = agent
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "broker".into());
+    agent.with_file_name(format!("{stem}.attach.sock"))
 }
 
 /// The operator socket: `AIRLOCK_OPERATOR_SOCKET`, else `operator.sock`

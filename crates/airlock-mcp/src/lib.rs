@@ -5,6 +5,7 @@
 //! transport both front doors share.
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod edit;
 pub mod http;
 pub mod link;

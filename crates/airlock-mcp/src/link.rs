@@ -60,10 +60,15 @@ pub struct Grant {
 impl BrokerLink {
     /// A link to the agent socket at `socket`; an `ask` waits at most `ask_timeout`.
     pub fn new(socket: PathBuf, ask_timeout: Duration) -> BrokerLink {
+        BrokerLink::over(Client::new(socket), ask_timeout)
+    }
+
+    /// A link through `client` (a socket's, or a broker's in this process).
+    pub fn over(client: Client, ask_timeout: Duration) -> BrokerLink {
         BrokerLink {
-            client: Client::new(socket.clone()),
-            aside: Client::new(socket.clone()),
-            socket,
+            aside: client.fresh(),
+            socket: client.socket().to_path_buf(),
+            client,
             ask_timeout,
         }
     }
@@ -108,7 +113,7 @@ impl BrokerLink {
             tracing::info!(approval = %id, "waiting for a human decision");
             progress(waiting.clone());
             // A fresh connection: the long poll must not hold up other calls.
-            let poller = Client::new(self.socket.clone());
+            let poller = self.client.fresh();
             let start = Instant::now();
             while status == 202 {
                 let left = self.ask_timeout.saturating_sub(start.elapsed());

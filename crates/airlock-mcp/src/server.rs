@@ -236,6 +236,11 @@ impl FsServer {
     /// answers and that every allowed directory lies within its workspaces.
     pub async fn connect(opts: FsOptions) -> Result<FsServer, Refusal> {
         let link = BrokerLink::new(opts.socket.clone(), opts.ask_timeout);
+        FsServer::over(link, opts).await
+    }
+
+    /// A server over `link` (`opts.socket` is not used), with the same checks.
+    pub async fn over(link: BrokerLink, opts: FsOptions) -> Result<FsServer, Refusal> {
         let health = link.health().await?;
         let workspaces: Vec<String> = health["workspaces"]
             .as_array()

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_broker::{Broker, Config};
+use airlock_mcp::attach::{self, AttachRequest, HandOver};
 use airlock_mcp::http::{self, HttpOptions};
-use airlock_mcp::{FsOptions, FsServer, Refusal};
+use airlock_mcp::{BrokerLink, FsOptions, FsServer, Refusal};
 use anyhow::Context;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
@@ -55,57 +56,46 @@ pub struct McpArgs {
     /// Config file for an embedded broker.
     #[arg(long, env = "AIRLOCK_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Serve the session in this process, calling the running broker over
+    /// its agent socket, instead of handing stdio to the broker to serve
+    /// (the default on stdio when the broker takes hand-overs).
+    #[arg(long)]
+    pub own_process: bool,
 }
 
-type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
-type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
-
 /// The process's stdin and stdout for MCP. When they are pipes or sockets
-/// (as MCP clients launch servers: Python's subprocess uses pipes, Node's
-/// socket pairs), they are read and written through the runtime's event
-/// loop; tokio's own stdin and stdout hand every read and write to a
-/// blocking thread, which costs thread switches on every message.
-/// Anything else (a terminal, a file) keeps tokio's.
-fn stdio() -> (Reader, Writer) {
+/// (as MCP clients launch servers), they are read and written through the
+/// runtime's event loop; tokio's own stdin and stdout hand every read and
+/// write to a blocking thread, which costs thread switches on every
+/// message. Anything else (a terminal, a file) keeps tokio's.
+fn stdio() -> (attach::Reader, attach::Writer) {
     use std::os::fd::AsFd;
-    use std::os::unix::fs::FileTypeExt;
-    use tokio::net::unix::pipe;
-    enum Kind {
-        Pipe(std::os::fd::OwnedFd),
-        Socket(std::os::unix::net::UnixStream),
-    }
-    let kind = |fd: std::os::fd::BorrowedFd<'_>| -> Option<Kind> {
-        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
-        let t = file.metadata().ok()?.file_type();
-        if t.is_fifo() {
-            Some(Kind::Pipe(file.into()))
-        } else if t.is_socket() {
-            let s = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file));
-            s.set_nonblocking(true).ok()?;
-            Some(Kind::Socket(s))
-        } else {
-            None
-        }
-    };
-    let socket = |s| tokio::net::UnixStream::from_std(s).ok();
     let (stdin, stdout) = rmcp::transport::stdio();
-    let reader = match kind(std::io::stdin().as_fd()) {
-        Some(Kind::Pipe(fd)) => pipe::Receiver::from_owned_fd(fd)
-            .ok()
-            .map(|r| Box::new(r) as Reader),
-        Some(Kind::Socket(s)) => socket(s).map(|r| Box::new(r) as Reader),
-        None => None,
-    }
-    .unwrap_or_else(|| Box::new(stdin));
-    let writer = match kind(std::io::stdout().as_fd()) {
-        Some(Kind::Pipe(fd)) => pipe::Sender::from_owned_fd(fd)
-            .ok()
-            .map(|w| Box::new(w) as Writer),
-        Some(Kind::Socket(s)) => socket(s).map(|w| Box::new(w) as Writer),
-        None => None,
-    }
-    .unwrap_or_else(|| Box::new(stdout));
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
+    let reader = dup(std::io::stdin().as_fd())
+        .and_then(attach::reader)
+        .unwrap_or_else(|_| Box::new(stdin));
+    let writer = dup(std::io::stdout().as_fd())
+        .and_then(attach::writer)
+        .unwrap_or_else(|_| Box::new(stdout));
     (reader, writer)
+}
+
+/// SIGTERM or SIGINT (never, when they cannot be caught).
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 fn canonical_dirs(dirs: &[PathBuf]) -> anyhow::Result<Vec<String>> {
@@ -133,6 +123,31 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
             accept_roots: !a.no_roots,
         };
         let stop = CancellationToken::new();
+        if a.serve.http.is_none() && !a.own_process && attach::stdio_can_attach() {
+            let req = AttachRequest {
+                serve: "mcp".into(),
+                dirs: dirs.clone(),
+                ask_timeout: a.serve.ask_timeout,
+                accept_roots: !a.no_roots,
+            };
+            let at = airlock_client::attach_socket_for(&socket);
+            let started = || {
+                tracing::info!(socket = %at.display(), dirs = ?dirs, "the running broker serves this MCP session");
+            };
+            let handed = tokio::select! {
+                h = attach::hand_over(&at, &req, started) => h,
+                _ = terminated() => return anyhow::Ok(0),
+            };
+            match handed.map_err(|e| anyhow::anyhow!("{e}"))? {
+                HandOver::Served => return anyhow::Ok(0),
+                HandOver::BrokerGone => anyhow::bail!(
+                    "the broker stopped during the MCP session; the session has ended"
+                ),
+                HandOver::Unavailable(why) => {
+                    tracing::info!(%why, "the broker did not take the session; serving it in this process");
+                }
+            }
+        }
         let mut embedded = None;
         let server = match FsServer::connect(opts.clone()).await {
             Ok(s) => {
@@ -155,6 +170,12 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
                     "no broker was running ({why}); started an embedded one in this process with these workspaces. \
                      Approve and review from another terminal with `airlock approvals` and `airlock staged`"
                 );
+                // This process is the peer of every call, reaching the
+                // embedded broker in-process; other processes (the user
+                // approving, reviewing) use its sockets.
+                let me = airlock_broker::peer::Peer::current()
+                    .context("identifying this process for the embedded broker")?;
+                let link = BrokerLink::over(broker.local_agent(me), opts.ask_timeout);
                 let s = stop.clone();
                 embedded = Some(tokio::spawn(
                     broker.serve(async move { s.cancelled_owned().await }),
@@ -163,17 +184,9 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
                     socket: agent_socket,
                     ..opts
                 };
-                let mut tries = 0;
-                loop {
-                    match FsServer::connect(opts.clone()).await {
-                        Ok(s) => break s,
-                        Err(Refusal::Broker(_)) if tries < 100 => {
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(e) => anyhow::bail!("{e}"),
-                    }
-                }
+                FsServer::over(link, opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
             }
             Err(e) => anyhow::bail!("{e}"),
         };
@@ -245,12 +258,8 @@ where
         anyhow::Ok(())
     };
     let signals = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = terminated() => {}
             _ = stop.cancelled() => {}
         }
         anyhow::Ok(())

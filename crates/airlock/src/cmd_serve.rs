@@ -57,7 +57,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        broker.serve(shutdown).await?;
+        // `airlock mcp` hands its stdio over the attach socket; the session
+        // is served here, with calls reaching the broker in-process.
+        let attach: airlock_broker::Attach = std::sync::Arc::new(|peer, stream, client| {
+            let who = format!("pid {} ({})", peer.pid, peer.exe_name());
+            Box::pin(airlock_mcp::attach::serve_attached(stream, client, who))
+        });
+        broker.serve_with(shutdown, Some(attach)).await?;
         anyhow::Ok(0)
     })
 }

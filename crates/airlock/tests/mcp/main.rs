@@ -18,6 +18,7 @@ macro_rules! or_skip {
 #[path = "../broker/common.rs"]
 mod common;
 
+mod attach;
 mod conformance;
 mod proxy;
 mod python;

@@ -57,14 +57,47 @@ pub fn fixture(env: &Env) {
     std::fs::write(evil.join("secret.txt"), "canary-evil\n").unwrap();
 }
 
+/// The broker's log line for a session `airlock mcp` handed over to it.
+const HANDED_OVER: &str = "serving an MCP session handed over by airlock mcp";
+
 #[test]
 fn python_sdk_client_end_to_end() {
+    // By default `airlock mcp` hands its stdio to the running broker, which
+    // serves the session itself.
     let py = or_skip!(python());
+    let d = client_end_to_end(py, &[]);
+    // (The broker's log is written by a background thread.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.log().contains(HANDED_OVER) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker served the session: {}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn python_sdk_client_end_to_end_with_the_server_in_its_own_process() {
+    // With --own-process the session stays in `airlock mcp`, which calls
+    // the broker over its agent socket: the same checks hold.
+    let py = or_skip!(python());
+    let d = client_end_to_end(py, &["--own-process"]);
+    assert!(
+        !d.log().contains(HANDED_OVER),
+        "no session was handed over: {}",
+        d.log()
+    );
+}
+
+fn client_end_to_end(py: PathBuf, extra: &[&str]) -> Daemon {
     let d = Daemon::start("");
     fixture(&d.env);
     let mut c = Command::new(py);
     d.env.apply(&mut c);
     let out = c
+        .env("AIRLOCK_MCP_ARGS", extra.join(" "))
         .arg(support("mcp_client.py"))
         .arg(bin())
         .arg(&d.env.ws)
@@ -90,6 +123,7 @@ fn python_sdk_client_end_to_end() {
         recs.iter().any(|r| r.to_string().contains("airlock-mcp/")),
         "records name the MCP front door and its client"
     );
+    d
 }
 
 #[test]

@@ -45,7 +45,9 @@ def text_of(res):
 async def main():
     env = {k: os.environ[k] for k in ("HOME", "XDG_RUNTIME_DIR") if k in os.environ}
     env["AIRLOCK_LOG"] = "info"
-    params = StdioServerParameters(command=AIRLOCK, args=["mcp", "--no-embedded", WS], env=env)
+    # AIRLOCK_MCP_ARGS: extra `airlock mcp` options (`--own-process`).
+    extra = os.environ.get("AIRLOCK_MCP_ARGS", "").split()
+    params = StdioServerParameters(command=AIRLOCK, args=["mcp", "--no-embedded", *extra, WS], env=env)
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as s:
             await s.initialize()
