@@ -1,12 +1,14 @@
-//! `airlock mcp` served inside the broker. The `airlock mcp` process hands
-//! its stdin and stdout to the running broker over the attach socket and
-//! waits; the broker serves the MCP session on them itself, so a tool call
-//! goes from the client to the broker with no process in between.
+//! `airlock mcp` and `airlock mcp-proxy` served inside the broker. The front
+//! process hands its stdin and stdout (and, for the proxy, its stderr, which
+//! the proxied server's stderr goes to) to the running broker over the
+//! attach socket and waits; the broker serves the MCP session on them
+//! itself, so a tool call reaches the broker with no process in between,
+//! and its decisions are made in-process.
 //!
 //! The attach connection (a Unix stream socket, identified and checked by
 //! the broker like its agent socket):
-//! 1. front → broker: one message carrying stdin and stdout (`SCM_RIGHTS`)
-//!    and a JSON line, [`AttachRequest`];
+//! 1. front → broker: one message carrying stdin, stdout (and stderr)
+//!    (`SCM_RIGHTS`) and a JSON line, [`AttachRequest`];
 //! 2. broker → front: `{"ok": true}` once it serves the session, or
 //!    `{"ok": false, "error": "..."}` (nothing is served);
 //! 3. broker → front: `{"done": true}` when the session has ended, then the
@@ -16,7 +18,8 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_client::Client;
@@ -25,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::UnixStream;
 
+use crate::pins::PinStore;
+use crate::proxy::{ChildSetup, Proxy, ProxyOptions};
 use crate::{BrokerLink, FsOptions, FsServer, Refusal};
 
 /// An MCP message stream's reading half.
@@ -41,18 +46,56 @@ pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// How long the broker waits for the hand-over message after a connect.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What `airlock mcp` asks the broker to serve.
+/// What a front door asks the broker to serve (`"serve"` names which).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AttachRequest {
-    /// Always `"mcp"`: the filesystem/shell server of `airlock mcp`.
-    pub serve: String,
-    /// Allowed directories (absolute).
-    pub dirs: Vec<String>,
-    /// How long a call waits for a human when policy asks (seconds).
-    pub ask_timeout: u64,
-    /// Whether MCP roots from the client replace `dirs`.
-    pub accept_roots: bool,
+#[serde(tag = "serve", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AttachRequest {
+    /// `airlock mcp`: the filesystem/shell server. Descriptors: stdin, stdout.
+    Mcp {
+        /// Allowed directories (absolute).
+        dirs: Vec<String>,
+        /// How long a call waits for a human when policy asks (seconds).
+        ask_timeout: u64,
+        /// Whether MCP roots from the client replace `dirs`.
+        accept_roots: bool,
+    },
+    /// `airlock mcp-proxy`: a stdio MCP server behind the broker, started
+    /// by the broker with the front's environment and working directory.
+    /// Descriptors: stdin, stdout, and stderr (the server's stderr).
+    McpProxy {
+        /// The server's name (policy input, pin file).
+        name: String,
+        /// The child: normally `airlock run ... -- CMD`.
+        argv: Vec<String>,
+        /// How long a call waits for a human when policy asks (seconds).
+        ask_timeout: u64,
+        /// The pin directory.
+        pins: PathBuf,
+        /// Secret rule files beyond the shipped ones (absolute).
+        secret_rules: Vec<PathBuf>,
+        /// The front's working directory.
+        cwd: PathBuf,
+        /// The front's environment.
+        env: Vec<(String, String)>,
+    },
+}
+
+impl AttachRequest {
+    /// How many descriptors come with it.
+    fn fds(&self) -> usize {
+        match self {
+            AttachRequest::Mcp { .. } => 2,
+            AttachRequest::McpProxy { .. } => 3,
+        }
+    }
+
+    /// What the front says it is, for messages.
+    fn front(&self) -> &'static str {
+        match self {
+            AttachRequest::Mcp { .. } => "airlock mcp",
+            AttachRequest::McpProxy { .. } => "airlock mcp-proxy",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,9 +175,9 @@ pub enum HandOver {
     Unavailable(String),
 }
 
-/// Hand this process's stdin and stdout to the broker at the attach socket
-/// `socket` and wait until the session it serves on them ends. `started`
-/// runs once the broker serves.
+/// Hand this process's stdin and stdout (and stderr, for the proxy) to the
+/// broker at the attach socket `socket` and wait until the session it
+/// serves on them ends. `started` runs once the broker serves.
 pub async fn hand_over(
     socket: &Path,
     req: &AttachRequest,
@@ -151,9 +194,12 @@ pub async fn hand_over(
     };
     let mut line = serde_json::to_vec(req).map_err(|e| Refusal::Invalid(e.to_string()))?;
     line.push(b'\n');
+    let (i, o, e) = (io::stdin(), io::stdout(), io::stderr());
+    let stdio = [i.as_fd(), o.as_fd(), e.as_fd()];
+    let fds = &stdio[..req.fds()];
     let sent = stream
         .async_io(tokio::io::Interest::WRITABLE, || {
-            send_with_fds(&stream, &line, &[io::stdin().as_fd(), io::stdout().as_fd()])
+            send_with_fds(&stream, &line, fds)
         })
         .await;
     match sent {
@@ -212,7 +258,7 @@ fn send_with_fds(
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> io::Result<usize> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("ancillary buffer too small"));
@@ -266,32 +312,26 @@ pub async fn serve_attached(stream: UnixStream, client: Client, peer: String) {
         }
     })
     .await;
-    let (stream, result) = match got {
-        Err(_) => (
-            stream,
-            Err("no hand-over message arrived in time".to_string()),
-        ),
-        Ok(Err(e)) => (stream, Err(format!("cannot read the hand-over: {e}"))),
-        Ok(Ok((line, fds))) => {
-            let r = start(&line, fds, client).await;
-            (stream, r)
-        }
+    let result = match got {
+        Err(_) => Err("no hand-over message arrived in time".to_string()),
+        Ok(Err(e)) => Err(format!("cannot read the hand-over: {e}")),
+        Ok(Ok((line, fds))) => start(&line, fds, client).await,
     };
     let (read_half, mut write_half) = stream.into_split();
-    let running = match result {
+    let (front, running) = match result {
         Ok(r) => r,
         Err(why) => {
-            tracing::warn!(%peer, error = %why, "refused an MCP session handed over by airlock mcp");
+            tracing::warn!(%peer, error = %why, "refused an MCP session handed over to the broker");
             let a = serde_json::json!({"ok": false, "error": why});
             let _ = write_half.write_all(format!("{a}\n").as_bytes()).await;
             return;
         }
     };
-    tracing::info!(%peer, "serving an MCP session handed over by airlock mcp");
+    tracing::info!(%peer, "serving an MCP session handed over by {front}");
     if write_half.write_all(b"{\"ok\":true}\n").await.is_err() {
+        running.cancel.cancel();
         return;
     }
-    let token = running.cancellation_token();
     let mut read_half = read_half;
     let front_gone = async move {
         // Nothing more is sent by the front; EOF (or an error) means it is gone.
@@ -303,60 +343,139 @@ pub async fn serve_attached(stream: UnixStream, client: Client, peer: String) {
             }
         }
     };
+    let Running { cancel, mut done } = running;
     tokio::select! {
-        r = running.waiting() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "MCP session ended with an error");
-            }
+        () = &mut done => {
             let _ = write_half.write_all(b"{\"done\":true}\n").await;
         }
-        _ = front_gone => {
-            token.cancel();
-            tracing::info!(%peer, "airlock mcp went away; MCP session ended");
+        () = front_gone => {
+            cancel.cancel();
+            tracing::info!(%peer, "{front} went away; MCP session ended");
+            // Let the session wind down (a proxy sends its last outcome reports).
+            let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
         }
     }
+}
+
+/// A session being served: how to stop it, and what ends with it.
+struct Running {
+    cancel: rmcp::service::RunningServiceCancellationToken,
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 async fn start(
     line: &[u8],
     fds: Vec<OwnedFd>,
     client: Client,
-) -> Result<rmcp::service::RunningService<rmcp::RoleServer, FsServer>, String> {
-    let [stdin, stdout]: [OwnedFd; 2] = fds.try_into().map_err(|f: Vec<OwnedFd>| {
-        format!("expected stdin and stdout, got {} descriptors", f.len())
-    })?;
+) -> Result<(&'static str, Running), String> {
     let req: AttachRequest = serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line))
         .map_err(|e| format!("bad hand-over request: {e}"))?;
-    if req.serve != "mcp" {
+    if fds.len() != req.fds() {
         return Err(format!(
-            "cannot serve {:?}: only \"mcp\" is served",
-            req.serve
+            "{} hands over {} descriptors, got {}",
+            req.front(),
+            req.fds(),
+            fds.len()
         ));
     }
-    let mut dirs = Vec::with_capacity(req.dirs.len());
-    for d in &req.dirs {
-        let c = std::fs::canonicalize(d).map_err(|e| format!("allowed directory {d}: {e}"))?;
-        if !c.is_dir() {
-            return Err(format!("{d} is not a directory"));
-        }
-        dirs.push(c.to_string_lossy().into_owned());
-    }
-    let reader = reader(stdin).map_err(|e| format!("stdin: {e}"))?;
-    let writer = writer(stdout).map_err(|e| format!("stdout: {e}"))?;
-    let opts = FsOptions {
-        socket: client.socket().to_path_buf(),
-        dirs,
-        ask_timeout: Duration::from_secs(req.ask_timeout),
-        accept_roots: req.accept_roots,
-    };
-    let server = FsServer::over(BrokerLink::over(client, opts.ask_timeout), opts)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().expect("counted");
+    let reader = reader(next()).map_err(|e| format!("stdin: {e}"))?;
+    let writer = writer(next()).map_err(|e| format!("stdout: {e}"))?;
+    // One message may not make the broker buffer without bound.
     let reader: Reader = Box::new(LineLimit::new(reader, MAX_MESSAGE_BYTES));
-    server
-        .serve((reader, writer))
-        .await
-        .map_err(|e| format!("starting MCP on the handed-over stdio: {e}"))
+    let front = req.front();
+    let running = match req {
+        AttachRequest::Mcp {
+            dirs: raw,
+            ask_timeout,
+            accept_roots,
+        } => {
+            let mut dirs = Vec::with_capacity(raw.len());
+            for d in &raw {
+                let c =
+                    std::fs::canonicalize(d).map_err(|e| format!("allowed directory {d}: {e}"))?;
+                if !c.is_dir() {
+                    return Err(format!("{d} is not a directory"));
+                }
+                dirs.push(c.to_string_lossy().into_owned());
+            }
+            let opts = FsOptions {
+                socket: client.socket().to_path_buf(),
+                dirs,
+                ask_timeout: Duration::from_secs(ask_timeout),
+                accept_roots,
+            };
+            let server = FsServer::over(BrokerLink::over(client, opts.ask_timeout), opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rs = server
+                .serve((reader, writer))
+                .await
+                .map_err(|e| format!("starting MCP on the handed-over stdio: {e}"))?;
+            Running {
+                cancel: rs.cancellation_token(),
+                done: Box::pin(async move {
+                    if let Err(e) = rs.waiting().await {
+                        tracing::debug!(error = %e, "MCP session task");
+                    }
+                }),
+            }
+        }
+        AttachRequest::McpProxy {
+            name,
+            argv,
+            ask_timeout,
+            pins,
+            secret_rules,
+            cwd,
+            env,
+        } => {
+            if argv.is_empty() {
+                return Err("no MCP server command".into());
+            }
+            if !crate::pins::valid_name(&name) {
+                return Err(format!("invalid server name {name:?}"));
+            }
+            let secrets =
+                crate::secrets::Scanner::with_files(&secret_rules).map_err(|e| e.to_string())?;
+            let ask_timeout = Duration::from_secs(ask_timeout);
+            let opts = ProxyOptions {
+                socket: client.socket().to_path_buf(),
+                name: name.clone(),
+                argv,
+                ask_timeout,
+                pins: PinStore::new(pins),
+                secrets,
+                child: ChildSetup {
+                    env: Some(env),
+                    cwd: Some(cwd),
+                    stderr: Some(Arc::new(next())),
+                },
+            };
+            let proxy = Proxy::over(BrokerLink::over(client, ask_timeout), opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(server = %name, "proxying an MCP server in the broker");
+            let rs = proxy
+                .session()
+                .serve((reader, writer))
+                .await
+                .map_err(|e| format!("starting MCP on the handed-over stdio: {e}"))?;
+            Running {
+                cancel: rs.cancellation_token(),
+                done: Box::pin(async move {
+                    if let Err(e) = rs.waiting().await {
+                        tracing::debug!(error = %e, "MCP proxy session task");
+                    }
+                    if !proxy.flush(Duration::from_secs(5)).await {
+                        tracing::warn!(server = %name, "some outcome records did not reach the audit log before the session ended");
+                    }
+                }),
+            }
+        }
+    };
+    Ok((front, running))
 }
 
 /// A reader that fails once a line (an MCP message) grows past `max` bytes.

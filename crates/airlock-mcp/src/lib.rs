@@ -17,5 +17,5 @@ pub mod server;
 pub mod tools;
 
 pub use link::{BrokerLink, Refusal};
-pub use proxy::{Proxy, ProxyOptions};
+pub use proxy::{ChildSetup, Proxy, ProxyOptions};
 pub use server::{FsOptions, FsServer};

@@ -58,6 +58,18 @@ pub struct ProxyOptions {
     pub pins: PinStore,
     /// The secret rules arguments and results are scanned with.
     pub secrets: Arc<secrets::Scanner>,
+    /// Where and how the child starts when that is not this process's own
+    /// (a proxy session served in the broker for an `airlock mcp-proxy`).
+    pub child: ChildSetup,
+}
+
+/// The child's environment, working directory and stderr; `None` inherits
+/// this process's.
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    pub env: Option<Vec<(String, String)>>,
+    pub cwd: Option<std::path::PathBuf>,
+    pub stderr: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 struct Shared {
@@ -77,6 +89,11 @@ impl Proxy {
     /// A proxy over the broker at `opts.socket`; checks the broker answers.
     pub async fn connect(opts: ProxyOptions) -> Result<Proxy, Refusal> {
         let link = BrokerLink::new(opts.socket.clone(), opts.ask_timeout);
+        Proxy::over(link, opts).await
+    }
+
+    /// A proxy over `link` (`opts.socket` is not used); checks the broker answers.
+    pub async fn over(link: BrokerLink, opts: ProxyOptions) -> Result<Proxy, Refusal> {
         link.health().await?;
         Ok(Proxy {
             shared: Arc::new(Shared {
@@ -308,9 +325,26 @@ impl ProxySession {
         client: Peer<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         let argv = &self.shared.opts.argv;
+        let setup = &self.shared.opts.child;
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..]);
-        let transport = rmcp::transport::TokioChildProcess::new(cmd).map_err(|e| {
+        if let Some(env) = &setup.env {
+            cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        if let Some(cwd) = &setup.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut builder = rmcp::transport::TokioChildProcess::builder(cmd);
+        if let Some(fd) = &setup.stderr {
+            let fd = fd.try_clone().map_err(|e| {
+                ErrorData::internal_error(
+                    format!("cannot pass stderr to the MCP server: {e}"),
+                    None,
+                )
+            })?;
+            builder = builder.stderr(std::process::Stdio::from(fd));
+        }
+        let (transport, _) = builder.spawn().map_err(|e| {
             ErrorData::internal_error(format!("cannot start the MCP server {:?}: {e}", argv), None)
         })?;
         let down_tokens: TokenMap = Default::default();

@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// How long a call waits for a human when policy asks (seconds).
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub ask_timeout: u64,
+    /// Serve the session in this process, calling the running broker over
+    /// its agent socket, instead of handing stdio to the broker to serve
+    /// (the default on stdio when the broker takes hand-overs).
+    #[arg(long)]
+    pub own_process: bool,
 }
 
 impl ServeArgs {
@@ -56,11 +61,6 @@ pub struct McpArgs {
     /// Config file for an embedded broker.
     #[arg(long, env = "AIRLOCK_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Serve the session in this process, calling the running broker over
-    /// its agent socket, instead of handing stdio to the broker to serve
-    /// (the default on stdio when the broker takes hand-overs).
-    #[arg(long)]
-    pub own_process: bool,
 }
 
 /// The process's stdin and stdout for MCP. When they are pipes or sockets
@@ -79,6 +79,37 @@ fn stdio() -> (attach::Reader, attach::Writer) {
         .and_then(attach::writer)
         .unwrap_or_else(|_| Box::new(stdout));
     (reader, writer)
+}
+
+/// On stdio, unless `--own-process`: hand stdin and stdout to the running
+/// broker to serve the session `req` describes, and wait for its end
+/// (`Some(exit code)`). `None`: serve it in this process (the broker does
+/// not take hand-overs, or none runs).
+pub(crate) async fn hand_over(
+    serve: &ServeArgs,
+    req: &AttachRequest,
+) -> anyhow::Result<Option<i32>> {
+    if serve.http.is_some() || serve.own_process || !attach::stdio_can_attach() {
+        return Ok(None);
+    }
+    let at = airlock_client::attach_socket_for(&serve.socket());
+    let started = || {
+        tracing::info!(socket = %at.display(), "the running broker serves this MCP session");
+    };
+    let handed = tokio::select! {
+        h = attach::hand_over(&at, req, started) => h,
+        _ = terminated() => return Ok(Some(0)),
+    };
+    match handed.map_err(|e| anyhow::anyhow!("{e}"))? {
+        HandOver::Served => Ok(Some(0)),
+        HandOver::BrokerGone => {
+            anyhow::bail!("the broker stopped during the MCP session; the session has ended")
+        }
+        HandOver::Unavailable(why) => {
+            tracing::info!(%why, "the broker did not take the session; serving it in this process");
+            Ok(None)
+        }
+    }
 }
 
 /// SIGTERM or SIGINT (never, when they cannot be caught).
@@ -123,30 +154,13 @@ pub fn mcp(a: McpArgs) -> anyhow::Result<i32> {
             accept_roots: !a.no_roots,
         };
         let stop = CancellationToken::new();
-        if a.serve.http.is_none() && !a.own_process && attach::stdio_can_attach() {
-            let req = AttachRequest {
-                serve: "mcp".into(),
-                dirs: dirs.clone(),
-                ask_timeout: a.serve.ask_timeout,
-                accept_roots: !a.no_roots,
-            };
-            let at = airlock_client::attach_socket_for(&socket);
-            let started = || {
-                tracing::info!(socket = %at.display(), dirs = ?dirs, "the running broker serves this MCP session");
-            };
-            let handed = tokio::select! {
-                h = attach::hand_over(&at, &req, started) => h,
-                _ = terminated() => return anyhow::Ok(0),
-            };
-            match handed.map_err(|e| anyhow::anyhow!("{e}"))? {
-                HandOver::Served => return anyhow::Ok(0),
-                HandOver::BrokerGone => anyhow::bail!(
-                    "the broker stopped during the MCP session; the session has ended"
-                ),
-                HandOver::Unavailable(why) => {
-                    tracing::info!(%why, "the broker did not take the session; serving it in this process");
-                }
-            }
+        let req = AttachRequest::Mcp {
+            dirs: dirs.clone(),
+            ask_timeout: a.serve.ask_timeout,
+            accept_roots: !a.no_roots,
+        };
+        if let Some(code) = hand_over(&a.serve, &req).await? {
+            return anyhow::Ok(code);
         }
         let mut embedded = None;
         let server = match FsServer::connect(opts.clone()).await {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use airlock_mcp::attach::AttachRequest;
 use airlock_mcp::pins::{self, PinStore};
 use airlock_mcp::{Proxy, ProxyOptions};
 use anyhow::Context;
@@ -117,6 +118,28 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         .build()?;
     rt.block_on(async move {
         let secrets = airlock_mcp::secrets::Scanner::with_files(&a.secret_rules)?;
+        // On stdio the running broker serves the session itself, starting
+        // the server with this process's environment, working directory
+        // and stderr.
+        let req = AttachRequest::McpProxy {
+            name: name.clone(),
+            argv: argv.clone(),
+            ask_timeout: a.serve.ask_timeout,
+            pins: std::path::absolute(&pin_dir).context("the pin directory")?,
+            secret_rules: a
+                .secret_rules
+                .iter()
+                .map(std::path::absolute)
+                .collect::<Result<_, _>>()
+                .context("a secret rules file")?,
+            cwd: std::env::current_dir().context("the working directory")?,
+            env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        };
+        if let Some(code) = crate::cmd_mcp::hand_over(&a.serve, &req).await? {
+            return Ok(code);
+        }
         let proxy = Proxy::connect(ProxyOptions {
             socket: socket.clone(),
             name: name.clone(),
@@ -124,6 +147,7 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
             ask_timeout: Duration::from_secs(a.serve.ask_timeout),
             pins: PinStore::new(pin_dir),
             secrets,
+            child: Default::default(),
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nairlock mcp-proxy needs a running broker (`airlock serve`)"))?;

@@ -239,7 +239,9 @@ fn proxy_pins_tools_quarantines_a_rug_pull_and_refuses_shadowing() {
         &[("echo", "Echoes its text."), ("other", "Other.")],
         "",
     );
-    let mut s = Session::start(&d, "fake-b", &st_b);
+    // (This session stays in the airlock mcp-proxy process, calling the
+    // broker over its socket; the others were handed to the broker.)
+    let mut s = Session::start_with(&d, "fake-b", &st_b, &["--own-process".as_ref()]);
     assert_eq!(s.tools(), vec!["other"]);
     let (err, text) = s.call("echo", json!({"text": "hi"}));
     assert!(
@@ -247,6 +249,14 @@ fn proxy_pins_tools_quarantines_a_rug_pull_and_refuses_shadowing() {
         "{text}"
     );
     s.close();
+
+    let log = d.log();
+    assert_eq!(
+        log.matches("serving an MCP session handed over by airlock mcp-proxy")
+            .count(),
+        3,
+        "{log}"
+    );
 
     // Only calls that passed the pins reached the broker, each audited.
     let recs = d.records();
@@ -660,4 +670,34 @@ fn server_everything_passes_as_much_behind_the_proxy_as_bare() {
     // The suite's tools-call-* scenarios name test tools that only its own
     // server has: server-everything fails them bare, and the proxy refuses
     // them before the broker (the server does not list them).
+}
+
+#[test]
+fn a_handed_over_proxy_session_takes_its_server_down_with_it() {
+    or_skip!(node());
+    let d = daemon();
+    let st = state(&d, "k.json", &[("echo", "Echoes its text.")], "");
+    let mut s = Session::start(&d, "fake-k", &st);
+    assert!(!s.call("echo", json!({"text": "hi"})).0);
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", &st.display().to_string()])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(running(), "the proxied server runs (started by the broker)");
+    // The client kills airlock mcp-proxy: the broker ends the session and
+    // stops the server it started for it.
+    s._child.0.kill().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxied server outlived its session:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(health(&d.env.socket()), "the broker keeps serving");
 }
