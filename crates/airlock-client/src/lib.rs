@@ -117,11 +117,6 @@ impl Client {
         }
     }
 
-    /// Whether requests go to a broker in this process rather than a socket.
-    pub fn is_local(&self) -> bool {
-        self.local.is_some()
-    }
-
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -9,8 +9,9 @@
 //! the broker like its agent socket):
 //! 1. front → broker: one message carrying stdin, stdout (and stderr)
 //!    (`SCM_RIGHTS`) and a JSON line, [`AttachRequest`];
-//! 2. broker → front: `{"ok": true}` once it serves the session, or
-//!    `{"ok": false, "error": "..."}` (nothing is served);
+//! 2. broker → front: `{"ok": true}` once the client has initialized the
+//!    session on the handed-over stdio, or `{"ok": false, "error": "..."}`
+//!    (nothing is served);
 //! 3. broker → front: `{"done": true}` when the session has ended, then the
 //!    broker closes the connection. When the front goes away first (killed
 //!    by its client), the broker ends the session.
@@ -45,6 +46,9 @@ pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
 /// How long the broker waits for the hand-over message after a connect.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest hand-over request (its JSON line, the environment included).
+const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// What a front door asks the broker to serve (`"serve"` names which).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -197,23 +201,26 @@ pub async fn hand_over(
     let (i, o, e) = (io::stdin(), io::stdout(), io::stderr());
     let stdio = [i.as_fd(), o.as_fd(), e.as_fd()];
     let fds = &stdio[..req.fds()];
+    // The descriptors travel with the first bytes; a request larger than
+    // the socket takes at once (a big environment) follows as plain data.
     let sent = stream
         .async_io(tokio::io::Interest::WRITABLE, || {
             send_with_fds(&stream, &line, fds)
         })
         .await;
-    match sent {
-        Ok(n) if n == line.len() => {}
-        Ok(_) => {
-            return Ok(HandOver::Unavailable(
-                "short write on the attach socket".into(),
-            ))
-        }
+    let rest = match sent {
+        Ok(n) => &line[n..],
         Err(e) => {
             return Ok(HandOver::Unavailable(format!(
                 "handing stdio to the broker: {e}"
             )))
         }
+    };
+    let mut stream = stream;
+    if let Err(e) = stream.write_all(rest).await {
+        return Ok(HandOver::Unavailable(format!(
+            "handing stdio to the broker: {e}"
+        )));
     }
     let mut lines = BufReader::new(stream).lines();
     let first = match lines.next_line().await {
@@ -302,22 +309,61 @@ fn recv_with_fds(sock: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
 /// Serve one hand-over in the broker: `stream` is the attach connection of
 /// `peer` (for logs), `client` reaches this broker in-process as that peer.
 pub async fn serve_attached(stream: UnixStream, client: Client, peer: String) {
+    let mut stream = stream;
     let got = tokio::time::timeout(HANDOVER_TIMEOUT, async {
-        loop {
+        let (mut line, fds) = loop {
             stream.readable().await?;
             match stream.try_io(tokio::io::Interest::READABLE, || recv_with_fds(&stream)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+                r => break r?,
             }
+        };
+        // The rest of the line, when it did not come in the first message.
+        while !line.ends_with(b"\n") {
+            if line.len() > MAX_REQUEST_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the request is longer than {MAX_REQUEST_BYTES} bytes"),
+                ));
+            }
+            let mut more = [0u8; 16 * 1024];
+            let n = tokio::io::AsyncReadExt::read(&mut stream, &mut more).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the request ended before its end of line",
+                ));
+            }
+            line.extend_from_slice(&more[..n]);
         }
+        Ok((line, fds))
     })
     .await;
+    let (mut read_half, mut write_half) = stream.into_split();
+    // The front sends nothing more; EOF (or an error) means it is gone.
+    // Watched from the start: the session begins only once the client has
+    // initialized it, and a front killed before then ends it too.
+    let front_gone = async move {
+        let mut b = [0u8; 64];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut read_half, &mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::pin!(front_gone);
     let result = match got {
         Err(_) => Err("no hand-over message arrived in time".to_string()),
         Ok(Err(e)) => Err(format!("cannot read the hand-over: {e}")),
-        Ok(Ok((line, fds))) => start(&line, fds, client).await,
+        Ok(Ok((line, fds))) => tokio::select! {
+            r = start(&line, fds, client) => r,
+            () = &mut front_gone => {
+                tracing::info!(%peer, "the front went away before its MCP session began");
+                return;
+            }
+        },
     };
-    let (read_half, mut write_half) = stream.into_split();
     let (front, running) = match result {
         Ok(r) => r,
         Err(why) => {
@@ -332,17 +378,6 @@ pub async fn serve_attached(stream: UnixStream, client: Client, peer: String) {
         running.cancel.cancel();
         return;
     }
-    let mut read_half = read_half;
-    let front_gone = async move {
-        // Nothing more is sent by the front; EOF (or an error) means it is gone.
-        let mut b = [0u8; 64];
-        loop {
-            match tokio::io::AsyncReadExt::read(&mut read_half, &mut b).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
     let Running { cancel, mut done } = running;
     tokio::select! {
         () = &mut done => {

@@ -221,7 +221,11 @@ import json, os, socket, sys
 def attempt(payload, fds):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
-    socket.send_fds(s, [payload], fds)
+    n = socket.send_fds(s, [payload], fds)
+    try:
+        s.sendall(payload[n:])
+    except OSError:
+        pass
     f = s.makefile("rb")
     print(f.readline().decode().strip(), flush=True)
     s.close()
@@ -231,6 +235,16 @@ r, w = os.pipe()
 attempt(b"not json\n", [r, w])
 attempt(req, [r, w, r])
 attempt(json.dumps({"serve": "shell", "dirs": [], "ask_timeout": 5, "accept_roots": False}).encode() + b"\n", [r, w])
+# Larger than one socket message: the rest follows the descriptors. The
+# broker answers once the client has initialized the session.
+big = json.dumps({"serve": "mcp", "dirs": [sys.argv[2]] * 8000, "ask_timeout": 5, "accept_roots": False}).encode() + b"\n"
+assert 64 * 1024 < len(big) < 1024 * 1024, len(big)
+cin_r, cin_w = os.pipe()
+cout_r, cout_w = os.pipe()
+os.write(cin_w, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}).encode() + b"\n")
+attempt(big, [cin_r, cout_w])
+# Larger than a request may be.
+attempt(b'{"serve": "mcp", "dirs": ["' + b"x" * (2 << 20) + b'"]}\n', [r, w])
 "#;
     let out = Command::new("python3")
         .args(["-c", script])
@@ -245,14 +259,15 @@ attempt(json.dumps({"serve": "shell", "dirs": [], "ask_timeout": 5, "accept_root
         .collect();
     assert_eq!(
         answers.len(),
-        4,
+        6,
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for a in &answers {
-        assert_eq!(a["ok"], false, "{a}");
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a["ok"], i == 4, "{i}: {a}");
     }
     let why = |i: usize| answers[i]["error"].as_str().unwrap().to_string();
+    assert!(why(5).contains("longer than 1048576 bytes"), "{}", why(5));
     assert!(
         why(0).contains("hands over 2 descriptors, got 0"),
         "{}",
