@@ -357,7 +357,11 @@ pub async fn serve_attached(stream: UnixStream, client: Client, peer: String) {
         Err(_) => Err("no hand-over message arrived in time".to_string()),
         Ok(Err(e)) => Err(format!("cannot read the hand-over: {e}")),
         Ok(Ok((line, fds))) => tokio::select! {
-            r = start(&line, fds, client) => r,
+            // (Logged first: the client's `initialize` may take a while.)
+            r = async {
+                tracing::info!(%peer, "stdio handed over; waiting for the client to initialize");
+                start(&line, fds, client).await
+            } => r,
             () = &mut front_gone => {
                 tracing::info!(%peer, "the front went away before its MCP session began");
                 return;

@@ -320,3 +320,29 @@ fn an_endless_message_ends_only_its_own_session() {
     assert!(pong.contains("\"id\":2"), "{pong}");
     assert!(health(&d.env.socket()));
 }
+
+#[test]
+fn a_front_killed_before_the_client_initializes_leaves_nothing_waiting() {
+    let d = Daemon::start("");
+    let f = Front::start(&d.env, &d.env.ws);
+    // The hand-over is made, but the client never sends `initialize`.
+    wait_for("the hand-over", Duration::from_secs(10), || {
+        d.log().contains("stdio handed over")
+    });
+    let _ = Command::new("kill")
+        .args(["-KILL", &f.child.id().to_string()])
+        .status();
+    wait_for(
+        "the broker to drop the session",
+        Duration::from_secs(10),
+        || {
+            d.log()
+                .contains("the front went away before its MCP session began")
+        },
+    );
+    assert!(
+        f.eof_within(Duration::from_secs(10)),
+        "the broker still holds the client's stdout"
+    );
+    assert!(health(&d.env.socket()));
+}
