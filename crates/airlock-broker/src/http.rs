@@ -818,23 +818,33 @@ pub(crate) async fn start(b: Broker, attach: Option<Attach>) -> Result<ServeHand
     })
 }
 
-/// Accept on the attach socket: identify and check each peer as the agent
-/// socket does, then hand the connection to the front door.
-async fn attach_loop(
-    listener: UnixListener,
-    attach: Attach,
-    b: Broker,
-    mut stop: watch::Receiver<bool>,
-) {
-    let sem = Arc::new(Semaphore::new(b.inner.cfg.server.max_connections.max(1)));
-    let own_uid = rustix::process::getuid().as_raw();
+/// Whether a peer running as `uid` may use a socket of `kind`: the broker's
+/// own user, and for the agent socket (and the attach socket, which serves
+/// agents) the users in `allow_uids`.
+fn may_use(b: &Broker, kind: SocketKind, uid: u32) -> bool {
+    uid == rustix::process::getuid().as_raw()
+        || (kind == SocketKind::Agent && b.inner.cfg.allow_uids.contains(&uid))
+}
+
+/// The next connection within the connection limit, with its peer
+/// identified; `None` once the broker stops. A connection whose peer
+/// cannot be identified is closed and skipped.
+async fn next_peer(
+    listener: &UnixListener,
+    sem: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::net::UnixStream,
+    Peer,
+)> {
     loop {
         let permit = tokio::select! {
-            _ = stop.changed() => break,
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => return None,
+            p = sem.clone().acquire_owned() => p.ok()?,
         };
         let stream = tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.changed() => return None,
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -844,14 +854,26 @@ async fn attach_loop(
                 }
             },
         };
-        let peer = match Peer::of_socket(&stream) {
-            Ok(p) => p,
+        match Peer::of_socket(&stream) {
+            Ok(peer) => return Some((permit, stream, peer)),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot identify the peer; closing the connection");
-                continue;
             }
-        };
-        if peer.uid != own_uid && !b.inner.cfg.allow_uids.contains(&peer.uid) {
+        }
+    }
+}
+
+/// Accept on the attach socket: identify and check each peer as the agent
+/// socket does, then hand the connection to the front door.
+async fn attach_loop(
+    listener: UnixListener,
+    attach: Attach,
+    b: Broker,
+    mut stop: watch::Receiver<bool>,
+) {
+    let sem = Arc::new(Semaphore::new(b.inner.cfg.server.max_connections.max(1)));
+    while let Some((permit, stream, peer)) = next_peer(&listener, &sem, &mut stop).await {
+        if !may_use(&b, SocketKind::Agent, peer.uid) {
             // Closed unanswered: the front door falls back to the agent
             // socket, which tells it why in a structured error.
             tracing::warn!(
@@ -887,32 +909,8 @@ async fn accept_loop(
     let sem = Arc::new(Semaphore::new(b.inner.cfg.server.max_connections.max(1)));
     let own_uid = rustix::process::getuid().as_raw();
     let header_timeout = Duration::from_millis(b.inner.cfg.server.header_timeout_ms);
-    loop {
-        let permit = tokio::select! {
-            _ = stop.changed() => break,
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let stream = tokio::select! {
-            _ = stop.changed() => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let peer = match Peer::of_socket(&stream) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot identify the peer; closing the connection");
-                continue;
-            }
-        };
-        let allowed = peer.uid == own_uid
-            || (kind == SocketKind::Agent && b.inner.cfg.allow_uids.contains(&peer.uid));
-        let svc_router = if allowed {
+    while let Some((permit, stream, peer)) = next_peer(&listener, &sem, &mut stop).await {
+        let svc_router = if may_use(&b, kind, peer.uid) {
             router.clone()
         } else {
             tracing::warn!(

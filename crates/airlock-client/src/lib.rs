@@ -169,18 +169,7 @@ impl Client {
                     message: "connection closed".into(),
                 });
             }
-            let mut req = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "airlock");
-            if let Some(t) = token {
-                req = req.header("authorization", format!("Bearer {t}"));
-            }
-            let has_body = body.is_some();
-            if has_body {
-                req = req.header("content-type", "application/json");
-            }
-            let req = req
+            let req = request(method, path, token, body.is_some())
                 .body(Full::new(body.clone().unwrap_or_default()))
                 .map_err(|e| ClientError::Http {
                     socket: self.socket.clone(),
@@ -239,17 +228,7 @@ impl Client {
             socket: self.socket.clone(),
             message,
         };
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "airlock");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
+        let req = request(method, path, token, body.is_some())
             .body(body.unwrap_or_default())
             .map_err(|e| http_err(e.to_string()))?;
         local.call(req).await.map_err(http_err)
@@ -368,6 +347,27 @@ pub fn default_agent_socket() -> PathBuf {
         Some(d) => d.join("airlock/broker.sock"),
         None => PathBuf::from(format!("/tmp/airlock-{}/broker.sock", uid())),
     }
+}
+
+/// A request's head as both transports send it: the bearer token when
+/// given, and the JSON content type when there is a body.
+fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    has_body: bool,
+) -> hyper::http::request::Builder {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "airlock");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if has_body {
+        req = req.header("content-type", "application/json");
+    }
+    req
 }
 
 /// The attach socket beside the agent socket `agent`

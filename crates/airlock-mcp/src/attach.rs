@@ -448,18 +448,7 @@ async fn start(
             let server = FsServer::over(BrokerLink::over(client, opts.ask_timeout), opts)
                 .await
                 .map_err(|e| e.to_string())?;
-            let rs = server
-                .serve((reader, writer))
-                .await
-                .map_err(|e| format!("starting MCP on the handed-over stdio: {e}"))?;
-            Running {
-                cancel: rs.cancellation_token(),
-                done: Box::pin(async move {
-                    if let Err(e) = rs.waiting().await {
-                        tracing::debug!(error = %e, "MCP session task");
-                    }
-                }),
-            }
+            serve(server, reader, writer, async {}).await?
         }
         AttachRequest::McpProxy {
             name,
@@ -496,25 +485,39 @@ async fn start(
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(server = %name, "proxying an MCP server in the broker");
-            let rs = proxy
-                .session()
-                .serve((reader, writer))
-                .await
-                .map_err(|e| format!("starting MCP on the handed-over stdio: {e}"))?;
-            Running {
-                cancel: rs.cancellation_token(),
-                done: Box::pin(async move {
-                    if let Err(e) = rs.waiting().await {
-                        tracing::debug!(error = %e, "MCP proxy session task");
-                    }
-                    if !proxy.flush(Duration::from_secs(5)).await {
-                        tracing::warn!(server = %name, "some outcome records did not reach the audit log before the session ended");
-                    }
-                }),
-            }
+            let session = proxy.session();
+            let after = async move {
+                if !proxy.flush(Duration::from_secs(5)).await {
+                    tracing::warn!(server = %name, "some outcome records did not reach the audit log before the session ended");
+                }
+            };
+            serve(session, reader, writer, after).await?
         }
     };
     Ok((front, running))
+}
+
+/// Serve `handler` on the handed-over stdio (once the client has
+/// initialized the session); `after` runs when the session has ended.
+async fn serve<S: rmcp::ServerHandler>(
+    handler: S,
+    reader: Reader,
+    writer: Writer,
+    after: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, String> {
+    let rs = handler
+        .serve((reader, writer))
+        .await
+        .map_err(|e| format!("starting MCP on the handed-over stdio: {e}"))?;
+    Ok(Running {
+        cancel: rs.cancellation_token(),
+        done: Box::pin(async move {
+            if let Err(e) = rs.waiting().await {
+                tracing::debug!(error = %e, "MCP session task");
+            }
+            after.await;
+        }),
+    })
 }
 
 /// A reader that fails once a line (an MCP message) grows past `max` bytes.
