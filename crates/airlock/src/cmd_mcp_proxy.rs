@@ -117,7 +117,6 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let secrets = airlock_mcp::secrets::Scanner::with_files(&a.secret_rules)?;
         // On stdio the running broker serves the session itself, starting
         // the server with this process's environment, working directory
         // and stderr.
@@ -140,6 +139,8 @@ pub fn mcp_proxy(a: ProxyArgs) -> anyhow::Result<i32> {
         if let Some(code) = crate::cmd_mcp::hand_over(&a.serve, &req).await? {
             return Ok(code);
         }
+        // Compiled only here: a session handed over is scanned by the broker.
+        let secrets = airlock_mcp::secrets::Scanner::with_files(&a.secret_rules)?;
         let proxy = Proxy::connect(ProxyOptions {
             socket: socket.clone(),
             name: name.clone(),
