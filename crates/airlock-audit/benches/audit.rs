@@ -1,5 +1,6 @@
 //! Audit log figures: append throughput and latency with 1 and 64
-//! concurrent appenders (real fdatasync on the temp dir's file system), and
+//! concurrent appenders (real fdatasync on the temp dir's file system), with
+//! and without the write-ahead file, and
 //! `verify` speed on a 1,000,000-record log. Printed plainly; criterion
 //! measures single-append latency and verify of a 10,000-record log.
 //!
@@ -66,8 +67,17 @@ fn report(label: &str, n: usize, wall: Duration, mut lat: Vec<Duration>) {
     );
 }
 
-fn append_one(dir: &Path, n: usize) {
-    let log = AuditLog::open(dir, 64 << 20).expect("open");
+/// What a `wal_bytes` setting means, for the labels.
+fn mode(wal_bytes: u64) -> &'static str {
+    if wal_bytes == 0 {
+        "synced in the segment"
+    } else {
+        "write-ahead file"
+    }
+}
+
+fn append_one(dir: &Path, n: usize, wal_bytes: u64) {
+    let log = AuditLog::open_with(dir, 64 << 20, wal_bytes).expect("open");
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
@@ -78,12 +88,17 @@ fn append_one(dir: &Path, n: usize) {
     let wall = start.elapsed();
     let stats = log.stats();
     log.close();
-    report("append, 1 appender (append_blocking)", n, wall, lat);
+    report(
+        &format!("append, 1 appender (append_blocking, {})", mode(wal_bytes)),
+        n,
+        wall,
+        lat,
+    );
     println!("  {} records in {} fdatasyncs", stats.records, stats.syncs);
 }
 
-fn append_concurrent(dir: &Path, clients: usize, per_client: usize) {
-    let log = AuditLog::open(dir, 64 << 20).expect("open");
+fn append_concurrent(dir: &Path, clients: usize, per_client: usize, wal_bytes: u64) {
+    let log = AuditLog::open_with(dir, 64 << 20, wal_bytes).expect("open");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -116,7 +131,10 @@ fn append_concurrent(dir: &Path, clients: usize, per_client: usize) {
     let stats = log.stats();
     log.close();
     report(
-        &format!("append, {clients} concurrent appenders (async append)"),
+        &format!(
+            "append, {clients} concurrent appenders (async append, {})",
+            mode(wal_bytes)
+        ),
         clients * per_client,
         wall,
         lat,
@@ -225,8 +243,16 @@ criterion_group! {
 fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     println!("audit bench in {}", tmp.path().display());
-    append_one(&tmp.path().join("one"), 2_000);
-    append_concurrent(&tmp.path().join("c64"), 64, 500);
+    // Interleaved, so both modes see the same disk.
+    for round in 0..2 {
+        for wal in [0, airlock_audit::DEFAULT_WAL_BYTES] {
+            let d = tmp.path().join(format!("one-{round}-{wal}"));
+            append_one(&d, 2_000, wal);
+        }
+    }
+    for wal in [0, airlock_audit::DEFAULT_WAL_BYTES] {
+        append_concurrent(&tmp.path().join(format!("c64-{wal}")), 64, 500, wal);
+    }
     verify_big(&tmp.path().join("big"), 1_000_000);
     drop(tmp);
     benches();

@@ -43,7 +43,7 @@
 //! After every durable batch the writer rewrites `head.json` in place
 //! (`{"seq":N,"hash":"…","segment":"audit-000003.jsonl"}`, space-padded to a
 //! fixed 192 bytes). It is written only after the records it names are
-//! fdatasync'd, so it can lag the log but never lead it; it is fsynced on
+//! fdatasync'd (in the segment or the write-ahead file), so it can lag the log but never lead it; it is fsynced on
 //! rotation and on close, not per batch, because a stale anchor only weakens
 //! (never falsifies) the truncation check and a per-batch fsync would halve
 //! throughput. [`verify`] fails when the log ends before the anchor's seq or
@@ -54,7 +54,10 @@
 //! # Durability
 //!
 //! A record is acknowledged only after its batch is written with one
-//! `pwrite` and one `fdatasync`. The reverse does not hold: after a crash
+//! `pwrite` and one `fdatasync`: into the preallocated write-ahead file
+//! (`audit.wal`, see the `wal` module), then into its segment's page cache,
+//! or, without a write-ahead file, into the segment itself. Open writes the
+//! write-ahead file's current entries back into the segment first. The reverse does not hold: after a crash
 //! between sync and acknowledgement, or a rollback whose truncation was not
 //! yet persisted, the log can hold valid records whose callers saw an error.
 //! On open, a torn last line (no `\n`, or unparsable) is cut off with a
@@ -69,9 +72,11 @@ use std::sync::{mpsc, Arc, Mutex};
 mod format;
 mod query;
 mod verify;
+mod wal;
 mod writer;
 
 pub use format::MAX_RECORD_BYTES;
+pub use wal::DEFAULT_WAL_BYTES;
 
 /// A record's sequence number; only the writer hands these out.
 #[derive(
@@ -182,6 +187,10 @@ pub struct AuditConfig {
     pub dir: Option<PathBuf>,
     /// Rotate when a segment reaches this many bytes. Default 64 MiB.
     pub max_segment_bytes: u64,
+    /// Size of the write-ahead file (`audit.wal`) that makes a batch
+    /// durable before its segment is synced. Default 1 MiB; below 16 KiB
+    /// (0 included) there is none and every batch is synced in its segment.
+    pub wal_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -189,6 +198,7 @@ impl Default for AuditConfig {
         AuditConfig {
             dir: None,
             max_segment_bytes: 64 * 1024 * 1024,
+            wal_bytes: DEFAULT_WAL_BYTES,
         }
     }
 }
@@ -222,9 +232,25 @@ impl AuditLog {
     /// newest segment (a torn final line left by a crash is cut off and
     /// reported via tracing), and start the writer.
     pub fn open(dir: &Path, max_segment_bytes: u64) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(dir, max_segment_bytes, DEFAULT_WAL_BYTES)
+    }
+
+    /// [`AuditLog::open`] with a write-ahead file of `wal_bytes` (see
+    /// [`AuditConfig::wal_bytes`]).
+    pub fn open_with(
+        dir: &Path,
+        max_segment_bytes: u64,
+        wal_bytes: u64,
+    ) -> Result<AuditLog, AuditError> {
         let head: writer::SharedHead = Arc::new(Mutex::new(None));
         let counters = Arc::new(writer::Counters::default());
-        let w = writer::Writer::open(dir, max_segment_bytes, head.clone(), counters.clone())?;
+        let w = writer::Writer::open(
+            dir,
+            max_segment_bytes,
+            wal_bytes,
+            head.clone(),
+            counters.clone(),
+        )?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("airlock-audit-writer".into())
@@ -247,9 +273,10 @@ impl AuditLog {
 
     /// Open with an [`AuditConfig`]; `default_dir` is used when `cfg.dir` is unset.
     pub fn open_config(cfg: &AuditConfig, default_dir: &Path) -> Result<AuditLog, AuditError> {
-        AuditLog::open(
+        AuditLog::open_with(
             cfg.dir.as_deref().unwrap_or(default_dir),
             cfg.max_segment_bytes,
+            cfg.wal_bytes,
         )
     }
 

@@ -12,6 +12,7 @@ use crate::format::{
     self, build_line, check_line, complete_len, last_line_before, list_segments, read_anchor,
     segment_name, Anchor, EncodedBody, ANCHOR_FILE, GENESIS, LOCK_FILE, MAX_RECORD_BYTES,
 };
+use crate::wal::{self, Wal};
 use crate::{AuditError, AuditReceipt, AuditSeq};
 
 /// Where an acknowledgement goes.
@@ -80,8 +81,20 @@ pub(crate) struct Writer {
     seg_no: u64,
     seg_path: PathBuf,
     file: Option<File>,
-    /// Length of the current segment that is known durable.
+    /// Length of the current segment that is acknowledged (durable in the
+    /// segment, or in the write-ahead file).
     durable_len: u64,
+    /// The write-ahead file (`None`: every batch is synced in its segment).
+    wal: Option<Wal>,
+    /// Segment bytes written since the last checkpoint, from `synced_len`.
+    unsynced: Vec<u8>,
+    /// Length of the current segment that is synced in the segment itself.
+    synced_len: u64,
+    /// A segment write failed after its entry was durable: checkpoint (and
+    /// so retire that entry) before the next one.
+    needs_checkpoint: bool,
+    /// The last idle checkpoint failed: wait for the next write to retry.
+    idle_checkpoint_failed: bool,
     /// A rollback (`set_len`) failed; redo it before writing again.
     needs_repair: bool,
     head_seq: u64,
@@ -195,6 +208,53 @@ fn recover_segment(
     }
 }
 
+/// Put what the write-ahead file holds back into its segment (after a
+/// crash, the segment may have lost it or hold a torn copy) and sync it.
+fn replay_wal(dir: &Path, segments: &[(u64, PathBuf)]) -> Result<(), AuditError> {
+    let wal_path = dir.join(wal::WAL_FILE);
+    let pending = wal::read_pending(dir)
+        .map_err(|reason| corrupt(wal::WAL_FILE, format!("{reason}; it may hold acknowledged records, so the log is not opened (move it aside to open without them)")))?;
+    let Some(p) = pending.filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let Some((newest, path)) = segments.last() else {
+        return Err(corrupt(
+            wal::WAL_FILE,
+            format!(
+                "holds records for segment {} but there is no segment",
+                segment_name(p.seg_no)
+            ),
+        ));
+    };
+    if *newest != p.seg_no {
+        return Err(corrupt(
+            wal::WAL_FILE,
+            format!(
+                "holds records for {} but the newest segment is {}",
+                segment_name(p.seg_no),
+                segment_name(*newest)
+            ),
+        ));
+    }
+    let f = open_private(path, false).map_err(open_err(path))?;
+    let len = f.metadata().map_err(open_err(path))?.len();
+    if len < p.start {
+        return Err(corrupt(
+            segment_name(*newest),
+            format!(
+                "segment ends at byte {len} but its synced part reached byte {} (records removed)",
+                p.start
+            ),
+        ));
+    }
+    f.write_all_at(&p.bytes, p.start)
+        .and_then(|_| f.set_len(p.end()))
+        .and_then(|_| f.sync_data())
+        .map_err(open_err(path))?;
+    tracing::info!(segment = %path.display(), from = %wal_path.display(), bytes = p.bytes.len(), "audit records of the write-ahead file written back into their segment (the log was not closed cleanly)");
+    Ok(())
+}
+
 struct CheckedHead {
     seq: u64,
     hash: [u8; 64],
@@ -204,6 +264,7 @@ impl Writer {
     pub(crate) fn open(
         dir: &Path,
         max_segment_bytes: u64,
+        wal_bytes: u64,
         shared_head: SharedHead,
         counters: Arc<Counters>,
     ) -> Result<Writer, AuditError> {
@@ -249,6 +310,8 @@ impl Writer {
                 ));
             }
         }
+
+        replay_wal(dir, &segments)?;
 
         let mut file = None;
         let mut seg_no = 0;
@@ -313,6 +376,21 @@ impl Writer {
             .map(|h| (h.seq, String::from_utf8_lossy(&h.hash).into_owned()));
         *shared_head.lock().unwrap_or_else(|e| e.into_inner()) = head_str;
 
+        let wal = if wal_bytes >= wal::MIN_WAL_BYTES {
+            match Wal::open(dir, wal_bytes) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    // Durability does not depend on it: without it every
+                    // batch is synced in its segment, only slower.
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot set up the audit write-ahead file; every record is synced in its segment instead");
+                    None
+                }
+            }
+        } else {
+            let _ = std::fs::remove_file(dir.join(wal::WAL_FILE));
+            None
+        };
+
         let mut w = Writer {
             dir: dir.to_path_buf(),
             max_segment_bytes: max_segment_bytes.max(1),
@@ -320,6 +398,11 @@ impl Writer {
             seg_path,
             file,
             durable_len,
+            wal,
+            unsynced: Vec::new(),
+            synced_len: durable_len,
+            needs_checkpoint: false,
+            idle_checkpoint_failed: false,
             needs_repair: false,
             head_seq,
             head_hash,
@@ -339,7 +422,24 @@ impl Writer {
     /// The writer thread's loop: take everything queued, commit it, repeat.
     pub(crate) fn run(mut self, rx: mpsc::Receiver<Msg>) {
         loop {
-            let Ok(first) = rx.recv() else {
+            let due = self.wal.as_ref().is_some_and(|w| w.has_entries()) || self.needs_checkpoint;
+            let first = if due && !self.idle_checkpoint_failed {
+                match rx.recv_timeout(wal::IDLE_CHECKPOINT) {
+                    Ok(m) => Ok(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = self.checkpoint() {
+                            tracing::warn!(segment = %self.seg_path.display(), error = %e, "audit checkpoint failed; the records stay in the write-ahead file and it is retried before the next write");
+                            self.needs_checkpoint = true;
+                            self.idle_checkpoint_failed = true;
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                }
+            } else {
+                rx.recv().map_err(|_| ())
+            };
+            let Ok(first) = first else {
                 // Every handle is gone: nothing can be waiting.
                 self.shutdown();
                 return;
@@ -368,6 +468,9 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(segment = %self.seg_path.display(), error = %e, "final audit checkpoint failed; the write-ahead file keeps the records for the next open");
+        }
         if let Some(f) = &self.file {
             if let Err(e) = f.sync_all() {
                 tracing::warn!(segment = %self.seg_path.display(), error = %e, "final sync of audit segment failed");
@@ -398,9 +501,89 @@ impl Writer {
         }
     }
 
+    /// Sync the segment and retire the write-ahead entries. The bytes
+    /// written since the last checkpoint are written again first: a
+    /// failed sync may have dropped them from the page cache.
+    fn checkpoint(&mut self) -> io::Result<()> {
+        let Some(wal) = &mut self.wal else {
+            return Ok(());
+        };
+        if !wal.has_entries() && !self.needs_checkpoint {
+            return Ok(());
+        }
+        let Some(file) = &self.file else {
+            return wal.reset();
+        };
+        if self.needs_repair {
+            file.set_len(self.durable_len)?;
+            self.needs_repair = false;
+        }
+        file.write_all_at(&self.unsynced, self.synced_len)?;
+        file.sync_data()?;
+        wal.reset()?;
+        self.unsynced.clear();
+        self.synced_len = self.durable_len;
+        self.needs_checkpoint = false;
+        Ok(())
+    }
+
+    /// Make `buf` durable at the acknowledged end of the current segment:
+    /// through the write-ahead file when there is one and the batch fits,
+    /// else written and synced in the segment. On failure nothing of it
+    /// is acknowledged and the segment is rolled back.
+    fn commit(&mut self, buf: &[u8]) -> io::Result<()> {
+        let res = self.commit_inner(buf);
+        if res.is_err() {
+            self.counters.failed_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn commit_inner(&mut self, buf: &[u8]) -> io::Result<()> {
+        let Some((fits_at_all, fits_now)) = self.wal.as_ref().map(|w| w.fits(buf.len())) else {
+            return self.commit_direct(buf);
+        };
+        if self.needs_checkpoint || !fits_now {
+            self.checkpoint()?;
+        }
+        if !fits_at_all {
+            // Larger than the write-ahead file: straight to the segment
+            // (the checkpoint above left no entry for it to contradict).
+            self.commit_direct(buf)?;
+            self.synced_len = self.durable_len;
+            return Ok(());
+        }
+        let (Some(wal), Some(file)) = (&mut self.wal, &self.file) else {
+            return Err(io::Error::other("no open segment"));
+        };
+        if let Err(e) = wal.append(self.seg_no, self.durable_len, buf) {
+            tracing::error!(file = %wal.path().display(), error = %e, records_bytes = buf.len(), "audit write-ahead write failed; nothing in this batch is acknowledged");
+            return Err(e);
+        }
+        if let Err(e) = file.write_all_at(buf, self.durable_len) {
+            // The entry is durable but the batch is refused: retire it now
+            // (or before the next one), so that neither a crash nor a
+            // verification brings it back.
+            tracing::error!(segment = %self.seg_path.display(), error = %e, records_bytes = buf.len(), "audit write failed; rolling back, nothing in this batch is acknowledged");
+            if let Err(e2) = file.set_len(self.durable_len) {
+                tracing::error!(segment = %self.seg_path.display(), error = %e2, "rolling back the audit segment failed; will retry before the next write");
+                self.needs_repair = true;
+            }
+            self.needs_checkpoint = true;
+            if let Err(e3) = self.checkpoint() {
+                tracing::warn!(segment = %self.seg_path.display(), error = %e3, "audit checkpoint after a failed write failed; retried before the next write");
+            }
+            return Err(e);
+        }
+        self.unsynced.extend_from_slice(buf);
+        self.durable_len += buf.len() as u64;
+        self.idle_checkpoint_failed = false;
+        Ok(())
+    }
+
     /// Write `buf` at the durable end of the current segment and fdatasync;
     /// on failure roll the file back to its durable length.
-    fn commit(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn commit_direct(&mut self, buf: &[u8]) -> io::Result<()> {
         let Some(file) = &self.file else {
             return Err(io::Error::other("no open segment"));
         };
@@ -412,7 +595,6 @@ impl Writer {
             .write_all_at(buf, self.durable_len)
             .and_then(|_| file.sync_data());
         if let Err(e) = res {
-            self.counters.failed_syncs.fetch_add(1, Ordering::Relaxed);
             tracing::error!(segment = %self.seg_path.display(), error = %e, records_bytes = buf.len(), "audit write failed; rolling back, nothing in this batch is acknowledged");
             if let Err(e2) = file.set_len(self.durable_len) {
                 tracing::error!(segment = %self.seg_path.display(), error = %e2, "rolling back the audit segment failed; will retry before the next write");
@@ -426,6 +608,8 @@ impl Writer {
 
     /// Create the next segment (or the first) and make its name durable.
     fn open_next_segment(&mut self) -> io::Result<()> {
+        // Entries name one segment: retire them before starting the next.
+        self.checkpoint()?;
         let n = self.seg_no + 1;
         let path = self.dir.join(segment_name(n));
         let f = open_private(&path, true)?;
@@ -443,6 +627,8 @@ impl Writer {
         self.seg_no = n;
         self.seg_path = path;
         self.durable_len = 0;
+        self.synced_len = 0;
+        self.unsynced.clear();
         self.needs_repair = false;
         if self.head_seq > 0 {
             // The anchor names the segment of its record; it moves with the

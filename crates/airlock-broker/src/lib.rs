@@ -282,7 +282,11 @@ impl Broker {
             }
         }
         private_dir(&paths.state_dir)?;
-        let audit = AuditLog::open(&paths.audit_dir, cfg.audit.max_segment_bytes)?;
+        let audit = AuditLog::open_with(
+            &paths.audit_dir,
+            cfg.audit.max_segment_bytes,
+            cfg.audit.wal_bytes,
+        )?;
         let tokens = TokenAuthority::load_or_create(&paths.state_dir)?;
         let policy = PolicyEngine::load(&cfg.policy)?;
         let staging = StagingStore::open(&paths.staging_dir)?;

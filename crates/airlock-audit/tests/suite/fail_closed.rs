@@ -50,14 +50,26 @@ fn mount_or_skip(test: &str, dir: &std::path::Path, opts: &str) -> Option<MountG
 
 #[test]
 fn full_disk_fails_every_record_of_the_batch_and_recovers() {
+    full_disk("full_disk", "size=64k", 0);
+}
+
+/// The same with the write-ahead file on: the batch's entry is durable
+/// before its segment write fails, and must not come back.
+#[test]
+fn full_disk_with_a_write_ahead_file_fails_and_recovers() {
+    full_disk("full_disk_wal", "size=128k", 16 << 10);
+}
+
+fn full_disk(test: &str, opts: &str, wal_bytes: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let Some(_guard) = mount_or_skip("full_disk", &mnt, "size=64k") else {
+    let Some(_guard) = mount_or_skip(test, &mnt, opts) else {
         return;
     };
     let dir = mnt.join("audit");
-    let log = AuditLog::open(&dir, 1 << 20).unwrap();
+    let log = AuditLog::open_with(&dir, 1 << 20, wal_bytes).unwrap();
+    assert_eq!(dir.join("audit.wal").exists(), wal_bytes > 0);
     for i in 1..=3 {
         log.append_blocking(fat_body(i, 1)).unwrap();
     }
@@ -122,12 +134,12 @@ fn rotation_without_inodes_fails_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    // Inodes: root, audit dir, lock, head.json, segment 1, spare.
-    let Some(_guard) = mount_or_skip("rotation_without_inodes", &mnt, "size=1m,nr_inodes=6") else {
+    // Inodes: root, audit dir, lock, head.json, audit.wal, segment 1, spare.
+    let Some(_guard) = mount_or_skip("rotation_without_inodes", &mnt, "size=1m,nr_inodes=7") else {
         return;
     };
     let dir = mnt.join("audit");
-    let log = AuditLog::open(&dir, 4096).unwrap();
+    let log = AuditLog::open_with(&dir, 4096, 64 << 10).unwrap();
     log.append_blocking(body(1)).unwrap();
     // Take the spare inode.
     std::fs::write(mnt.join("spare"), b"x").unwrap();
@@ -168,7 +180,7 @@ fn read_only_file_system_at_rotation_fails_with_erofs_and_recovers() {
         return;
     };
     let dir = mnt.join("audit");
-    let log = AuditLog::open(&dir, 4096).unwrap();
+    let log = AuditLog::open_with(&dir, 4096, 64 << 10).unwrap();
     log.append_blocking(body(1)).unwrap();
     // Linux refuses to remount read-only while a file is open for writing,
     // so the directory is covered with a read-only bind of itself: the open
@@ -217,7 +229,7 @@ fn read_only_file_system_refuses_to_open_but_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let Some(guard) = mount_or_skip("read_only_open", &mnt, "size=1m") else {
+    let Some(guard) = mount_or_skip("read_only_open", &mnt, "size=4m") else {
         return;
     };
     let dir = mnt.join("audit");

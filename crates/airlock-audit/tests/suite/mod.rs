@@ -1,4 +1,5 @@
 mod common;
+mod crash;
 mod fail_closed;
 mod query;
 mod tamper;
