@@ -285,7 +285,12 @@ impl AuditLog {
         &self.inner.dir
     }
 
-    fn send(&self, body: &RecordBody, reply: writer::Reply) -> Result<(), AuditError> {
+    fn send(
+        &self,
+        body: &RecordBody,
+        reply: writer::Reply,
+        deferred: bool,
+    ) -> Result<(), AuditError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(AuditError::Closed);
         }
@@ -301,7 +306,11 @@ impl AuditLog {
             .clone();
         match tx {
             Some(tx) => tx
-                .send(writer::Msg::Append(writer::Pending { enc, reply }))
+                .send(writer::Msg::Append(writer::Pending {
+                    enc,
+                    reply,
+                    deferred,
+                }))
                 .map_err(|_| AuditError::Closed),
             None => Err(AuditError::Closed),
         }
@@ -313,14 +322,25 @@ impl AuditLog {
     /// still written; only the receipt is lost.
     pub async fn append(&self, body: RecordBody) -> Result<AuditReceipt, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(&body, writer::Reply::Async(tx))?;
+        self.send(&body, writer::Reply::Async(tx), false)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Append a record nobody is waiting on to act (how an action ended,
+    /// reported after it): as durable as [`AuditLog::append`] when it
+    /// resolves, but the writer may hold it up to 5 ms so that the next
+    /// record, usually the next request's decision, carries it in the same
+    /// sync instead of each paying for one.
+    pub async fn append_deferred(&self, body: RecordBody) -> Result<AuditReceipt, AuditError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(&body, writer::Reply::Async(tx), true)?;
         rx.await.map_err(|_| AuditError::Closed)?
     }
 
     /// Blocking variant for non-async callers.
     pub fn append_blocking(&self, body: RecordBody) -> Result<AuditReceipt, AuditError> {
         let (tx, rx) = mpsc::channel();
-        self.send(&body, writer::Reply::Blocking(tx))?;
+        self.send(&body, writer::Reply::Blocking(tx), false)?;
         rx.recv().map_err(|_| AuditError::Closed)?
     }
 

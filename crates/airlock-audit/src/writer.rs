@@ -34,7 +34,12 @@ impl Reply {
 pub(crate) struct Pending {
     pub enc: EncodedBody,
     pub reply: Reply,
+    /// May wait up to [`DEFER_WINDOW`] for another record to share its sync.
+    pub deferred: bool,
 }
+
+/// How long a batch of deferred records waits for company.
+pub(crate) const DEFER_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub(crate) enum Msg {
     Append(Pending),
@@ -446,13 +451,33 @@ impl Writer {
             };
             let mut batch = Vec::new();
             let mut closers = Vec::new();
-            let mut push = |m: Msg| match m {
+            let push = |m: Msg, batch: &mut Vec<Pending>, closers: &mut Vec<_>| match m {
                 Msg::Append(p) => batch.push(p),
                 Msg::Close(ack) => closers.push(ack),
             };
-            push(first);
+            push(first, &mut batch, &mut closers);
             while let Ok(m) = rx.try_recv() {
-                push(m);
+                push(m, &mut batch, &mut closers);
+            }
+            if closers.is_empty() && !batch.is_empty() && batch.iter().all(|p| p.deferred) {
+                // Only records that may wait: give the next eager record
+                // (usually the next request's decision) the chance to
+                // carry them in its sync instead of paying for one more.
+                let deadline = std::time::Instant::now() + DEFER_WINDOW;
+                loop {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let Ok(m) = rx.recv_timeout(left) else {
+                        break;
+                    };
+                    let eager = !matches!(&m, Msg::Append(p) if p.deferred);
+                    push(m, &mut batch, &mut closers);
+                    if eager {
+                        while let Ok(m) = rx.try_recv() {
+                            push(m, &mut batch, &mut closers);
+                        }
+                        break;
+                    }
+                }
             }
             if !batch.is_empty() {
                 self.process(batch);

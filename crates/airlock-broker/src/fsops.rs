@@ -246,6 +246,11 @@ impl Broker {
             peer: peer.to_json(),
             ts: String::new(),
         };
+        if kind == "outcome" {
+            // Reported after the action: nothing waits on it to act, so it
+            // may share the next decision's sync.
+            return self.record_deferred(body).await.map(|_| ());
+        }
         self.record(body).await.map(|_| ())
     }
 

@@ -267,6 +267,15 @@ fn resolve_workspaces(list: &[PathBuf]) -> Result<Vec<String>, BrokerError> {
     Ok(out)
 }
 
+fn audit_unavailable(e: airlock_audit::AuditError) -> ApiError {
+    tracing::error!(error = %e, "audit log unavailable; refusing the request");
+    ApiError::new(
+        ErrorCode::AuditUnavailable,
+        format!("the audit log cannot be written ({e}); Airlock refuses actions it cannot record"),
+    )
+    .hint("retry later; the user must fix the audit log location (disk full or read-only?)")
+}
+
 impl Broker {
     /// Open everything the broker needs (state dir, audit log, keys, policy,
     /// staging store). Fails, naming the piece, when any cannot be opened.
@@ -462,11 +471,24 @@ impl Broker {
 
     /// Append a record; map failure to `audit_unavailable`.
     async fn record(&self, body: RecordBody) -> Result<airlock_audit::AuditReceipt, ApiError> {
-        self.inner.audit.append(body).await.map_err(|e| {
-            tracing::error!(error = %e, "audit log unavailable; refusing the request");
-            ApiError::new(ErrorCode::AuditUnavailable, format!("the audit log cannot be written ({e}); Airlock refuses actions it cannot record"))
-                .hint("retry later; the user must fix the audit log location (disk full or read-only?)")
-        })
+        self.inner
+            .audit
+            .append(body)
+            .await
+            .map_err(audit_unavailable)
+    }
+
+    /// [`Broker::record`] for a record reported after its action
+    /// ([`AuditLog::append_deferred`]).
+    async fn record_deferred(
+        &self,
+        body: RecordBody,
+    ) -> Result<airlock_audit::AuditReceipt, ApiError> {
+        self.inner
+            .audit
+            .append_deferred(body)
+            .await
+            .map_err(audit_unavailable)
     }
 
     /// Sweep dead sessions; called periodically.

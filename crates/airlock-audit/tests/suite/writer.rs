@@ -396,3 +396,40 @@ fn close_drains_everything_queued() {
     }
     assert_eq!(verify(tmp.path()).unwrap().records, ok);
 }
+
+/// A deferred record (an outcome reported after its action) is as durable
+/// as any when acknowledged, and rides on the next eager record's sync
+/// when one comes within the window: here 1 ms later, long after a writer
+/// that did not wait would have synced it alone.
+#[test]
+fn deferred_records_share_the_next_sync_and_are_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(tmp.path(), 64 << 20).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let pairs = 20u64;
+    rt.block_on(async {
+        for i in 0..pairs {
+            let deferred = log.append_deferred(body(2 * i + 1));
+            let eager = async {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                log.append(body(2 * i + 2)).await
+            };
+            let (d, e) = tokio::join!(deferred, eager);
+            assert_eq!(d.unwrap().seq.get() + 1, e.unwrap().seq.get());
+        }
+        // Alone, it is still written, after the window.
+        log.append_deferred(body(100)).await.unwrap();
+    });
+    let syncs = log.stats().syncs;
+    log.close();
+    // Each pair shares one sync unless the 1 ms sleep overran the 5 ms
+    // window; a writer that did not wait would sync each record alone.
+    assert!(
+        syncs <= pairs + pairs / 2 + 1,
+        "{syncs} syncs for {pairs} pairs and one lone record"
+    );
+    assert_eq!(verify(tmp.path()).unwrap().records, 2 * pairs + 1);
+}
