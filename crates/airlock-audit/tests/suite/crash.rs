@@ -10,6 +10,7 @@ use airlock_audit::{verify, AuditLog};
 use super::common::{body, segment};
 
 const CHILD_ENV: &str = "AIRLOCK_AUDIT_CRASH_DIR";
+const SEGMENT_ENV: &str = "AIRLOCK_AUDIT_CRASH_SEGMENT_BYTES";
 const WAL_BYTES: u64 = 16 << 10;
 
 /// Run by `acknowledged_records_survive_a_power_loss` in a process of its
@@ -22,7 +23,8 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let log = AuditLog::open_with(std::path::Path::new(&dir), 64 << 20, WAL_BYTES).unwrap();
+    let segment_bytes = std::env::var(SEGMENT_ENV).unwrap().parse().unwrap();
+    let log = AuditLog::open_with(std::path::Path::new(&dir), segment_bytes, WAL_BYTES).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     for t in 0..8u64 {
         let (log, tx) = (log.clone(), tx.clone());
@@ -59,6 +61,17 @@ fn first_entry_offset(dir: &std::path::Path) -> Option<u64> {
 
 #[test]
 fn acknowledged_records_survive_a_power_loss() {
+    power_loss(64 << 20);
+}
+
+/// The same with segments of 8 KiB: the writer rotates every dozen
+/// records, and each rotation retires the entries of the segment it ends.
+#[test]
+fn acknowledged_records_survive_a_power_loss_across_rotations() {
+    power_loss(8 << 10);
+}
+
+fn power_loss(segment_bytes: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("audit");
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -69,6 +82,7 @@ fn acknowledged_records_survive_a_power_loss() {
             "--nocapture",
         ])
         .env(CHILD_ENV, &dir)
+        .env(SEGMENT_ENV, segment_bytes.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -84,10 +98,19 @@ fn acknowledged_records_survive_a_power_loss() {
     assert!(acked >= 400, "the helper acknowledged only {acked} records");
 
     // The process died, but the page cache still holds the segment. Lose
-    // what the machine would lose: everything not synced in the segment
-    // (from the first write-ahead entry on), leaving a torn, zero-filled
-    // tail in its place.
-    let seg = segment(&dir, 1);
+    // what the machine would lose: everything of the newest segment not
+    // synced in it (from the first write-ahead entry on), leaving a torn,
+    // zero-filled tail in its place.
+    let newest = (1..)
+        .take_while(|n| segment(&dir, *n).exists())
+        .last()
+        .unwrap();
+    assert_eq!(
+        newest > 1,
+        segment_bytes < 1 << 20,
+        "rotation as configured"
+    );
+    let seg = segment(&dir, newest);
     let synced =
         first_entry_offset(&dir).expect("the writer was never idle, so entries are pending");
     let len = std::fs::metadata(&seg).unwrap().len();
@@ -107,7 +130,7 @@ fn acknowledged_records_survive_a_power_loss() {
 
     // Opening writes the records back; none acknowledged is missing and the
     // chain goes on.
-    let log = AuditLog::open_with(&dir, 64 << 20, WAL_BYTES).unwrap();
+    let log = AuditLog::open_with(&dir, segment_bytes, WAL_BYTES).unwrap();
     let head = log.head().unwrap().0;
     assert!(
         head >= acked,
