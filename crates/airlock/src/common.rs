@@ -1,5 +1,11 @@
-//! What both binaries do the same way: logging set-up and how a command's
-//! result becomes the process's exit.
+//! What both binaries do the same way: logging set-up, how a command's
+//! result becomes the process's exit, and the build they must share.
+
+/// This build's identity: version and a hash of the sources (`build.rs`).
+pub const BUILD_ID: &str = env!("AIRLOCK_BUILD_ID");
+
+/// The front's [`BUILD_ID`], passed to `airlock-full` when it hands over.
+pub const FRONT_BUILD_ENV: &str = "AIRLOCK_FRONT_BUILD";
 
 /// Log to stderr at `default_level`, or as `AIRLOCK_LOG` says.
 pub fn init_tracing(default_level: &str) {

@@ -50,6 +50,7 @@ fn hand_over(argv0: std::ffi::OsString) -> ! {
     let err = std::process::Command::new(&full)
         .arg0(argv0)
         .args(std::env::args_os().skip(1))
+        .env(common::FRONT_BUILD_ENV, common::BUILD_ID)
         .exec();
     eprintln!(
         "airlock: cannot start {} ({err}); it is installed next to airlock, reinstall both",

@@ -85,7 +85,31 @@ enum Cmd {
     Hook(cmd_hook::HookCmd),
 }
 
+/// Refuse to run for a front of another build: a copied or half-rebuilt
+/// pair would run the sandbox of one build and the broker of another.
+/// The variable is removed so that nothing started from here inherits it.
+fn check_front_build() {
+    let Some(front) = std::env::var_os(common::FRONT_BUILD_ENV) else {
+        return;
+    };
+    std::env::remove_var(common::FRONT_BUILD_ENV);
+    if front != common::BUILD_ID {
+        let me = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "airlock-full".into());
+        eprintln!(
+            "airlock: the `airlock` that started {me} is from another build ({} against {}); \
+             install both binaries from the same build",
+            front.to_string_lossy(),
+            common::BUILD_ID
+        );
+        std::process::exit(125);
+    }
+}
+
 fn main() {
+    // First, while this process has one thread.
+    check_front_build();
     let cli = Cli::parse();
     let default_level = if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Mcp(_) | Cmd::McpProxy(_)) {
         "info"

@@ -406,3 +406,39 @@ fn the_front_binary_runs_run_itself_and_hands_the_rest_over() {
         "{err}"
     );
 }
+
+/// `airlock` and `airlock-full` must come from one build: the front hands
+/// its build over, and the full CLI refuses a front of another build (one
+/// binary copied or rebuilt without the other) instead of mixing them.
+#[test]
+fn the_full_cli_refuses_a_front_of_another_build() {
+    let e = Env::new();
+    let pair = e.dir.path().join("pair");
+    std::fs::create_dir(&pair).unwrap();
+    let front = pair.join("airlock");
+    std::fs::copy(env!("CARGO_BIN_EXE_airlock"), &front).unwrap();
+    let full = pair.join("airlock-full");
+    std::fs::write(&full, "#!/bin/sh\necho \"$AIRLOCK_FRONT_BUILD\"\n").unwrap();
+    std::fs::set_permissions(&full, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = e.run_with(&front, &["status"]);
+    assert_eq!(text(&out.stdout).trim(), env!("AIRLOCK_BUILD_ID"));
+
+    let full = |build: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_airlock-full"))
+            .args(args)
+            .env("AIRLOCK_FRONT_BUILD", build)
+            .output()
+            .unwrap()
+    };
+    let out = full("0.0.0+0123456789abcdef", &["--version"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("another build")
+            && err.contains("0.0.0+0123456789abcdef")
+            && err.contains(env!("AIRLOCK_BUILD_ID")),
+        "{err}"
+    );
+    let out = full(env!("AIRLOCK_BUILD_ID"), &["--version"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
