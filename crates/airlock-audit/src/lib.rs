@@ -43,11 +43,12 @@
 //! After every durable batch the writer rewrites `head.json` in place
 //! (`{"seq":N,"hash":"…","segment":"audit-000003.jsonl"}`, space-padded to a
 //! fixed 192 bytes). It is written only after the records it names are
-//! fdatasync'd (in the segment or the write-ahead file), so it can lag the log but never lead it; it is fsynced on
-//! rotation and on close, not per batch, because a stale anchor only weakens
-//! (never falsifies) the truncation check and a per-batch fsync would halve
-//! throughput. [`verify`] fails when the log ends before the anchor's seq or
-//! the record at that seq has another hash: whole records cut from the end.
+//! fdatasync'd (in the segment or the write-ahead file), so it can lag the
+//! log but never lead it; it is fsynced on rotation and on close, not per
+//! batch, because a stale anchor only weakens (never falsifies) the
+//! truncation check and a per-batch fsync would halve throughput.
+//! [`verify`] fails when the log ends before the anchor's seq or the record
+//! at that seq has another hash: whole records cut from the end.
 //! Someone able to rewrite both the log and the anchor (recomputing every
 //! hash) is caught only by a copy held elsewhere (SIEM export).
 //!
@@ -57,9 +58,11 @@
 //! `pwrite` and one `fdatasync`: into the preallocated write-ahead file
 //! (`audit.wal`, see the `wal` module), then into its segment's page cache,
 //! or, without a write-ahead file, into the segment itself. Open writes the
-//! write-ahead file's current entries back into the segment first. The reverse does not hold: after a crash
-//! between sync and acknowledgement, or a rollback whose truncation was not
-//! yet persisted, the log can hold valid records whose callers saw an error.
+//! write-ahead file's current entries back into the segment first. The
+//! reverse does not hold: after a crash between sync and acknowledgement,
+//! a failed write whose entry was not yet retired, or a rollback whose
+//! truncation was not yet persisted, the log can hold valid records whose
+//! callers saw an error.
 //! On open, a torn last line (no `\n`, or unparsable) is cut off with a
 //! warning; any other damage is [`AuditError::Corrupt`]. Open checks only the
 //! tail of the newest segment; [`verify`] checks everything.

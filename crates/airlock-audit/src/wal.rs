@@ -44,6 +44,8 @@ pub(crate) const WAL_FILE: &str = "audit.wal";
 pub const DEFAULT_WAL_BYTES: u64 = 1024 * 1024;
 /// Smallest write-ahead file accepted (smaller values turn it off).
 pub(crate) const MIN_WAL_BYTES: u64 = 16 * 1024;
+/// Largest write-ahead file made (an entry's length is a `u32`).
+pub(crate) const MAX_WAL_BYTES: u64 = 1 << 30;
 /// A writer idle this long syncs its segment and retires the entries.
 pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_millis(50);
 
@@ -195,6 +197,7 @@ impl Wal {
     /// and start a new epoch. Call only after [`read_pending`]'s entries
     /// are in their segment and synced.
     pub fn open(dir: &Path, capacity: u64) -> io::Result<Wal> {
+        let capacity = capacity.min(MAX_WAL_BYTES);
         let path = dir.join(WAL_FILE);
         let old_epoch = match File::open(&path) {
             Ok(f) => {
