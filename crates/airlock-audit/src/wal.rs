@@ -118,9 +118,10 @@ impl Pending {
         self.start + self.bytes.len() as u64
     }
 
-    /// Lay the entries over `data` (the segment's bytes, as read): the
-    /// segment as the next open will make it. Entries that do not join
-    /// what `data` holds (a checkpoint happened between reading the two)
+    /// Lay the entries over `data` (the segment's bytes, read after the
+    /// entries) and cut it where the last entry ends: the segment as the
+    /// next open will make it, or, while the writer runs, as it was when
+    /// the entries were read. Entries that do not join what `data` holds
     /// are left out.
     pub fn overlay(&self, data: &mut Vec<u8>) {
         if self.is_empty() || self.start > data.len() as u64 {
@@ -128,9 +129,7 @@ impl Pending {
         }
         let start = self.start as usize;
         let end = start + self.bytes.len();
-        if data.len() < end {
-            data.resize(end, 0);
-        }
+        data.resize(end, 0);
         data[start..end].copy_from_slice(&self.bytes);
     }
 }
@@ -350,13 +349,17 @@ mod tests {
     }
 
     #[test]
-    fn overlay_restores_a_lost_tail_and_skips_a_gap() {
+    fn overlay_restores_a_lost_tail_cuts_a_torn_one_and_skips_a_gap() {
         let p = Pending {
             seg_no: 1,
             start: 4,
             bytes: b"two\n".to_vec(),
         };
         let mut data = b"one\n\0\0".to_vec();
+        p.overlay(&mut data);
+        assert_eq!(data, b"one\ntwo\n");
+        // A torn tail longer than the entries is cut, as open cuts it.
+        let mut data = b"one\ntw\0\0\0\0\0\0".to_vec();
         p.overlay(&mut data);
         assert_eq!(data, b"one\ntwo\n");
         let mut short = b"on".to_vec();

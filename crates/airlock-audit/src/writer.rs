@@ -112,6 +112,9 @@ pub(crate) struct Writer {
     _lock: File,
 }
 
+/// How long open waits for another writer's lock before refusing.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -276,7 +279,18 @@ impl Writer {
         create_private_dir(dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = open_private(&lock_path, true).map_err(open_err(&lock_path))?;
-        match lock.try_lock() {
+        // A writer that has just closed can hold the lock a moment longer:
+        // a process forked (by any thread) while the log was open shares
+        // the lock until it execs. Wait that out, briefly, before refusing.
+        let deadline = std::time::Instant::now() + LOCK_GRACE;
+        let mut got = lock.try_lock();
+        while matches!(got, Err(std::fs::TryLockError::WouldBlock))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            got = lock.try_lock();
+        }
+        match got {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(AuditError::Open {

@@ -71,9 +71,9 @@ fn acknowledged_records_survive_a_power_loss_across_rotations() {
     power_loss(8 << 10);
 }
 
-fn power_loss(segment_bytes: u64) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("audit");
+/// Start the helper on `dir`, wait for it to abort, and return the highest
+/// seq it saw acknowledged.
+fn crash_writer(dir: &std::path::Path, segment_bytes: u64) -> u64 {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -81,7 +81,7 @@ fn power_loss(segment_bytes: u64) {
             "--ignored",
             "--nocapture",
         ])
-        .env(CHILD_ENV, &dir)
+        .env(CHILD_ENV, dir)
         .env(SEGMENT_ENV, segment_bytes.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -96,6 +96,29 @@ fn power_loss(segment_bytes: u64) {
     let status = child.wait().unwrap();
     assert!(!status.success(), "the helper was meant to abort: {status}");
     assert!(acked >= 400, "the helper acknowledged only {acked} records");
+    acked
+}
+
+fn power_loss(segment_bytes: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    // The scenario needs records that are only in the write-ahead file when
+    // the helper dies. On a machine so loaded that none of the helper's
+    // threads ran for 50 ms, its writer went idle and synced everything
+    // first; that attempt proves nothing, so it is made again.
+    let mut attempt = 0;
+    let (dir, acked, synced) = loop {
+        attempt += 1;
+        let dir = tmp.path().join(format!("audit-{attempt}"));
+        let acked = crash_writer(&dir, segment_bytes);
+        if let Some(synced) = first_entry_offset(&dir) {
+            break (dir, acked, synced);
+        }
+        assert!(
+            attempt < 5,
+            "in {attempt} attempts the helper's writer always went idle before it died"
+        );
+        println!("attempt {attempt}: the helper's writer went idle under load; again");
+    };
 
     // The process died, but the page cache still holds the segment. Lose
     // what the machine would lose: everything of the newest segment not
@@ -111,10 +134,10 @@ fn power_loss(segment_bytes: u64) {
         "rotation as configured"
     );
     let seg = segment(&dir, newest);
-    let synced =
-        first_entry_offset(&dir).expect("the writer was never idle, so entries are pending");
     let len = std::fs::metadata(&seg).unwrap().len();
-    assert!(synced < len, "nothing after the last checkpoint to lose");
+    // Equal when the helper died between an entry's sync and its segment
+    // write: that batch was never acknowledged, but it is durable.
+    assert!(synced <= len, "the segment is shorter than its synced part");
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.set_len(synced).unwrap();
     f.set_len(synced + 1000).unwrap();
