@@ -32,7 +32,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -208,7 +208,16 @@ impl Wal {
             Err(e) => return Err(e),
         };
         let file = match old_epoch {
-            Some(_) => OpenOptions::new().read(true).write(true).open(&path)?,
+            Some(_) => {
+                let f = OpenOptions::new().read(true).write(true).open(&path)?;
+                // Like the segments: records are for the owner alone.
+                let mode = f.metadata()?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "audit write-ahead file was readable by others; tightening to 0600");
+                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                }
+                f
+            }
             None => Self::create(dir, &path, capacity)?,
         };
         let mut wal = Wal {
@@ -332,6 +341,18 @@ mod tests {
         data[20] ^= 1;
         std::fs::write(&path, &data).unwrap();
         assert!(read_pending(tmp.path()).is_err());
+    }
+
+    #[test]
+    fn a_file_readable_by_others_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(Wal::open(tmp.path(), MIN_WAL_BYTES).unwrap());
+        let path = tmp.path().join(WAL_FILE);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Wal::open(tmp.path(), MIN_WAL_BYTES).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]
