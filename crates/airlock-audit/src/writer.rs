@@ -91,10 +91,9 @@ pub(crate) struct Writer {
     durable_len: u64,
     /// The write-ahead file (`None`: every batch is synced in its segment).
     wal: Option<Wal>,
-    /// Segment bytes written since the last checkpoint, from `synced_len`.
+    /// Segment bytes written since the last checkpoint: the last
+    /// `unsynced.len()` bytes before `durable_len`.
     unsynced: Vec<u8>,
-    /// Length of the current segment that is synced in the segment itself.
-    synced_len: u64,
     /// A segment write failed after its entry was durable: checkpoint (and
     /// so retire that entry) before the next one.
     needs_checkpoint: bool,
@@ -419,7 +418,6 @@ impl Writer {
             durable_len,
             wal,
             unsynced: Vec::new(),
-            synced_len: durable_len,
             needs_checkpoint: false,
             idle_checkpoint_failed: false,
             needs_repair: false,
@@ -557,11 +555,11 @@ impl Writer {
             file.set_len(self.durable_len)?;
             self.needs_repair = false;
         }
-        file.write_all_at(&self.unsynced, self.synced_len)?;
+        let synced_len = self.durable_len - self.unsynced.len() as u64;
+        file.write_all_at(&self.unsynced, synced_len)?;
         file.sync_data()?;
         wal.reset()?;
         self.unsynced.clear();
-        self.synced_len = self.durable_len;
         self.needs_checkpoint = false;
         Ok(())
     }
@@ -588,9 +586,7 @@ impl Writer {
         if !fits_at_all {
             // Larger than the write-ahead file: straight to the segment
             // (the checkpoint above left no entry for it to contradict).
-            self.commit_direct(buf)?;
-            self.synced_len = self.durable_len;
-            return Ok(());
+            return self.commit_direct(buf);
         }
         let (Some(wal), Some(file)) = (&mut self.wal, &self.file) else {
             return Err(io::Error::other("no open segment"));
@@ -666,7 +662,6 @@ impl Writer {
         self.seg_no = n;
         self.seg_path = path;
         self.durable_len = 0;
-        self.synced_len = 0;
         self.unsynced.clear();
         self.needs_repair = false;
         if self.head_seq > 0 {
