@@ -32,7 +32,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -198,33 +198,27 @@ impl Wal {
     pub fn open(dir: &Path, capacity: u64) -> io::Result<Wal> {
         let capacity = capacity.min(MAX_WAL_BYTES);
         let path = dir.join(WAL_FILE);
-        let old_epoch = match File::open(&path) {
+        // Reused when it has this size and a valid header; tightened to
+        // 0600 like the segments.
+        let existing = match crate::writer::open_private(&path, false) {
             Ok(f) => {
                 let mut h = [0u8; HEADER_LEN];
                 let ok = f.metadata()?.len() == capacity && f.read_exact_at(&mut h, 0).is_ok();
-                ok.then(|| parse_header(&h).ok()).flatten()
+                ok.then(|| parse_header(&h).ok().map(|epoch| (f, epoch)))
+                    .flatten()
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let file = match old_epoch {
-            Some(_) => {
-                let f = OpenOptions::new().read(true).write(true).open(&path)?;
-                // Like the segments: records are for the owner alone.
-                let mode = f.metadata()?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "audit write-ahead file was readable by others; tightening to 0600");
-                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-                }
-                f
-            }
-            None => Self::create(dir, &path, capacity)?,
+        let (file, old_epoch) = match existing {
+            Some((f, epoch)) => (f, epoch),
+            None => (Self::create(dir, &path, capacity)?, 0),
         };
         let mut wal = Wal {
             file,
             path,
             capacity,
-            epoch: old_epoch.unwrap_or(0),
+            epoch: old_epoch,
             pos: ENTRIES_AT,
         };
         wal.reset()?;
@@ -306,6 +300,7 @@ impl Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn entries_of_the_current_epoch_are_read_back_in_order() {

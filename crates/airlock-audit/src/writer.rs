@@ -139,7 +139,7 @@ fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
     Ok(())
 }
 
-fn open_private(path: &Path, create: bool) -> io::Result<File> {
+pub(crate) fn open_private(path: &Path, create: bool) -> io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
