@@ -222,6 +222,18 @@ impl Broker {
         session: &Session,
         r: FsRecord<'_>,
     ) -> Result<(), ApiError> {
+        self.record(self.access_body(peer, session, r))
+            .await
+            .map(|_| ())
+    }
+
+    /// The audit record of an access by `session`'s `peer`.
+    pub(crate) fn access_body(
+        &self,
+        peer: &Peer,
+        session: &Session,
+        r: FsRecord<'_>,
+    ) -> RecordBody {
         let FsRecord {
             kind,
             request_id,
@@ -231,7 +243,7 @@ impl Broker {
             execution,
             outcome,
         } = r;
-        let body = RecordBody {
+        RecordBody {
             kind: kind.into(),
             agent: Some(session.agent_name()),
             user: Some(self.inner.user.clone()),
@@ -245,13 +257,7 @@ impl Broker {
             approval_id: None,
             peer: peer.to_json(),
             ts: String::new(),
-        };
-        if kind == "outcome" {
-            // Reported after the action: nothing waits on it to act, so it
-            // may share the next decision's sync.
-            return self.record_deferred(body).await.map(|_| ());
         }
-        self.record(body).await.map(|_| ())
     }
 
     /// `POST /v1/fs/*`.

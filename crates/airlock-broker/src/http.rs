@@ -383,8 +383,13 @@ async fn outcome_report(
         execution: serde_json::Value::Null,
         outcome: serde_json::json!({"status": r.status, "detail": r.detail}),
     };
-    match b.record_access(&c.peer, &session, rec).await {
-        Ok(()) => json_response(
+    // Reported after the action: nothing waits on it to act, so it may
+    // share the next decision's sync.
+    match b
+        .record_deferred(b.access_body(&c.peer, &session, rec))
+        .await
+    {
+        Ok(_) => json_response(
             200,
             &serde_json::json!({"recorded": true, "request_id": r.request_id}),
         ),

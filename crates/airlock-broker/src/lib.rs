@@ -480,7 +480,7 @@ impl Broker {
 
     /// [`Broker::record`] for a record reported after its action
     /// ([`AuditLog::append_deferred`]).
-    async fn record_deferred(
+    pub(crate) async fn record_deferred(
         &self,
         body: RecordBody,
     ) -> Result<airlock_audit::AuditReceipt, ApiError> {
