@@ -153,6 +153,7 @@ fn failure_message(step: u32, descs: &[String]) -> String {
         STEP_EXEC => "exec".into(),
         STEP_NOTIFY => "passing the seccomp listener".into(),
         STEP_CGROUP => "joining the run's cgroup".into(),
+        STEP_NETNS => "creating the network namespace".into(),
         s if s >= STEP_SRC => format!("opening mount source #{}", s - STEP_SRC),
         _ => format!("step {step}"),
     }
@@ -434,32 +435,19 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // A cgroup only when there is something for it to limit: joining one
     // costs an RCU grace period on cgroup v1.
     let wants_cgroup = spec.limits.memory.is_some() || spec.limits.pids.is_some();
+    // The cgroup itself is made once the child is running (it builds its
+    // root meanwhile); if that fails, the child is told to apply the
+    // rlimits that stand in for it.
     let mut mech = if wants_cgroup {
         crate::limits::detect()
     } else {
         Mechanism::Rlimit
     };
-    let mut cgroup = None;
-    if mech != Mechanism::Rlimit {
-        match RunCgroup::create(mech, &run_id, &spec.limits) {
-            Ok(c) => cgroup = Some(c),
-            Err(e) => {
-                tracing::debug!("cgroup unavailable ({e}); using rlimits");
-                mech = Mechanism::Rlimit;
-            }
-        }
-    }
     let rlimits = crate::limits::rlimits(&spec.limits, mech);
-    let cgroup_tasks: Vec<std::fs::File> = match &cgroup {
-        Some(cg) => cg
-            .self_join_files()
-            .map_err(|why| SandboxError::Layer {
-                layer: Layer::Limits,
-                why,
-                hint: "run as root or delegate a cgroup v2 subtree".into(),
-            })?
-            .unwrap_or_default(),
-        None => vec![],
+    let fallback_rlimits = if mech == Mechanism::Rlimit {
+        vec![]
+    } else {
+        crate::limits::rlimits(&spec.limits, Mechanism::Rlimit)
     };
 
     // Root plan. Mount sources are opened by the child at fixed descriptor
@@ -560,7 +548,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     };
 
     // Pipes.
-    let (sync_rd, sync_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+    let (sync_rd, sync_wr) =
+        syscall::socketpair().map_err(|e| SandboxError::io("socketpair", e))?;
     let (err_rd, err_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (status_rd, status_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (lifeline_rd, lifeline_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
@@ -619,6 +608,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         src_base: fd_base,
         sync_rd: sync_rd.as_raw_fd(),
         sync_wr: sync_wr.as_raw_fd(),
+        unshare_net: false,
         lifeline_rd: lifeline_rd.as_raw_fd(),
         err_wr: err_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
@@ -628,7 +618,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         loopback: !with_net,
         cwd: cstr(cwd.as_os_str().as_bytes())?,
         rlimits,
-        cgroup_tasks: cgroup_tasks.iter().map(|f| f.as_raw_fd()).collect(),
+        fallback_rlimits,
         landlock,
         seccomp: seccomp_progs,
         notify_filter,
@@ -642,7 +632,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     };
     plan.seal();
 
-    let mut flags = (libc::CLONE_NEWUSER
+    // The network namespace (the costliest to create) is made by the child
+    // with unshare, in parallel with the parent's work below.
+    let flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
@@ -653,17 +645,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         .map(|s| s.to_string())
         .collect();
     if !with_net {
-        flags |= libc::CLONE_NEWNET as u64;
+        plan.unshare_net = true;
         namespaces.push("net".into());
     }
-
-    let volatile = match &workspace {
-        Some((_, WorkspaceMode::Staged { upper, work })) => {
-            let (state, bytes) = upper_state(upper);
-            Some((work.clone(), state, bytes))
-        }
-        _ => None,
-    };
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
     let start = Instant::now();
     let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
@@ -685,50 +669,93 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     drop(child_stdio);
 
     let uid_map = format!("{uid} {uid} 1");
+    let mut err_file = std::fs::File::from(err_rd);
+    // The child's own report of a failed step, once it has exited.
+    let child_failure = |err_file: &mut std::fs::File| {
+        let mut buf = vec![];
+        let _ = err_file.read_to_end(&mut buf);
+        syscall::decode_failure(&buf)
+    };
     let setup = (|| -> Result<(), SandboxError> {
         if !root_mode {
             write_file(format!("/proc/{pid}/setgroups"), "deny")?;
         }
         write_file(format!("/proc/{pid}/uid_map"), &format!("{uid_map}\n"))?;
         write_file(format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n"))?;
+        if syscall::send_fds(sync_wr.as_raw_fd(), b'g', &[]) != 1 {
+            return Err(SandboxError::io(
+                "starting the sandbox",
+                std::io::Error::last_os_error(),
+            ));
+        }
         Ok(())
     })();
+    // A child that failed before (creating the network namespace) left
+    // its reason: report that rather than the write it made fail.
+    let mut early_failure = None;
     if let Err(e) = setup {
         kill(&pidfd);
-        return Err(e);
+        match child_failure(&mut err_file) {
+            Some(f) => early_failure = Some(f),
+            None => return Err(e),
+        }
     }
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "namespaces set up");
-    // Go: the child builds its root while we move it into the cgroup (a
-    // cgroup v1 migration waits for an RCU grace period, ~10 ms); it waits
-    // for the second byte before starting the command.
-    let mut sync_file = std::fs::File::from(sync_wr);
-    // Without a cgroup both bytes go at once: one wake-up less.
-    let parent_joins = cgroup.is_some() && cgroup_tasks.is_empty();
-    let go: &[u8] = if parent_joins { b"g" } else { b"gc" };
-    if let Err(e) = std::io::Write::write_all(&mut sync_file, go) {
-        kill(&pidfd);
-        return Err(SandboxError::io("starting the sandbox", e));
-    }
-    if let Some(cg) = cgroup.as_ref().filter(|_| parent_joins) {
-        if let Err(why) = cg.add(pid) {
-            kill(&pidfd);
-            return Err(SandboxError::Layer {
-                layer: Layer::Limits,
-                why,
-                hint: "run as root or delegate a cgroup v2 subtree".into(),
-            });
+
+    // While the child builds its root: note what the upper dir holds
+    // (before the command can write to it), and make the run's cgroup.
+    let volatile = match &workspace {
+        Some((_, WorkspaceMode::Staged { upper, work })) if early_failure.is_none() => {
+            let (state, bytes) = upper_state(upper);
+            Some((work.clone(), state, bytes))
         }
-        tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup joined");
+        _ => None,
+    };
+    let mut cgroup = None;
+    let mut join_fds: Vec<std::fs::File> = vec![];
+    if mech != Mechanism::Rlimit && early_failure.is_none() {
+        match RunCgroup::create(mech, &run_id, &spec.limits) {
+            Ok(cg) => {
+                // cgroup v1: the child moves itself (see join_limits); v2:
+                // moved from here.
+                let joined = match cg.self_join_files() {
+                    Ok(Some(files)) => {
+                        join_fds = files;
+                        Ok(())
+                    }
+                    Ok(None) => cg.add(pid),
+                    Err(why) => Err(why),
+                };
+                if let Err(why) = joined {
+                    kill(&pidfd);
+                    return Err(SandboxError::Layer {
+                        layer: Layer::Limits,
+                        why,
+                        hint: "run as root or delegate a cgroup v2 subtree".into(),
+                    });
+                }
+                cgroup = Some(cg);
+            }
+            Err(e) => {
+                tracing::debug!("cgroup unavailable ({e}); using rlimits");
+                mech = Mechanism::Rlimit;
+            }
+        }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup made");
     }
-    // A child that already failed has closed its end; its report follows.
-    if parent_joins {
-        let _ = std::io::Write::write_all(&mut sync_file, b"c");
+    if early_failure.is_none() {
+        let tag = if wants_cgroup && cgroup.is_none() {
+            b'r'
+        } else {
+            b'c'
+        };
+        let fds: Vec<RawFd> = join_fds.iter().map(|f| f.as_raw_fd()).collect();
+        // A child that already failed has closed its end; its report follows.
+        let _ = syscall::send_fds(sync_wr.as_raw_fd(), tag, &fds);
     }
-    drop(sync_file);
-    let mut buf = vec![];
-    let mut err_file = std::fs::File::from(err_rd);
-    let _ = err_file.read_to_end(&mut buf);
-    if let Some((step, errno)) = syscall::decode_failure(&buf) {
+    drop(join_fds);
+    drop(sync_wr);
+    if let Some((step, errno)) = early_failure.or_else(|| child_failure(&mut err_file)) {
         kill(&pidfd);
         let source = std::io::Error::from_raw_os_error(errno);
         let what = failure_message(step, &descs);
@@ -747,6 +774,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 .map(|c| c.to_string_lossy().to_string())
                 .unwrap_or_default();
             SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), error: source }
+        } else if step == syscall::STEP_NETNS {
+            SandboxError::Namespaces {
+                why: format!("unshare of a new network namespace: {source}"),
+                hint: userns_hint(),
+            }
         } else if step == syscall::STEP_EXEC {
             SandboxError::Exec {
                 cmd: spec.argv[0].clone(),

@@ -33,8 +33,18 @@ impl Mechanism {
 const V1_ROOT: &str = "/sys/fs/cgroup";
 
 /// The cgroup path of this process for a v1 controller (or `""` for v2).
-fn own_cgroup(controller: &str) -> Option<String> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+/// A /proc file in one read: `read_to_string` starts with a small buffer,
+/// and each read of a seq_file regenerates it.
+fn read_proc(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = String::with_capacity(64 * 1024);
+    fs::File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// This process's cgroup for `controller` ("" for v2), from the text of
+/// /proc/self/cgroup.
+fn own_cgroup(text: &str, controller: &str) -> Option<String> {
     for line in text.lines() {
         let mut it = line.splitn(3, ':');
         let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
@@ -47,7 +57,7 @@ fn own_cgroup(controller: &str) -> Option<String> {
 
 /// Where a cgroup2 hierarchy is mounted, if any.
 fn cgroup2_mount() -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let text = read_proc("/proc/self/mountinfo")?;
     for line in text.lines() {
         let (pre, post) = line.split_once(" - ")?;
         if post.starts_with("cgroup2 ") {
@@ -72,9 +82,9 @@ pub fn current_euid() -> u32 {
 }
 
 /// A delegated v2 cgroup where we may create children with memory and pids.
-fn v2_parent() -> Option<PathBuf> {
+fn v2_parent(own_text: &str) -> Option<PathBuf> {
+    let own = own_cgroup(own_text, "")?;
     let mount = cgroup2_mount()?;
-    let own = own_cgroup("")?;
     let dir = mount.join(own.trim_start_matches('/'));
     let ctrl = fs::read_to_string(dir.join("cgroup.subtree_control")).ok()?;
     let has = |c: &str| ctrl.split_whitespace().any(|x| x == c);
@@ -85,8 +95,8 @@ fn v2_parent() -> Option<PathBuf> {
     }
 }
 
-fn v1_dir(controller: &str) -> Option<PathBuf> {
-    let own = own_cgroup(controller)?;
+fn v1_dir(own_text: &str, controller: &str) -> Option<PathBuf> {
+    let own = own_cgroup(own_text, controller)?;
     let dir = Path::new(V1_ROOT)
         .join(controller)
         .join(own.trim_start_matches('/'));
@@ -99,9 +109,10 @@ fn v1_dir(controller: &str) -> Option<PathBuf> {
 
 /// Which mechanism this process can use (without creating anything).
 pub fn detect() -> Mechanism {
-    if v2_parent().is_some() {
+    let own = read_proc("/proc/self/cgroup").unwrap_or_default();
+    if v2_parent(&own).is_some() {
         Mechanism::CgroupV2
-    } else if v1_dir("memory").is_some() && v1_dir("pids").is_some() {
+    } else if v1_dir(&own, "memory").is_some() && v1_dir(&own, "pids").is_some() {
         Mechanism::CgroupV1
     } else {
         Mechanism::Rlimit
@@ -137,6 +148,7 @@ impl RunCgroup {
     /// Create `airlock-<name>` cgroups and set the limits.
     pub fn create(mechanism: Mechanism, name: &str, limits: &Limits) -> Result<RunCgroup, String> {
         let leaf = format!("airlock-{name}");
+        let own = read_proc("/proc/self/cgroup").unwrap_or_default();
         let mut cg = RunCgroup {
             mechanism,
             memory: None,
@@ -146,7 +158,7 @@ impl RunCgroup {
         match mechanism {
             Mechanism::Rlimit => return Err("no cgroup mechanism".into()),
             Mechanism::CgroupV2 => {
-                let parent = v2_parent().ok_or("cgroup v2 not delegated")?;
+                let parent = v2_parent(&own).ok_or("cgroup v2 not delegated")?;
                 let d = parent.join(&leaf);
                 fs::create_dir(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
                 cg.memory = Some(d.clone());
@@ -160,12 +172,12 @@ impl RunCgroup {
                 }
             }
             Mechanism::CgroupV1 => {
-                let md = v1_dir("memory")
+                let md = v1_dir(&own, "memory")
                     .ok_or("cgroup v1 memory controller not writable")?
                     .join(&leaf);
                 fs::create_dir(&md).map_err(|e| format!("mkdir {}: {e}", md.display()))?;
                 cg.memory = Some(md.clone());
-                let pd = v1_dir("pids")
+                let pd = v1_dir(&own, "pids")
                     .ok_or("cgroup v1 pids controller not writable")?
                     .join(&leaf);
                 fs::create_dir(&pd).map_err(|e| format!("mkdir {}: {e}", pd.display()))?;

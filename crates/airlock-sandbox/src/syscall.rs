@@ -203,10 +203,19 @@ pub(crate) struct ChildPlan {
     /// tree (`open_tree(OPEN_TREE_CLONE)`), used with [`MountOp::MoveTree`].
     pub src_clone: Vec<usize>,
     pub src_base: c_int,
+    /// The child's end of the sync socket (`SOCK_SEQPACKET`). Two messages
+    /// come over it: `g` once the id maps are written, then, before the
+    /// command is started, `c` with the cgroup v1 `tasks` files (opened by
+    /// the parent) to write `0` to, if any, or `r` when the run's cgroup
+    /// could not be made and `fallback_rlimits` apply instead.
     pub sync_rd: RawFd,
-    /// The parent's end of the sync pipe (closed first thing in the child,
-    /// so that the parent's death reads as end-of-file).
+    /// The parent's end of the sync socket (closed first thing in the
+    /// child, so that the parent's death reads as end-of-file).
     pub sync_wr: RawFd,
+    /// Create the network namespace with `unshare` in the child (while the
+    /// parent writes the id maps and makes the cgroup) instead of in
+    /// `clone3`.
+    pub unshare_net: bool,
     /// Read end of the lifeline pipe: its write end lives as long as the
     /// parent's [`crate::Running`]; when it hangs up, init exits and the
     /// kernel kills everything in the pid namespace.
@@ -220,8 +229,8 @@ pub(crate) struct ChildPlan {
     pub loopback: bool,
     pub cwd: CString,
     pub rlimits: Vec<(c_int, u64, u64)>,
-    /// cgroup v1 `tasks` files (opened by the parent) to write `0` to.
-    pub cgroup_tasks: Vec<RawFd>,
+    /// rlimits applied on an `r` message (see `sync_rd`).
+    pub fallback_rlimits: Vec<(c_int, u64, u64)>,
     pub landlock: Option<LandlockPlan>,
     pub seccomp: Vec<Vec<libc::sock_filter>>,
     /// Index in `seccomp` of the filter installed with a notification
@@ -274,6 +283,7 @@ pub(crate) const STEP_STDIO: u32 = 10_014;
 pub(crate) const STEP_EXEC: u32 = 10_015;
 pub(crate) const STEP_NOTIFY: u32 = 10_016;
 pub(crate) const STEP_CGROUP: u32 = 10_017;
+pub(crate) const STEP_NETNS: u32 = 10_018;
 /// Opening mount source `i` failed: step `STEP_SRC + i`.
 pub(crate) const STEP_SRC: u32 = 20_000;
 
@@ -1146,26 +1156,39 @@ fn loopback_up() -> c_int {
 }
 
 fn send_fd(sock: RawFd, fd: RawFd) -> c_int {
-    let mut byte = [0u8; 1];
+    send_fds(sock, 0, &[fd])
+}
+
+/// Send the byte `tag` with up to four descriptors (SCM_RIGHTS).
+/// Async-signal-safe; returns sendmsg's result.
+pub(crate) fn send_fds(sock: RawFd, tag: u8, fds: &[RawFd]) -> c_int {
+    let fds = &fds[..fds.len().min(4)];
+    let mut byte = [tag];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr() as *mut c_void,
         iov_len: 1,
     };
     let mut cbuf = [0u64; 8];
+    let bytes = std::mem::size_of_val(fds) as u32;
     // SAFETY: builds an SCM_RIGHTS control message in a stack buffer large
-    // enough for one descriptor, then sendmsg.
+    // enough for four descriptors (or none), then sendmsg.
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as usize;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut c_int, fd);
-        libc::sendmsg(sock, &msg, 0) as c_int
+        if !fds.is_empty() {
+            msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
+            msg.msg_controllen = libc::CMSG_SPACE(bytes) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+            let data = libc::CMSG_DATA(c) as *mut c_int;
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), *fd);
+            }
+        }
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) as c_int
     }
 }
 
@@ -1251,15 +1274,12 @@ fn child_main(p: &ChildPlan) -> ! {
         // cleared once the lifeline pipe takes over, below.)
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
         libc::close(p.sync_wr);
+        if p.unshare_net && libc::unshare(libc::CLONE_NEWNET) < 0 {
+            fail(ew, STEP_NETNS, errno());
+        }
         let mut b = [0u8; 1];
         if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
             libc::_exit(1);
-        }
-        // Join the run's cgroup (v1): this single thread moves itself.
-        for &fd in &p.cgroup_tasks {
-            if libc::write(fd, c"0".as_ptr() as *const c_void, 1) != 1 {
-                fail(ew, STEP_CGROUP, errno());
-            }
         }
 
         // Mount sources: first with the credentials we were cloned with (as
@@ -1405,12 +1425,9 @@ fn child_main(p: &ChildPlan) -> ! {
             fail(ew, STEP_FORK, errno());
         }
 
-        // The second byte: the parent has put us into the run's cgroup (so
-        // the command and all it starts are counted there).
-        if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
-            fail(ew, STEP_SYNC, libc::EPIPE);
-        }
-        libc::close(p.sync_rd);
+        // The second message: the run's cgroup is ready (so the command and
+        // all it starts are counted there), or it could not be made.
+        join_limits(p);
 
         let pid = libc::syscall(
             libc::SYS_clone,
@@ -1486,6 +1503,62 @@ fn child_main(p: &ChildPlan) -> ! {
             } else if libc::kill(-pid, sig) < 0 {
                 libc::kill(pid, sig);
             }
+        }
+    }
+}
+
+/// Receive the second sync message: join the run's cgroup (v1: this single
+/// thread moves itself by writing `0` to each `tasks` file sent along, which
+/// unlike a move by another process waits for no RCU grace period), or
+/// apply the fallback rlimits. Async-signal-safe.
+fn join_limits(p: &ChildPlan) {
+    let ew = p.err_wr;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut c_void,
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: recvmsg into stack buffers described by msg; the control
+    // buffer is walked with the CMSG macros within the length the kernel
+    // reports, and each descriptor received is ours to write and close.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        if libc::recvmsg(p.sync_rd, &mut msg, libc::MSG_CMSG_CLOEXEC) != 1
+            || msg.msg_flags & libc::MSG_CTRUNC != 0
+        {
+            fail(ew, STEP_SYNC, libc::EPIPE);
+        }
+        libc::close(p.sync_rd);
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+        {
+            let data = libc::CMSG_DATA(c) as *const c_int;
+            let n = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
+            for i in 0..n {
+                let fd = std::ptr::read_unaligned(data.add(i));
+                if libc::write(fd, c"0".as_ptr() as *const c_void, 1) != 1 {
+                    fail(ew, STEP_CGROUP, errno());
+                }
+                libc::close(fd);
+            }
+        }
+        if byte[0] == b'r' {
+            for &(res, cur, max) in &p.fallback_rlimits {
+                let rl = libc::rlimit {
+                    rlim_cur: cur,
+                    rlim_max: max,
+                };
+                if libc::setrlimit(res as _, &rl) < 0 {
+                    fail(ew, STEP_RLIMIT, errno());
+                }
+            }
+        } else if byte[0] != b'c' {
+            fail(ew, STEP_SYNC, libc::EPROTO);
         }
     }
 }
