@@ -629,6 +629,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         envp,
         envp_ptrs: vec![],
         stdio,
+        command_stack: Vec::with_capacity(64 * 1024),
     };
     plan.seal();
 

@@ -244,6 +244,9 @@ pub(crate) struct ChildPlan {
     pub envp_ptrs: Vec<*const c_char>,
     /// Descriptors to install as 0, 1 and 2 (`-1`: leave as is).
     pub stdio: [RawFd; 3],
+    /// Stack of the command process between its clone and its execve
+    /// (only its capacity is used; nothing reads it).
+    pub command_stack: Vec<u8>,
 }
 
 impl ChildPlan {
@@ -1429,21 +1432,20 @@ fn child_main(p: &ChildPlan) -> ! {
         // all it starts are counted there), or it could not be made.
         join_limits(p);
 
-        let pid = libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
+        // The command process shares init's memory until its execve, and
+        // init waits for that (vfork), so no copy of the address space is
+        // made for a process about to replace it. It runs on its own stack
+        // (`command_stack`) and, like init, only makes system calls.
+        let top = (p.command_stack.as_ptr() as usize + p.command_stack.capacity()) & !15;
+        let pid = libc::clone(
+            command_entry,
+            top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            p as *const ChildPlan as *mut c_void,
         );
         if pid < 0 {
             fail(ew, STEP_FORK, errno());
         }
-        if pid == 0 {
-            command_main(p);
-        }
-        let pid = pid as libc::pid_t;
 
         // From here the lifeline pipe tells us when the parent is gone.
         libc::prctl(libc::PR_SET_PDEATHSIG, 0 as c_ulong, 0, 0, 0);
@@ -1582,6 +1584,15 @@ fn close_all_but(keep: &[c_int]) {
     }
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from as u32, c_int::MAX as u32, 0u32) };
+}
+
+/// Entry of the command process started by `clone` in [`child_main`].
+extern "C" fn command_entry(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the plan init passed to clone; init is suspended
+    // (CLONE_VFORK) until this process execs or exits, so the plan stays
+    // alive and unchanged.
+    let p = unsafe { &*(arg as *const ChildPlan) };
+    command_main(p)
 }
 
 /// The command process: default signal state, new session, stdio, exec.
