@@ -45,7 +45,9 @@ mod volatile;
 use airlock_core::ErrorCode;
 
 pub use diff::MAX_DIFF_BYTES;
-pub use volatile::{boot_id, close_volatile, record_boot, volatile_state, VolatileState};
+pub use volatile::{
+    boot_id, close_volatile, record_boot, sweep_closed, volatile_state, VolatileState, BOOT_ID_FILE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {

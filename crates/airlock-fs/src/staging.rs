@@ -588,8 +588,14 @@ pub(crate) fn remove_tree<Fd: AsFd>(dir: Fd, name: &str, shown: &str) -> Result<
                     RESOLVE_STRICT,
                 )
                 .map_err(|e| sys::io(shown, e))?;
-                rustix::fs::fchmod(&p, Mode::from_raw_mode(0o700))
-                    .map_err(|e| sys::io(shown, e))?;
+                // fchmod refuses an O_PATH descriptor (EBADF); its
+                // /proc/self/fd link names exactly this inode.
+                use std::os::fd::AsRawFd;
+                rustix::fs::chmod(
+                    format!("/proc/self/fd/{}", p.as_raw_fd()).as_str(),
+                    Mode::from_raw_mode(0o700),
+                )
+                .map_err(|e| sys::io(shown, e))?;
                 open_dir_strict(dir, name).map_err(|e| sys::io(shown, e))?
             }
             Err(e) => return Err(sys::io(shown, e)),

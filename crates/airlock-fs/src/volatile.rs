@@ -11,6 +11,11 @@
 //! command changed the upper dir, and only then removes the marker
 //! ([`close_volatile`]).
 //!
+//! Closing moves the kernel's work dir (`work/work`, marker included) aside
+//! to `work/closed-*` in one rename, and [`sweep_closed`] removes such
+//! directories later: the sandbox does it while a new sandbox builds its
+//! root, off the path of any run. The next mount creates `work/work` anew.
+//!
 //! A marker left from the current boot only means that the process that
 //! mounted died before that step: the page cache still holds everything, so
 //! a sync and the removal close it. A marker from an earlier boot means the
@@ -93,26 +98,54 @@ pub fn record_boot(work: &Path) -> std::io::Result<()> {
 /// Close a volatile mount of `upper`/`work` that is no longer mounted:
 /// with `sync`, first sync the filesystem holding `upper` (a failure keeps
 /// the marker, so a later crash is still noticed); then remove the marker.
+///
+/// The marker goes with the kernel's whole work dir, moved to
+/// `work/closed-*` (see [`sweep_closed`]). Nothing to do when that dir is
+/// absent (no mount since the last close).
 pub fn close_volatile(upper: &Path, work: &Path, sync: bool) -> std::io::Result<()> {
-    let m = marker(work);
-    if std::fs::symlink_metadata(&m).is_err() {
+    let inner = work.join("work");
+    if std::fs::symlink_metadata(&inner).is_err() {
         return Ok(());
     }
     if sync {
         let d = std::fs::File::open(upper)?;
         rustix::fs::syncfs(&d)?;
     }
-    let incompat = work.join("work/incompat");
-    for e in std::fs::read_dir(&m)? {
-        let p = e?.path();
-        if p.is_dir() {
-            std::fs::remove_dir(&p)?;
-        } else {
-            std::fs::remove_file(&p)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let aside = work.join(format!("{CLOSED_PREFIX}{}-{nanos}", std::process::id()));
+    std::fs::rename(&inner, aside)
+}
+
+/// Name prefix of a closed mount's work dir in the area's work dir.
+const CLOSED_PREFIX: &str = "closed-";
+
+/// Remove the work dirs of closed mounts (`work/closed-*`) left by
+/// [`close_volatile`]. Best effort: what cannot be removed now is tried
+/// again next time. Returns how many were removed.
+pub fn sweep_closed(work: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return 0;
+    };
+    let Ok(dir) = std::fs::File::open(work) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(CLOSED_PREFIX) {
+            continue;
+        }
+        let shown = work.join(name).display().to_string();
+        match crate::staging::remove_tree(&dir, name, &shown) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::debug!("removing {shown}: {e}"),
         }
     }
-    std::fs::remove_dir(&m)?;
-    std::fs::remove_dir(&incompat)
+    n
 }
 
 #[cfg(test)]
@@ -138,8 +171,25 @@ mod tests {
         assert_eq!(volatile_state(&work), VolatileState::ThisBoot);
         close_volatile(&upper, &work, true).unwrap();
         assert_eq!(volatile_state(&work), VolatileState::Clean);
-        assert!(work.join("work").is_dir());
+        // The kernel's work dir, marker and all, was moved aside...
+        assert!(!work.join("work").exists());
+        let closed = |w: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(w)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(CLOSED_PREFIX))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(closed(&work).len(), 1);
         // Closing twice is fine.
         close_volatile(&upper, &work, false).unwrap();
+        assert_eq!(closed(&work).len(), 1);
+        // ...and is swept later, 000 directories and all; the boot id stays.
+        assert_eq!(sweep_closed(&work), 1);
+        assert!(closed(&work).is_empty());
+        assert!(work.join(BOOT_ID_FILE).is_file());
+        assert_eq!(sweep_closed(&work), 0);
     }
 }

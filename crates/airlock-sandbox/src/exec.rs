@@ -756,6 +756,13 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     }
     drop(join_fds);
     drop(sync_wr);
+    // Still building its root: remove earlier runs' closed overlay work
+    // dirs meanwhile (see airlock_fs::close_volatile).
+    if let Some((_, WorkspaceMode::Staged { work, .. })) = &workspace {
+        if early_failure.is_none() {
+            airlock_fs::sweep_closed(work);
+        }
+    }
     if let Some((step, errno)) = early_failure.or_else(|| child_failure(&mut err_file)) {
         kill(&pidfd);
         let source = std::io::Error::from_raw_os_error(errno);

@@ -109,3 +109,39 @@ sandbox_test! {
         }
     }
 }
+
+sandbox_test! {
+    fn the_overlay_is_closed_after_each_run_and_a_crash_is_refused() {
+        let f = Fixture::new();
+        let work = f.path().join("work");
+        let Some(o) = try_run(&f.sh("echo one > a.txt")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        // Closed: no work dir (and so no volatile marker) where the kernel
+        // looks for one; the closed one moved aside.
+        assert!(!work.join("work").exists());
+        let closed = || {
+            std::fs::read_dir(&work)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("closed-"))
+                .count()
+        };
+        assert_eq!(closed(), 1);
+        // The next run sweeps it and closes its own.
+        let o = try_run(&f.sh("cat a.txt")).unwrap();
+        assert_eq!(stdout(&o).trim(), "one");
+        assert_eq!(closed(), 1);
+        // A marker left by a mount from an earlier boot (the machine went
+        // down while staged data may not have reached the disk): refused.
+        std::fs::create_dir_all(work.join("work/incompat/volatile")).unwrap();
+        std::fs::write(work.join(airlock_fs::BOOT_ID_FILE), "an-earlier-boot\n").unwrap();
+        let err = airlock_sandbox::spawn(&f.sh("true")).err().expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("went down"), "{msg}");
+        // Left by a process of this boot that died: closed, then the run goes on.
+        let boot = airlock_fs::boot_id().unwrap();
+        std::fs::write(work.join(airlock_fs::BOOT_ID_FILE), format!("{boot}\n")).unwrap();
+        let o = try_run(&f.sh("cat a.txt")).unwrap();
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        assert!(!work.join("work").exists());
+    }
+}
