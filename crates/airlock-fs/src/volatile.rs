@@ -111,12 +111,21 @@ pub fn close_volatile(upper: &Path, work: &Path, sync: bool) -> std::io::Result<
         let d = std::fs::File::open(upper)?;
         rustix::fs::syncfs(&d)?;
     }
+    set_aside(work, &inner)
+}
+
+/// Move `path` (a directory on the filesystem of `work`, an overlay work
+/// dir) into `work` under a fresh `closed-*` name, for [`sweep_closed`] to
+/// remove later: one rename now instead of the removal.
+pub fn set_aside(work: &Path, path: &Path) -> std::io::Result<()> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let aside = work.join(format!("{CLOSED_PREFIX}{}-{nanos}", std::process::id()));
-    std::fs::rename(&inner, aside)
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let aside = work.join(format!("{CLOSED_PREFIX}{}-{nanos}-{n}", std::process::id()));
+    std::fs::rename(path, aside)
 }
 
 /// Name prefix of a closed mount's work dir in the area's work dir.

@@ -944,7 +944,7 @@ impl PlaceholderGuard {
 }
 impl Drop for PlaceholderGuard {
     fn drop(&mut self) {
-        mounts::remove_placeholders(&self.0);
+        mounts::remove_placeholders(&self.0, None);
     }
 }
 
@@ -1349,7 +1349,8 @@ impl Running {
             }
             _ => false,
         };
-        mounts::remove_placeholders(&self.placeholders);
+        let work = self.volatile.as_ref().map(|(w, _, _)| w.clone());
+        mounts::remove_placeholders(&self.placeholders, work.as_deref());
         self.close_overlay(changed);
         tracing::debug!(
             us = self.start.elapsed().as_micros() as u64,
@@ -1432,7 +1433,7 @@ impl Drop for Running {
             // Dropped without wait(): kill and reap so nothing outlives us.
             let _ = syscall::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
             let _ = syscall::wait_pidfd(self.pidfd.as_raw_fd());
-            mounts::remove_placeholders(&self.placeholders);
+            mounts::remove_placeholders(&self.placeholders, None);
             self.close_overlay(true);
         }
     }

@@ -920,16 +920,25 @@ fn make_placeholders(
     Ok(out)
 }
 
-/// Remove placeholders created by [`build`] (empty ones only).
-pub(crate) fn remove_placeholders(paths: &[PathBuf]) {
+/// Remove placeholders created by [`build`] (empty ones only). With
+/// `aside` (the overlay's work dir), empty directories are moved there for
+/// `airlock_fs::sweep_closed` instead: a rename costs a fraction of an
+/// `rmdir` on a journalling filesystem.
+pub(crate) fn remove_placeholders(paths: &[PathBuf], aside: Option<&Path>) {
     let mut paths = paths.to_vec();
     paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in &paths {
         let Ok(md) = std::fs::symlink_metadata(p) else {
             continue;
         };
+        let empty = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
         let r = if md.is_dir() {
-            std::fs::remove_dir(p)
+            match aside {
+                Some(work) if empty(p) => {
+                    airlock_fs::set_aside(work, p).or_else(|_| std::fs::remove_dir(p))
+                }
+                _ => std::fs::remove_dir(p),
+            }
         } else if md.len() == 0 {
             std::fs::remove_file(p)
         } else {
@@ -1046,7 +1055,37 @@ mod tests {
         assert!(upper.join(".git/hooks").is_dir());
         assert!(upper.join(".git/config").is_file());
         let all: Vec<PathBuf> = made.into_iter().flat_map(|(_, c)| c).collect();
-        remove_placeholders(&all);
+        remove_placeholders(&all, None);
         assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0);
+
+        // Again, setting empty directories aside in a work dir; a staged
+        // file in a placeholder's parent keeps that parent where it is.
+        let work = t.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let made = make_placeholders(&ws, &upper, &p, &f, None).unwrap();
+        std::fs::write(upper.join("sub/.git/index"), "staged").unwrap();
+        let all: Vec<PathBuf> = made.into_iter().flat_map(|(_, c)| c).collect();
+        remove_placeholders(&all, Some(&work));
+        let left: Vec<_> = walkdir(&upper);
+        assert_eq!(left, vec!["sub", "sub/.git", "sub/.git/index"]);
+        assert!(std::fs::read_dir(&work).unwrap().count() >= 1);
+        assert!(airlock_fs::sweep_closed(&work) >= 1);
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
+
+    fn walkdir(root: &Path) -> Vec<String> {
+        let mut out = vec![];
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+                if p.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
     }
 }
