@@ -455,8 +455,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "layers prepared");
     let fd_base = fd_base()?;
     let ws_ref = workspace.as_ref().map(|(b, m)| (b.as_path(), m));
-    let prot_ok = !degraded_ok(Layer::ProtectedPaths);
-    let plan = match mounts::build(&RootInputs {
+    let chown_to = if root_mode { Some((uid, gid)) } else { None };
+    let plan = mounts::build(&RootInputs {
         workspace: ws_ref,
         allow_read: &allow_read,
         allow_write: &allow_write,
@@ -464,42 +464,17 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         home: home.as_deref(),
         hosts_file,
         protected: Some(&spec.protected),
-        chown_to: if root_mode { Some((uid, gid)) } else { None },
         fd_base,
         ws_tree: ws_tree.as_ref().map(|f| f.as_raw_fd()),
-    }) {
-        Ok(p) => p,
-        Err(SandboxError::Layer {
-            layer: Layer::ProtectedPaths,
-            why,
-            ..
-        }) if !prot_ok => {
-            degraded.push((Layer::ProtectedPaths, why));
-            mounts::build(&RootInputs {
-                workspace: ws_ref,
-                allow_read: &allow_read,
-                allow_write: &allow_write,
-                hidden: &hidden,
-                home: home.as_deref(),
-                hosts_file: None,
-                protected: None,
-                chown_to: None,
-                fd_base,
-                ws_tree: ws_tree.as_ref().map(|f| f.as_raw_fd()),
-            })?
-        }
-        Err(e) => return Err(e),
-    };
+    })?;
     let mounts::RootPlan {
         ops,
         descs,
         landlock: ll_paths,
-        protected_mounted,
-        placeholders,
         srcs,
         src_clone,
+        protect_pending,
     } = plan;
-    let cleanup_placeholders = PlaceholderGuard(placeholders);
 
     let landlock = match ll_setup {
         None => None,
@@ -703,6 +678,50 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     }
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "namespaces set up");
 
+    // While the child builds its root: find the protected paths, make
+    // their placeholders (before the child mounts the overlay: it waits for
+    // `w`), and send the paths for it to bind read-only.
+    let mut cleanup_placeholders = PlaceholderGuard(vec![]);
+    let mut protected_mounted = vec![];
+    if let (true, None, Some((ws, mode))) = (protect_pending, &early_failure, &workspace) {
+        let sock = sync_wr.as_raw_fd();
+        // A child that already failed has closed its end; its report follows.
+        match mounts::protection(ws, mode, &spec.protected, chown_to) {
+            Ok(pr) => {
+                cleanup_placeholders = PlaceholderGuard(pr.placeholders);
+                let _ = syscall::send_msg(sock, b"w");
+                let mut msg = vec![b'p'];
+                for path in &pr.inside {
+                    let bytes = path.as_bytes_with_nul();
+                    if msg.len() + bytes.len() > syscall::PROTECT_MSG_MAX {
+                        let _ = syscall::send_msg(sock, &msg);
+                        msg.truncate(1);
+                    }
+                    msg.extend_from_slice(bytes);
+                }
+                if msg.len() > 1 {
+                    let _ = syscall::send_msg(sock, &msg);
+                }
+                let _ = syscall::send_msg(sock, b"P");
+                protected_mounted = pr.rels;
+            }
+            Err(SandboxError::Layer {
+                layer: Layer::ProtectedPaths,
+                why,
+                ..
+            }) if degraded_ok(Layer::ProtectedPaths) => {
+                degraded.push((Layer::ProtectedPaths, why));
+                let _ = syscall::send_msg(sock, b"w");
+                let _ = syscall::send_msg(sock, b"P");
+            }
+            Err(e) => {
+                kill(&pidfd);
+                return Err(e);
+            }
+        }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "protected paths sent");
+    }
+
     // While the child builds its root: note what the upper dir holds
     // (before the command can write to it), and make the run's cgroup.
     let volatile = match &workspace {
@@ -766,7 +785,16 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     if let Some((step, errno)) = early_failure.or_else(|| child_failure(&mut err_file)) {
         kill(&pidfd);
         let source = std::io::Error::from_raw_os_error(errno);
-        let what = failure_message(step, &descs);
+        let what = match step.checked_sub(syscall::STEP_PROTECT) {
+            Some(k) => format!(
+                "binding the protected path {} read-only",
+                protected_mounted
+                    .get(k as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?")
+            ),
+            None => failure_message(step, &descs),
+        };
         let is_overlay =
             (step as usize) < descs.len() && descs[step as usize].starts_with("mount overlay");
         return Err(if is_overlay {
@@ -775,7 +803,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 why: format!("{what}: {source}"),
                 hint: "Linux 5.11+ (overlayfs in user namespaces) with the upper dir on a filesystem supporting user xattrs (ext4, xfs, btrfs, tmpfs 6.6+)".into(),
             }
-        } else if step >= syscall::STEP_SRC {
+        } else if (syscall::STEP_SRC..syscall::STEP_PROTECT).contains(&step) {
             let path = plan
                 .srcs
                 .get((step - syscall::STEP_SRC) as usize)

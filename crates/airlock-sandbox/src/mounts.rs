@@ -67,15 +67,60 @@ pub(crate) struct RootPlan {
     pub descs: Vec<String>,
     /// (inside path, class, is_dir)
     pub landlock: Vec<(PathBuf, Access, bool)>,
-    pub protected_mounted: Vec<String>,
-    /// Placeholders created in the upper dir (removed after the run),
-    /// deepest first.
-    pub placeholders: Vec<PathBuf>,
     /// Mount sources (host paths) the child opens as `/proc/self/fd/N`,
     /// `N = fd_base + index`.
     pub srcs: Vec<CString>,
     /// Indexes in `srcs` to clone with `open_tree` (see `Builder::bind`).
     pub src_clone: Vec<usize>,
+    /// The plan has [`MountOp::AwaitWalk`] and [`MountOp::ProtectReceived`]:
+    /// the parent must walk the workspace ([`protection`]) and send the
+    /// result once the child is running.
+    pub protect_pending: bool,
+}
+
+/// The protected paths of a writable workspace, found after the clone
+/// while the child builds the rest of its root.
+#[derive(Debug, Default)]
+pub(crate) struct Protection {
+    /// Relative paths (`/`-separated) bound read-only, in order.
+    pub rels: Vec<String>,
+    /// The same, as seen in the child before `pivot_root`.
+    pub inside: Vec<CString>,
+    /// Placeholders created (deepest first per protected path).
+    pub placeholders: Vec<PathBuf>,
+}
+
+/// Walk the workspace `ws` (and the staged upper dir) for protected paths
+/// and create placeholders for the concrete ones that do not exist yet
+/// inside `.git` directories.
+pub(crate) fn protection(
+    ws: &Path,
+    mode: &WorkspaceMode,
+    prot: &airlock_fs::ProtectedPaths,
+    chown_to: Option<(u32, u32)>,
+) -> Result<Protection, SandboxError> {
+    let upper = match mode {
+        WorkspaceMode::Staged { upper, .. } => Some(upper.as_path()),
+        _ => None,
+    };
+    tracing::debug!("walking the workspace for protected paths");
+    let found = walk_protected(ws, upper, prot)?;
+    tracing::debug!(found = found.existing.len(), "protected paths found");
+    let mut out = Protection::default();
+    // Staged: placeholders go to the upper dir (never committed:
+    // protected). Write-through: into the real tree for the run.
+    let target = upper.unwrap_or(ws);
+    let made = make_placeholders(ws, target, prot, &found, chown_to)?;
+    for (rel, created) in made {
+        out.placeholders.extend(created);
+        out.inside.push(cs(nr(&ws.join(&rel)))?);
+        out.rels.push(rel);
+    }
+    for rel in found.existing {
+        out.inside.push(cs(nr(&ws.join(&rel)))?);
+        out.rels.push(rel);
+    }
+    Ok(out)
 }
 
 fn cs(p: impl AsRef<Path>) -> Result<CString, SandboxError> {
@@ -96,9 +141,8 @@ pub(crate) struct RootInputs<'a> {
     pub hidden: &'a [PathBuf],
     pub home: Option<&'a Path>,
     pub hosts_file: Option<Vec<u8>>,
+    /// Protected paths (found after the clone; see [`protection`]).
     pub protected: Option<&'a airlock_fs::ProtectedPaths>,
-    /// owner to give placeholder parents created in the upper dir (root mode).
-    pub chown_to: Option<(u32, u32)>,
     /// First descriptor number for mount sources in the child.
     pub fd_base: i32,
     /// A descriptor (inherited by the child) holding an idmapped detached
@@ -113,27 +157,6 @@ struct Builder {
 }
 
 impl Builder {
-    /// Bind `inside` onto itself and make it read-only (a protected path).
-    fn protect(&mut self, inside: &Path) -> Result<(), SandboxError> {
-        let p = cs(nr(inside))?;
-        let desc = format!("protect {}", inside.display());
-        self.op(
-            MountOp::Bind {
-                src: p.clone(),
-                dst: p.clone(),
-            },
-            desc.clone(),
-        );
-        self.op(
-            MountOp::ReadOnly {
-                path: p,
-                recursive: true,
-            },
-            desc,
-        );
-        Ok(())
-    }
-
     fn op(&mut self, op: MountOp, desc: String) {
         self.plan.ops.push(op);
         self.plan.descs.push(desc);
@@ -235,13 +258,16 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
             ops: vec![],
             descs: vec![],
             landlock: vec![],
-            protected_mounted: vec![],
-            placeholders: vec![],
             srcs: vec![],
             src_clone: vec![],
+            protect_pending: false,
         },
         fd_base: inp.fd_base,
     };
+    let protect = inp.protected.is_some()
+        && inp
+            .workspace
+            .is_some_and(|(_, m)| !matches!(m, WorkspaceMode::ReadOnly));
     b.op(MountOp::MakePrivate, "make mounts private".into());
     b.op(
         MountOp::Tmpfs {
@@ -505,6 +531,15 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         }
     }
 
+    // The placeholders of protected paths must be in the upper dir before
+    // the overlay is mounted over it.
+    if protect {
+        b.op(
+            MountOp::AwaitWalk,
+            "waiting for the protected-path walk".into(),
+        );
+    }
+
     // Workspace and grants, parents first.
     enum G<'a> {
         Ws(&'a WorkspaceMode),
@@ -605,32 +640,13 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         );
     }
 
-    // Protected paths in a writable workspace.
-    if let (Some((ws, mode)), Some(prot)) = (inp.workspace, inp.protected) {
-        if !matches!(mode, WorkspaceMode::ReadOnly) {
-            let upper = match mode {
-                WorkspaceMode::Staged { upper, .. } => Some(upper.as_path()),
-                _ => None,
-            };
-            tracing::debug!("walking the workspace for protected paths");
-            let found = walk_protected(ws, upper, prot)?;
-            tracing::debug!(found = found.existing.len(), "protected paths found");
-            {
-                // Staged: placeholders go to the upper dir (never committed:
-                // protected). Write-through: into the real tree for the run.
-                let target = upper.unwrap_or(ws);
-                let made = make_placeholders(ws, target, prot, &found, inp.chown_to)?;
-                for (rel, created) in made {
-                    b.plan.placeholders.extend(created);
-                    b.protect(&ws.join(&rel))?;
-                    b.plan.protected_mounted.push(rel);
-                }
-            }
-            for rel in found.existing {
-                b.protect(&ws.join(&rel))?;
-                b.plan.protected_mounted.push(rel);
-            }
-        }
+    // Protected paths in a writable workspace (see `protection`).
+    if protect {
+        b.op(
+            MountOp::ProtectReceived,
+            "binding protected paths read-only".into(),
+        );
+        b.plan.protect_pending = true;
     }
 
     b.op(

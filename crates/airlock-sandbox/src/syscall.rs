@@ -183,7 +183,19 @@ pub(crate) enum MountOp {
     Overlay { target: CString, opts: CString },
     /// `pivot_root` into `newroot` and detach the old root.
     PivotRoot { newroot: CString },
+    /// Wait for the parent's `w` message: the protected-path walk is done
+    /// and its placeholders are in the upper dir (before the overlay is
+    /// mounted over it).
+    AwaitWalk,
+    /// Receive the protected paths (`p` messages of NUL-terminated paths,
+    /// then `P`) and bind each onto itself read-only. A failure on the
+    /// `k`-th path is reported as step `STEP_PROTECT + k`.
+    ProtectReceived,
 }
+
+/// Largest message of protected paths the parent sends (one path is at
+/// most PATH_MAX, 4096 bytes with its NUL).
+pub(crate) const PROTECT_MSG_MAX: usize = 8192;
 
 /// Landlock rules added in the child (paths as seen after `pivot_root`).
 pub(crate) struct LandlockPlan {
@@ -287,6 +299,8 @@ pub(crate) const STEP_EXEC: u32 = 10_015;
 pub(crate) const STEP_NOTIFY: u32 = 10_016;
 pub(crate) const STEP_CGROUP: u32 = 10_017;
 pub(crate) const STEP_NETNS: u32 = 10_018;
+/// Binding protected path `k` read-only failed: step `STEP_PROTECT + k`.
+pub(crate) const STEP_PROTECT: u32 = 40_000;
 /// Opening mount source `i` failed: step `STEP_SRC + i`.
 pub(crate) const STEP_SRC: u32 = 20_000;
 
@@ -1077,6 +1091,8 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
                 libc::chdir(c"/".as_ptr())
             }
         }
+        // Handled by child_main (they talk to the parent).
+        MountOp::AwaitWalk | MountOp::ProtectReceived => 0,
     };
     if r < 0 {
         Err(errno())
@@ -1308,7 +1324,15 @@ fn child_main(p: &ChildPlan) -> ! {
         open_srcs(p, true);
 
         for (i, op) in p.ops.iter().enumerate() {
-            if let Err(e) = run_op(op) {
+            let r = match op {
+                MountOp::AwaitWalk => await_walk(p),
+                MountOp::ProtectReceived => {
+                    protect_received(p);
+                    Ok(())
+                }
+                _ => run_op(op),
+            };
+            if let Err(e) = r {
                 fail(ew, i as u32, e);
             }
         }
@@ -1563,6 +1587,82 @@ fn join_limits(p: &ChildPlan) {
             fail(ew, STEP_SYNC, libc::EPROTO);
         }
     }
+}
+
+/// Receive one message from the parent into `buf`; end of file, an error
+/// or a message that fills `buf` (it may have been cut) fail the step.
+fn recv_msg<'a>(p: &ChildPlan, buf: &'a mut [u8]) -> &'a [u8] {
+    // SAFETY: recv into a stack buffer of the length passed.
+    let n = unsafe { libc::recv(p.sync_rd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0) };
+    if n <= 0 {
+        fail(p.err_wr, STEP_SYNC, libc::EPIPE);
+    }
+    if n as usize >= buf.len() {
+        fail(p.err_wr, STEP_SYNC, libc::EMSGSIZE);
+    }
+    &buf[..n as usize]
+}
+
+/// [`MountOp::AwaitWalk`].
+fn await_walk(p: &ChildPlan) -> Result<(), c_int> {
+    let mut buf = [0u8; 16];
+    match recv_msg(p, &mut buf) {
+        [b'w'] => Ok(()),
+        _ => Err(libc::EPROTO),
+    }
+}
+
+/// [`MountOp::ProtectReceived`]: bind each protected path the parent sends
+/// onto itself, read-only (recursively), as it arrives.
+fn protect_received(p: &ChildPlan) {
+    let ew = p.err_wr;
+    let mut buf = [0u8; PROTECT_MSG_MAX + 1];
+    let mut k: u32 = 0;
+    loop {
+        let msg = recv_msg(p, &mut buf);
+        let mut rest = match msg.split_first() {
+            Some((b'P', [])) => return,
+            Some((b'p', rest)) => rest,
+            _ => fail(ew, STEP_SYNC, libc::EPROTO),
+        };
+        while !rest.is_empty() {
+            let Some(end) = rest.iter().position(|&b| b == 0) else {
+                fail(ew, STEP_SYNC, libc::EPROTO)
+            };
+            let Ok(path) = CStr::from_bytes_with_nul(&rest[..=end]) else {
+                fail(ew, STEP_SYNC, libc::EPROTO)
+            };
+            let bound = sys_mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                (libc::MS_BIND | libc::MS_REC) as c_ulong,
+                std::ptr::null(),
+            );
+            if bound < 0 || setattr(path, MOUNT_ATTR_RDONLY, true) < 0 {
+                fail(ew, STEP_PROTECT + k, errno());
+            }
+            k += 1;
+            rest = &rest[end + 1..];
+        }
+    }
+}
+
+/// Send `msg` as one message (no SIGPIPE if the child is gone).
+pub(crate) fn send_msg(sock: RawFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: send from a live buffer of the length passed.
+    let n = unsafe {
+        libc::send(
+            sock,
+            msg.as_ptr() as *const c_void,
+            msg.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Close every descriptor except those in `keep`. Async-signal-safe.

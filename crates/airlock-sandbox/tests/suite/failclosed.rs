@@ -70,6 +70,47 @@ sandbox_test! {
     }
 }
 
+sandbox_test! {
+    fn protected_paths_that_cannot_be_found_are_refused_or_degraded_as_asked() {
+        // A pattern list that does not compile: the walk cannot tell which
+        // paths to protect. It runs once the sandbox has started; the
+        // refusal must take the half-built sandbox down with it.
+        let f = Fixture::new();
+        std::fs::create_dir_all(f.ws().join(".git/hooks")).unwrap();
+        f.own(&f.ws().join(".git"));
+        f.own(&f.ws().join(".git/hooks"));
+        let mut s = f.sh("echo x > new.txt; echo ran");
+        s.protected = airlock_fs::ProtectedPaths {
+            patterns: vec!["**/.git/hooks".into(), "a/[b".into()],
+        };
+        match airlock_sandbox::run(&s) {
+            Err(e @ SandboxError::Layer { layer: Layer::ProtectedPaths, .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("does not compile"), "{msg}");
+            }
+            Err(e @ SandboxError::Namespaces { .. }) => {
+                eprintln!("SKIPPED: [{}] {e}", who());
+                return;
+            }
+            Err(e) => panic!("expected the protected-paths layer error, got {e}"),
+            Ok(o) => panic!("ran without protected paths: {:?}", o.report),
+        }
+        // Nothing half-made is left in the upper dir.
+        assert_eq!(std::fs::read_dir(f.upper()).unwrap().count(), 0);
+
+        s.allow_degraded = vec![Layer::ProtectedPaths];
+        let Some(o) = try_run(&s) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), "ran");
+        assert!(
+            o.report.degraded.iter().any(|(l, _)| *l == Layer::ProtectedPaths),
+            "{:?}",
+            o.report.degraded
+        );
+        assert!(o.report.protected_mounted.is_empty());
+    }
+}
+
 #[test]
 fn layer_names_parse_and_print() {
     for l in Layer::ALL {
