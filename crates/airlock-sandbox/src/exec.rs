@@ -528,6 +528,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let (err_rd, err_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (status_rd, status_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
     let (lifeline_rd, lifeline_wr) = syscall::pipe().map_err(|e| SandboxError::io("pipe", e))?;
+    let net_pair = if with_net {
+        None
+    } else {
+        Some(syscall::socketpair().map_err(|e| SandboxError::io("socketpair", e))?)
+    };
     let (notify_parent, notify_child) = if notify_filter.is_some() {
         let (a, b) = syscall::socketpair().map_err(|e| SandboxError::io("socketpair", e))?;
         (Some(a), Some(b))
@@ -584,6 +589,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         sync_rd: sync_rd.as_raw_fd(),
         sync_wr: sync_wr.as_raw_fd(),
         unshare_net: false,
+        net_sock: [-1, -1],
+        net_stack: vec![],
         lifeline_rd: lifeline_rd.as_raw_fd(),
         err_wr: err_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
@@ -621,7 +628,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         .map(|s| s.to_string())
         .collect();
     if !with_net {
-        plan.unshare_net = true;
+        if let Some((init_end, helper_end)) = &net_pair {
+            plan.unshare_net = true;
+            plan.net_sock = [init_end.as_raw_fd(), helper_end.as_raw_fd()];
+            plan.net_stack = Vec::with_capacity(16 * 1024);
+        }
         namespaces.push("net".into());
     }
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
@@ -642,6 +653,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     drop(err_wr);
     drop(status_wr);
     drop(notify_child);
+    drop(net_pair);
     drop(child_stdio);
 
     let uid_map = format!("{uid} {uid} 1");

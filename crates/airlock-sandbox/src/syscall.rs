@@ -224,10 +224,15 @@ pub(crate) struct ChildPlan {
     /// The parent's end of the sync socket (closed first thing in the
     /// child, so that the parent's death reads as end-of-file).
     pub sync_wr: RawFd,
-    /// Create the network namespace with `unshare` in the child (while the
-    /// parent writes the id maps and makes the cgroup) instead of in
-    /// `clone3`.
+    /// A new network namespace (with loopback up) is made by a helper
+    /// process that init starts first thing, sharing its memory and running
+    /// on `net_stack`, while init builds the root; init joins it (`setns`)
+    /// once the helper reports it ready over `net_sock` (init's end `[0]`,
+    /// the helper's `[1]`), before Landlock and seccomp. Creating a network
+    /// namespace is the costliest step of the setup.
     pub unshare_net: bool,
+    pub net_sock: [RawFd; 2],
+    pub net_stack: Vec<u8>,
     /// Read end of the lifeline pipe: its write end lives as long as the
     /// parent's [`crate::Running`]; when it hangs up, init exits and the
     /// kernel kills everything in the pid namespace.
@@ -1293,8 +1298,19 @@ fn child_main(p: &ChildPlan) -> ! {
         // cleared once the lifeline pipe takes over, below.)
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
         libc::close(p.sync_wr);
-        if p.unshare_net && libc::unshare(libc::CLONE_NEWNET) < 0 {
-            fail(ew, STEP_NETNS, errno());
+        let mut net_pid: libc::pid_t = -1;
+        if p.unshare_net {
+            let top = (p.net_stack.as_ptr() as usize + p.net_stack.capacity()) & !15;
+            net_pid = libc::clone(
+                net_entry,
+                top as *mut c_void,
+                libc::CLONE_VM | libc::SIGCHLD,
+                p as *const ChildPlan as *mut c_void,
+            );
+            if net_pid < 0 {
+                fail(ew, STEP_NETNS, errno());
+            }
+            libc::close(p.net_sock[1]);
         }
         let mut b = [0u8; 1];
         if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
@@ -1340,8 +1356,18 @@ fn child_main(p: &ChildPlan) -> ! {
         if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) < 0 {
             fail(ew, STEP_HOSTNAME, errno());
         }
-        if p.loopback && loopback_up() < 0 {
-            fail(ew, STEP_LOOPBACK, errno());
+        if p.unshare_net {
+            // Join the helper's network namespace once it says it is
+            // ready (end of file: it failed, and its report is sent).
+            let ns = match recv_fd(p.net_sock[0]) {
+                Ok(Some(fd)) => fd,
+                _ => fail(ew, STEP_NETNS, libc::EPIPE),
+            };
+            if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) < 0 {
+                fail(ew, STEP_NETNS, errno());
+            }
+            drop(ns);
+            libc::close(p.net_sock[0]);
         }
         if libc::chdir(p.cwd.as_ptr()) < 0 {
             fail(ew, STEP_CHDIR, errno());
@@ -1455,6 +1481,16 @@ fn child_main(p: &ChildPlan) -> ! {
         // The second message: the run's cgroup is ready (so the command and
         // all it starts are counted there), or it could not be made.
         join_limits(p);
+
+        // The network helper, unconfined and sharing init's memory, is gone
+        // before anything untrusted runs (it exited once it had sent the
+        // namespace, long before now; this only reaps it).
+        if net_pid > 0 {
+            let mut st: c_int = 0;
+            if libc::waitpid(net_pid, &mut st, 0) != net_pid {
+                fail(ew, STEP_NETNS, errno());
+            }
+        }
 
         // The command process shares init's memory until its execve, and
         // init waits for that (vfork), so no copy of the address space is
@@ -1684,6 +1720,44 @@ fn close_all_but(keep: &[c_int]) {
     }
     // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from as u32, c_int::MAX as u32, 0u32) };
+}
+
+/// The network namespace helper (see [`ChildPlan::unshare_net`]): make the
+/// namespace, bring loopback up, send its descriptor to init, and exit.
+/// Shares init's memory: only raw system calls on plan data and its stack.
+extern "C" fn net_entry(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the plan init passed to clone; init keeps it (and
+    // this process's stack) alive and unchanged for as long as it runs.
+    let p = unsafe { &*(arg as *const ChildPlan) };
+    // SAFETY: system calls on descriptors of this process's own table and
+    // a stack buffer; ends in _exit.
+    unsafe {
+        libc::close(p.net_sock[0]);
+        if libc::unshare(libc::CLONE_NEWNET) < 0 {
+            fail(p.err_wr, STEP_NETNS, errno());
+        }
+        if p.loopback && loopback_up() < 0 {
+            fail(p.err_wr, STEP_LOOPBACK, errno());
+        }
+        // Its descriptor goes to init (joining by pidfd would need ptrace
+        // access to this process, whose memory, shared with init, is not
+        // dumpable once init has changed its uid).
+        let ns = libc::open(
+            c"/proc/self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if ns < 0 {
+            fail(p.err_wr, STEP_NETNS, errno());
+        }
+        // The descriptor in flight keeps the namespace alive: no need to
+        // wait for init (whose end of the socket other sandboxes started at
+        // the same time may hold copies of, so its hang-up might never be
+        // seen here).
+        if send_fds(p.net_sock[1], b'n', &[ns]) != 1 {
+            libc::_exit(1);
+        }
+        libc::_exit(0)
+    }
 }
 
 /// Entry of the command process started by `clone` in [`child_main`].

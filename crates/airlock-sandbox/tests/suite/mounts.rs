@@ -32,6 +32,32 @@ sandbox_test! {
 }
 
 sandbox_test! {
+    fn only_init_and_the_command_run_in_the_sandbox() {
+        // Nothing the sandbox started for its own setup (the network
+        // namespace helper among them) outlives it into the command's
+        // lifetime. Shell builtins only: no other process is started.
+        let f = Fixture::new();
+        let script = "echo $$; for s in /proc/[0-9]*/stat; do read -r pid comm state ppid rest < $s; echo $pid $ppid; done";
+        let Some(o) = try_run(&f.sh(script)) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        let mut lines = out.lines();
+        let sh: i32 = lines.next().unwrap().trim().parse().unwrap();
+        let procs: Vec<(i32, i32)> = lines
+            .map(|l| {
+                let mut it = l.split_whitespace().map(|x| x.parse::<i32>().unwrap());
+                (it.next().unwrap(), it.next().unwrap())
+            })
+            .collect();
+        for (pid, ppid) in &procs {
+            let ok = *pid == 1 || (*pid == sh && *ppid == 1) || *ppid == sh;
+            assert!(ok, "process {pid} (parent {ppid}) besides init and sh {sh}: {procs:?}");
+        }
+        assert!(procs.iter().any(|(p, _)| *p == 1), "{procs:?}");
+    }
+}
+
+sandbox_test! {
     fn system_directories_are_read_only() {
         let f = Fixture::new();
         let Some(o) = try_run(&f.sh("touch /usr/airlock-x 2>/dev/null && echo usr; touch /etc/airlock-x 2>/dev/null && echo etc; touch /airlock-x 2>/dev/null && echo root; true")) else { return };
