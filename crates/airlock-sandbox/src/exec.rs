@@ -153,7 +153,7 @@ fn failure_message(step: u32, descs: &[String]) -> String {
         STEP_EXEC => "exec".into(),
         STEP_NOTIFY => "passing the seccomp listener".into(),
         STEP_CGROUP => "joining the run's cgroup".into(),
-        STEP_NETNS => "creating the network namespace".into(),
+        STEP_NETNS => "creating or joining the network namespace".into(),
         s if s >= STEP_SRC => format!("opening mount source #{}", s - STEP_SRC),
         _ => format!("step {step}"),
     }
@@ -615,8 +615,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     };
     plan.seal();
 
-    // The network namespace (the costliest to create) is made by the child
-    // with unshare, in parallel with the parent's work below.
+    // The network namespace (the costliest to create) is made by a helper
+    // of the child while the child builds the root (see
+    // `ChildPlan::unshare_net`), not by clone3.
     let flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -678,8 +679,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
         Ok(())
     })();
-    // A child that failed before (creating the network namespace) left
-    // its reason: report that rather than the write it made fail.
+    // A child that failed at once left its reason: report that rather than
+    // the write it made fail.
     let mut early_failure = None;
     if let Err(e) = setup {
         kill(&pidfd);
@@ -824,7 +825,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
             SandboxError::Setup { step: format!("opening {path} (it must be readable by the sandbox user and contain no symlinks)"), error: source }
         } else if step == syscall::STEP_NETNS {
             SandboxError::Namespaces {
-                why: format!("unshare of a new network namespace: {source}"),
+                why: format!("creating or joining a new network namespace: {source}"),
                 hint: userns_hint(),
             }
         } else if step == syscall::STEP_EXEC {

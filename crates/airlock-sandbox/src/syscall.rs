@@ -215,11 +215,12 @@ pub(crate) struct ChildPlan {
     /// tree (`open_tree(OPEN_TREE_CLONE)`), used with [`MountOp::MoveTree`].
     pub src_clone: Vec<usize>,
     pub src_base: c_int,
-    /// The child's end of the sync socket (`SOCK_SEQPACKET`). Two messages
-    /// come over it: `g` once the id maps are written, then, before the
-    /// command is started, `c` with the cgroup v1 `tasks` files (opened by
-    /// the parent) to write `0` to, if any, or `r` when the run's cgroup
-    /// could not be made and `fallback_rlimits` apply instead.
+    /// The child's end of the sync socket (`SOCK_SEQPACKET`). The parent
+    /// sends, in order: `g` once the id maps are written; with protected
+    /// paths, `w` (see [`MountOp::AwaitWalk`]) and the paths
+    /// ([`MountOp::ProtectReceived`]); last, `c` with the cgroup v1 `tasks`
+    /// files (opened by the parent) to write `0` to, if any, or `r` when the
+    /// run's cgroup could not be made and `fallback_rlimits` apply instead.
     pub sync_rd: RawFd,
     /// The parent's end of the sync socket (closed first thing in the
     /// child, so that the parent's death reads as end-of-file).
@@ -227,8 +228,8 @@ pub(crate) struct ChildPlan {
     /// A new network namespace (with loopback up) is made by a helper
     /// process that init starts first thing, sharing its memory and running
     /// on `net_stack`, while init builds the root; init joins it (`setns`)
-    /// once the helper reports it ready over `net_sock` (init's end `[0]`,
-    /// the helper's `[1]`), before Landlock and seccomp. Creating a network
+    /// once the helper has sent the namespace's descriptor over `net_sock`
+    /// (init's end `[0]`, the helper's `[1]`), before Landlock and seccomp. Creating a network
     /// namespace is the costliest step of the setup.
     pub unshare_net: bool,
     pub net_sock: [RawFd; 2],
@@ -1372,15 +1373,7 @@ fn child_main(p: &ChildPlan) -> ! {
         if libc::chdir(p.cwd.as_ptr()) < 0 {
             fail(ew, STEP_CHDIR, errno());
         }
-        for &(res, cur, max) in &p.rlimits {
-            let rl = libc::rlimit {
-                rlim_cur: cur,
-                rlim_max: max,
-            };
-            if libc::setrlimit(res as _, &rl) < 0 {
-                fail(ew, STEP_RLIMIT, errno());
-            }
-        }
+        set_rlimits(ew, &p.rlimits);
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as c_ulong, 0, 0, 0) < 0 {
             fail(ew, STEP_NNP, errno());
         }
@@ -1478,7 +1471,7 @@ fn child_main(p: &ChildPlan) -> ! {
             fail(ew, STEP_FORK, errno());
         }
 
-        // The second message: the run's cgroup is ready (so the command and
+        // The last message: the run's cgroup is ready (so the command and
         // all it starts are counted there), or it could not be made.
         join_limits(p);
 
@@ -1569,7 +1562,7 @@ fn child_main(p: &ChildPlan) -> ! {
     }
 }
 
-/// Receive the second sync message: join the run's cgroup (v1: this single
+/// Receive the last sync message: join the run's cgroup (v1: this single
 /// thread moves itself by writing `0` to each `tasks` file sent along, which
 /// unlike a move by another process waits for no RCU grace period), or
 /// apply the fallback rlimits. Async-signal-safe.
@@ -1610,17 +1603,23 @@ fn join_limits(p: &ChildPlan) {
             }
         }
         if byte[0] == b'r' {
-            for &(res, cur, max) in &p.fallback_rlimits {
-                let rl = libc::rlimit {
-                    rlim_cur: cur,
-                    rlim_max: max,
-                };
-                if libc::setrlimit(res as _, &rl) < 0 {
-                    fail(ew, STEP_RLIMIT, errno());
-                }
-            }
+            set_rlimits(ew, &p.fallback_rlimits);
         } else if byte[0] != b'c' {
             fail(ew, STEP_SYNC, libc::EPROTO);
+        }
+    }
+}
+
+/// Apply `(resource, soft, hard)` rlimits, or fail the step.
+fn set_rlimits(ew: RawFd, limits: &[(c_int, u64, u64)]) {
+    for &(res, cur, max) in limits {
+        let rl = libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: max,
+        };
+        // SAFETY: setrlimit with a stack struct.
+        if unsafe { libc::setrlimit(res as _, &rl) } < 0 {
+            fail(ew, STEP_RLIMIT, errno());
         }
     }
 }
