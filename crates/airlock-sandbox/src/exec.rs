@@ -435,20 +435,12 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // A cgroup only when there is something for it to limit: joining one
     // costs an RCU grace period on cgroup v1.
     let wants_cgroup = spec.limits.memory.is_some() || spec.limits.pids.is_some();
-    // The cgroup itself is made once the child is running (it builds its
-    // root meanwhile); if that fails, the child is told to apply the
-    // rlimits that stand in for it.
-    let mut mech = if wants_cgroup {
-        crate::limits::detect()
-    } else {
-        Mechanism::Rlimit
-    };
-    let rlimits = crate::limits::rlimits(&spec.limits, mech);
-    let fallback_rlimits = if mech == Mechanism::Rlimit {
-        vec![]
-    } else {
-        crate::limits::rlimits(&spec.limits, Mechanism::Rlimit)
-    };
+    // Which cgroup mechanism is usable is found, and the cgroup made, once
+    // the child is running (it builds its root meanwhile); without one, the
+    // child is told to apply the rlimits that stand in for it.
+    let mut mech = Mechanism::Rlimit;
+    let rlimits = crate::limits::base_rlimits(&spec.limits);
+    let fallback_rlimits = crate::limits::cgroup_stand_ins(&spec.limits);
 
     // Root plan. Mount sources are opened by the child at fixed descriptor
     // numbers above everything open now.
@@ -746,7 +738,10 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     };
     let mut cgroup = None;
     let mut join_fds: Vec<std::fs::File> = vec![];
-    if mech != Mechanism::Rlimit && early_failure.is_none() {
+    if wants_cgroup && early_failure.is_none() {
+        mech = crate::limits::detect();
+    }
+    if mech != Mechanism::Rlimit {
         match RunCgroup::create(mech, &run_id, &spec.limits) {
             Ok(cg) => {
                 // cgroup v1: the child moves itself (see join_limits); v2:

@@ -334,18 +334,33 @@ impl Drop for RunCgroup {
     }
 }
 
-/// rlimits `(resource, soft, hard)` applied inside the sandbox.
+/// rlimits `(resource, soft, hard)` applied inside the sandbox: the
+/// [`base_rlimits`], and without a cgroup its [`cgroup_stand_ins`].
 pub fn rlimits(limits: &Limits, mechanism: Mechanism) -> Vec<(i32, u64, u64)> {
-    let mut v = vec![(libc::RLIMIT_CORE as i32, 0, 0)];
+    let mut v = base_rlimits(limits);
     if mechanism == Mechanism::Rlimit {
-        if let Some(m) = limits.memory {
-            v.push((libc::RLIMIT_DATA as i32, m, m));
-        }
-        if let Some(p) = limits.pids {
-            // +1: the sandbox's init process counts too.
-            v.push((libc::RLIMIT_NPROC as i32, p + 1, p + 1));
-        }
+        v.extend(cgroup_stand_ins(limits));
     }
+    v
+}
+
+/// The rlimits that stand in for a cgroup's memory and pids limits.
+pub fn cgroup_stand_ins(limits: &Limits) -> Vec<(i32, u64, u64)> {
+    let mut v = vec![];
+    if let Some(m) = limits.memory {
+        v.push((libc::RLIMIT_DATA as i32, m, m));
+    }
+    if let Some(p) = limits.pids {
+        // +1: the sandbox's init process counts too.
+        v.push((libc::RLIMIT_NPROC as i32, p + 1, p + 1));
+    }
+    v
+}
+
+/// The rlimits applied whatever limits the memory and processes: no core
+/// dumps, CPU time and file size.
+pub fn base_rlimits(limits: &Limits) -> Vec<(i32, u64, u64)> {
+    let mut v = vec![(libc::RLIMIT_CORE as i32, 0, 0)];
     if let Some(c) = limits.cpu_time {
         let s = c.as_secs().max(1);
         // SIGXCPU at the soft limit (reported as CpuLimit), SIGKILL a
