@@ -72,7 +72,8 @@ pub fn boot_id() -> Option<String> {
 
 /// The state of the overlay work dir `work`.
 pub fn volatile_state(work: &Path) -> VolatileState {
-    if std::fs::symlink_metadata(marker(work)).is_err() {
+    let open = |dir: &Path| std::fs::symlink_metadata(marker(dir)).is_ok();
+    if !open(work) && !run_dirs(work).iter().any(|d| open(d)) {
         return VolatileState::Clean;
     }
     let recorded = std::fs::read_to_string(work.join(BOOT_ID_FILE)).ok();
@@ -108,8 +109,7 @@ pub fn close_volatile(upper: &Path, work: &Path, sync: bool) -> std::io::Result<
         return Ok(());
     }
     if sync {
-        let d = std::fs::File::open(upper)?;
-        rustix::fs::syncfs(&d)?;
+        sync_upper(upper)?;
     }
     set_aside(work, &inner)
 }
@@ -126,6 +126,119 @@ pub fn set_aside(work: &Path, path: &Path) -> std::io::Result<()> {
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let aside = work.join(format!("{CLOSED_PREFIX}{}-{nanos}-{n}", std::process::id()));
     std::fs::rename(path, aside)
+}
+
+/// Sync the filesystem holding `upper` (what a run wrote there is on disk
+/// once this returns).
+pub fn sync_upper(upper: &Path) -> std::io::Result<()> {
+    let d = std::fs::File::open(upper)?;
+    rustix::fs::syncfs(&d)?;
+    Ok(())
+}
+
+/// Name prefix of the work dir of a run that started while another run
+/// of the same area was going.
+const RUN_PREFIX: &str = "run-";
+
+/// The work dirs of runs started beside another (`work/run-*`).
+fn run_dirs(work: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(work) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(RUN_PREFIX))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The overlay work dir one run uses, held (`flock`, exclusive) for as long
+/// as its overlay may be mounted.
+///
+/// Runs over the same workspace share one staging area and may overlap,
+/// but two overlays cannot share a work dir (the second mount finds the
+/// first one's volatile marker and is refused). The first run takes the
+/// area's work dir itself; a run starting while it is held gets a fresh
+/// `work/run-*` of its own. A run dir whose lock nobody holds belongs to a
+/// run that is gone.
+#[derive(Debug)]
+pub struct RunWorkDir {
+    dir: PathBuf,
+    own: bool,
+    _lock: std::fs::File,
+}
+
+impl RunWorkDir {
+    /// Take a work dir in the area's work dir `work`. The flag says whether
+    /// it is `work` itself (no other run holds the area), in which case
+    /// what dead runs left may be closed ([`close_dead_runs`]).
+    pub fn take(work: &Path) -> std::io::Result<(RunWorkDir, bool)> {
+        use rustix::fs::FlockOperation as Op;
+        let f = std::fs::File::open(work)?;
+        if rustix::fs::flock(&f, Op::NonBlockingLockExclusive).is_ok() {
+            let d = RunWorkDir {
+                dir: work.to_path_buf(),
+                own: false,
+                _lock: f,
+            };
+            return Ok((d, true));
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = work.join(format!("{RUN_PREFIX}{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir)?;
+        let f = std::fs::File::open(&dir)?;
+        rustix::fs::flock(&f, Op::LockExclusive)?;
+        Ok((
+            RunWorkDir {
+                dir,
+                own: true,
+                _lock: f,
+            },
+            false,
+        ))
+    }
+
+    /// The directory to give the overlay as its work dir.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Close this run's volatile mount (no longer mounted) of `upper`: with
+    /// `sync`, sync first. The area's own work dir is closed as by
+    /// [`close_volatile`]; a run dir of its own is moved aside whole.
+    pub fn close(self, upper: &Path, area: &Path, sync: bool) -> std::io::Result<()> {
+        if !self.own {
+            return close_volatile(upper, &self.dir, sync);
+        }
+        if sync {
+            sync_upper(upper)?;
+        }
+        set_aside(area, &self.dir)
+    }
+}
+
+/// With the area's work dir `work` held by this run alone: close the work
+/// dirs of runs that are gone (sync, then set aside), unless one was left
+/// open in an earlier boot (see [`volatile_state`]: refused before this).
+pub fn close_dead_runs(upper: &Path, work: &Path) -> std::io::Result<()> {
+    for d in run_dirs(work) {
+        let Ok(f) = std::fs::File::open(&d) else {
+            continue;
+        };
+        let nb = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+        if rustix::fs::flock(&f, nb).is_err() {
+            continue; // a run still going
+        }
+        if std::fs::symlink_metadata(marker(&d)).is_ok() {
+            sync_upper(upper)?;
+        }
+        set_aside(work, &d)?;
+    }
+    Ok(())
 }
 
 /// Name prefix of a closed mount's work dir in the area's work dir.
@@ -200,5 +313,34 @@ mod tests {
         assert!(closed(&work).is_empty());
         assert!(work.join(BOOT_ID_FILE).is_file());
         assert_eq!(sweep_closed(&work), 0);
+
+        // Runs over the area at once: the first takes the work dir, the
+        // second a run dir of its own; an open marker in a run dir counts.
+        let (a, alone) = RunWorkDir::take(&work).unwrap();
+        assert!(alone);
+        assert_eq!(a.path(), work.as_path());
+        let (b, alone) = RunWorkDir::take(&work).unwrap();
+        assert!(!alone);
+        assert!(b.path().starts_with(&work) && b.path() != work.as_path());
+        std::fs::create_dir_all(b.path().join("work/incompat/volatile")).unwrap();
+        assert_eq!(volatile_state(&work), VolatileState::ThisBoot);
+        // While b runs, closing dead runs leaves its dir alone.
+        close_dead_runs(&upper, &work).unwrap();
+        assert!(b.path().exists());
+        // b gone without closing (its process died): closed by the next
+        // run that has the area to itself.
+        let b_dir = b.path().to_path_buf();
+        drop(b);
+        close_dead_runs(&upper, &work).unwrap();
+        assert!(!b_dir.exists());
+        assert_eq!(volatile_state(&work), VolatileState::Clean);
+        // A run dir closed normally is moved aside whole.
+        let (c, _) = RunWorkDir::take(&work).unwrap();
+        let c_dir = c.path().to_path_buf();
+        c.close(&upper, &work, false).unwrap();
+        assert!(!c_dir.exists());
+        a.close(&upper, &work, false).unwrap();
+        sweep_closed(&work);
+        assert!(closed(&work).is_empty());
     }
 }

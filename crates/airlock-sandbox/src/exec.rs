@@ -62,6 +62,9 @@ pub struct Running {
     /// allocated bytes before the run: the volatile mount is closed after
     /// it (see `close_overlay`), the disk cap counts from it.
     volatile: Option<(PathBuf, UpperState, u64)>,
+    /// This run's overlay work dir, held until the overlay is closed (see
+    /// `airlock_fs::RunWorkDir`).
+    run_work: Option<airlock_fs::RunWorkDir>,
     /// The helper that lent its user namespace to the idmapped workspace;
     /// reaped with the rest.
     _idmap_helper: Option<syscall::Reaper>,
@@ -219,7 +222,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let mut degraded: Vec<(Layer, String)> = vec![];
 
     // Paths.
-    let workspace = match &spec.workspace {
+    let mut workspace = match &spec.workspace {
         None => None,
         Some(w) => {
             let base = absolute(&w.base, "workspace")?;
@@ -300,33 +303,20 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
         _ => (None, None),
     };
-    if root_mode {
-        if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
-            for d in [upper, work] {
-                use std::os::unix::fs::MetadataExt;
-                let owned =
-                    std::fs::symlink_metadata(d).is_ok_and(|m| m.uid() == uid && m.gid() == gid);
-                if !owned {
-                    std::os::unix::fs::lchown(d, Some(uid), Some(gid))
-                        .map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
-                }
-            }
-        }
-    }
-
     // The staged overlay is mounted `volatile` (no sync of the whole upper
     // filesystem at unmount; see airlock_fs::volatile_state): close a mount
-    // a dead process left open, refuse one a crash left open.
-    if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
-        match airlock_fs::volatile_state(work) {
-            airlock_fs::VolatileState::Clean => {}
-            airlock_fs::VolatileState::ThisBoot => {
-                airlock_fs::close_volatile(upper, work, true).map_err(|e| {
-                    SandboxError::io(format!("closing the last mount of {}", work.display()), e)
-                })?
-            }
-            airlock_fs::VolatileState::EarlierBoot => {
-                return Err(SandboxError::Layer {
+    // a dead process left open, refuse one a crash left open. Runs over the
+    // same workspace share the area but not the overlay's work dir: a run
+    // starting while another holds the area's gets one of its own, and
+    // only a run holding the area's closes what dead runs left (see
+    // airlock_fs::RunWorkDir).
+    let mut run_work = None;
+    let mut area_work = None;
+    if let Some((_, WorkspaceMode::Staged { upper, work })) = &mut workspace {
+        let (rw, alone) = airlock_fs::RunWorkDir::take(work)
+            .map_err(|e| SandboxError::io(format!("taking a work dir in {}", work.display()), e))?;
+        if airlock_fs::volatile_state(work) == airlock_fs::VolatileState::EarlierBoot {
+            return Err(SandboxError::Layer {
                     layer: Layer::Overlay,
                     why: format!(
                         "the staged changes in {} were being written when the machine went down and may be incomplete",
@@ -336,12 +326,38 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                         "review them (airlock staged diff), then discard them (airlock staged discard) or accept them as they are by removing {}",
                         work.join("work/incompat").display()
                     ),
-                })
-            }
+                });
+        }
+        if alone {
+            let closing =
+                |e| SandboxError::io(format!("closing the last mount of {}", work.display()), e);
+            airlock_fs::close_volatile(upper, work, true).map_err(closing)?;
+            airlock_fs::close_dead_runs(upper, work).map_err(closing)?;
         }
         airlock_fs::record_boot(work).map_err(|e| {
             SandboxError::io(format!("recording the boot id in {}", work.display()), e)
         })?;
+        // The overlay gets this run's work dir; the area's stays known for
+        // closing and sweeping.
+        area_work = Some(std::mem::replace(work, rw.path().to_path_buf()));
+        run_work = Some(rw);
+    }
+
+    if root_mode {
+        if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
+            for d in [Some(upper), area_work.as_ref(), Some(work)]
+                .into_iter()
+                .flatten()
+            {
+                use std::os::unix::fs::MetadataExt;
+                let owned =
+                    std::fs::symlink_metadata(d).is_ok_and(|m| m.uid() == uid && m.gid() == gid);
+                if !owned {
+                    std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+                        .map_err(|e| SandboxError::io(format!("chown {}", d.display()), e))?;
+                }
+            }
+        }
     }
 
     tracing::debug!(
@@ -732,7 +748,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let volatile = match &workspace {
         Some((_, WorkspaceMode::Staged { upper, work })) if early_failure.is_none() => {
             let (state, bytes) = upper_state(upper);
-            Some((work.clone(), state, bytes))
+            Some((
+                area_work.clone().unwrap_or_else(|| work.clone()),
+                state,
+                bytes,
+            ))
         }
         _ => None,
     };
@@ -787,7 +807,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // dirs meanwhile (see airlock_fs::close_volatile).
     if let Some((_, WorkspaceMode::Staged { work, .. })) = &workspace {
         if early_failure.is_none() {
-            airlock_fs::sweep_closed(work);
+            airlock_fs::sweep_closed(area_work.as_deref().unwrap_or(work));
         }
     }
     if let Some((step, errno)) = early_failure.or_else(|| child_failure(&mut err_file)) {
@@ -936,6 +956,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         err,
         notify,
         volatile,
+        run_work,
         _idmap_helper: idmap_helper,
         tally: Tally {
             net_ports: if with_net {
@@ -1215,7 +1236,11 @@ impl Running {
     /// the marker; the next run closes it (or, after a crash, refuses).
     fn close_overlay(&mut self, changed: bool) {
         if let (Some(u), Some((work, _, _))) = (&self.upper, self.volatile.take()) {
-            if let Err(e) = airlock_fs::close_volatile(u, &work, changed) {
+            let r = match self.run_work.take() {
+                Some(rw) => rw.close(u, &work, changed),
+                None => airlock_fs::close_volatile(u, &work, changed),
+            };
+            if let Err(e) = r {
                 tracing::warn!("closing the staged overlay of {}: {e}", u.display());
             }
         }

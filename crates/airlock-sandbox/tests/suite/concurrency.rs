@@ -39,3 +39,41 @@ sandbox_test! {
         }
     }
 }
+
+sandbox_test! {
+    fn runs_over_one_workspace_overlap_without_closing_each_others_overlay() {
+        // Runs over the same workspace share its staging area (an MCP
+        // proxy starting two sandboxed servers in one project does this).
+        // One run ending, or one starting, must not close the overlay of
+        // another that is still running; the last to end closes it.
+        let f = Fixture::new();
+        let work = f.path().join("work");
+        let results: Vec<Option<(ExitKind, String)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    let f = &f;
+                    s.spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(20 * i));
+                        // Each writes (a copy-up through the shared work
+                        // dir) after the others have started or ended.
+                        let script = format!("sleep 0.{}; echo {i} > out-{i}; cat out-{i}", 1 + i % 3);
+                        try_run(&f.sh(&script)).map(|o| (o.status, stdout(&o)))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, r) in results.iter().enumerate() {
+            let Some((status, out)) = r else { return };
+            assert_eq!(*status, ExitKind::Exited(0), "run {i}: {out}");
+            assert_eq!(out.trim(), i.to_string(), "run {i}");
+            assert_eq!(std::fs::read_to_string(f.upper().join(format!("out-{i}"))).unwrap(), format!("{i}\n"));
+        }
+        // All ended: the overlay is closed (no marker where the kernel and
+        // the next run look for one).
+        assert!(!work.join("work").exists(), "marker left open");
+        let o = try_run(&f.sh("cat out-0 out-3")).unwrap();
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        assert!(!work.join("work").exists());
+    }
+}
