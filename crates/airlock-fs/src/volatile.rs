@@ -118,14 +118,19 @@ pub fn close_volatile(upper: &Path, work: &Path, sync: bool) -> std::io::Result<
 /// dir) into `work` under a fresh `closed-*` name, for [`sweep_closed`] to
 /// remove later: one rename now instead of the removal.
 pub fn set_aside(work: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(path, fresh_name(work, CLOSED_PREFIX))
+}
+
+/// A name in `work` no other process has used: `prefix`, the pid, the time
+/// and a counter (a dead process's leftovers may carry a reused pid).
+fn fresh_name(work: &Path, prefix: &str) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let aside = work.join(format!("{CLOSED_PREFIX}{}-{nanos}-{n}", std::process::id()));
-    std::fs::rename(path, aside)
+    work.join(format!("{prefix}{}-{nanos}-{n}", std::process::id()))
 }
 
 /// Sync the filesystem holding `upper` (what a run wrote there is on disk
@@ -186,9 +191,7 @@ impl RunWorkDir {
             };
             return Ok((d, true));
         }
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = work.join(format!("{RUN_PREFIX}{}-{n}", std::process::id()));
+        let dir = fresh_name(work, RUN_PREFIX);
         std::fs::create_dir(&dir)?;
         let f = std::fs::File::open(&dir)?;
         rustix::fs::flock(&f, Op::LockExclusive)?;
@@ -225,6 +228,7 @@ impl RunWorkDir {
 /// dirs of runs that are gone (sync, then set aside), unless one was left
 /// open in an earlier boot (see [`volatile_state`]: refused before this).
 pub fn close_dead_runs(upper: &Path, work: &Path) -> std::io::Result<()> {
+    let mut synced = false;
     for d in run_dirs(work) {
         let Ok(f) = std::fs::File::open(&d) else {
             continue;
@@ -233,8 +237,10 @@ pub fn close_dead_runs(upper: &Path, work: &Path) -> std::io::Result<()> {
         if rustix::fs::flock(&f, nb).is_err() {
             continue; // a run still going
         }
-        if std::fs::symlink_metadata(marker(&d)).is_ok() {
+        // One sync of the filesystem serves every dead run's marker.
+        if !synced && std::fs::symlink_metadata(marker(&d)).is_ok() {
             sync_upper(upper)?;
+            synced = true;
         }
         set_aside(work, &d)?;
     }
@@ -342,5 +348,24 @@ mod tests {
         a.close(&upper, &work, false).unwrap();
         sweep_closed(&work);
         assert!(closed(&work).is_empty());
+    }
+
+    #[test]
+    fn a_run_dir_name_left_by_a_dead_process_with_this_pid_is_not_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let work = t.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        // What an earlier process with the same pid may have left.
+        for n in 0..4 {
+            std::fs::create_dir(work.join(format!("{RUN_PREFIX}{}-{n}", std::process::id())))
+                .unwrap();
+        }
+        let (_a, alone) = RunWorkDir::take(&work).unwrap();
+        assert!(alone);
+        for _ in 0..4 {
+            let (b, alone) = RunWorkDir::take(&work).unwrap();
+            assert!(!alone);
+            assert!(b.path().is_dir());
+        }
     }
 }
