@@ -315,23 +315,26 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     if let Some((_, WorkspaceMode::Staged { upper, work })) = &mut workspace {
         let (rw, alone) = airlock_fs::RunWorkDir::take(work)
             .map_err(|e| SandboxError::io(format!("taking a work dir in {}", work.display()), e))?;
-        if airlock_fs::volatile_state(work) == airlock_fs::VolatileState::EarlierBoot {
+        let state = airlock_fs::volatile_state(work);
+        if state == airlock_fs::VolatileState::EarlierBoot {
             return Err(SandboxError::Layer {
-                    layer: Layer::Overlay,
-                    why: format!(
-                        "the staged changes in {} were being written when the machine went down and may be incomplete",
-                        upper.display()
-                    ),
-                    hint: format!(
-                        "review them (airlock staged diff), then discard them (airlock staged discard) or accept them as they are by removing {}",
-                        work.join("work/incompat").display()
-                    ),
-                });
+                layer: Layer::Overlay,
+                why: format!(
+                    "the staged changes in {} were being written when the machine went down and may be incomplete",
+                    upper.display()
+                ),
+                hint: format!(
+                    "review them (airlock staged diff), then discard them (airlock staged discard) or accept them as they are by removing {}",
+                    work.join("work/incompat").display()
+                ),
+            });
         }
         if alone {
             let closing =
                 |e| SandboxError::io(format!("closing the last mount of {}", work.display()), e);
-            airlock_fs::close_volatile(upper, work, true).map_err(closing)?;
+            if state == airlock_fs::VolatileState::ThisBoot {
+                airlock_fs::close_volatile(upper, work, true).map_err(closing)?;
+            }
             airlock_fs::close_dead_runs(upper, work).map_err(closing)?;
         }
         airlock_fs::record_boot(work).map_err(|e| {
@@ -679,13 +682,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
         write_file(format!("/proc/{pid}/uid_map"), &format!("{uid_map}\n"))?;
         write_file(format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n"))?;
-        if syscall::send_fds(sync_wr.as_raw_fd(), b'g', &[]) != 1 {
-            return Err(SandboxError::io(
-                "starting the sandbox",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+        syscall::send_msg(sync_wr.as_raw_fd(), b"g")
+            .map_err(|e| SandboxError::io("starting the sandbox", e))
     })();
     // A child that failed at once left its reason: report that rather than
     // the write it made fail.
@@ -745,14 +743,10 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
 
     // While the child builds its root: note what the upper dir holds
     // (before the command can write to it), and make the run's cgroup.
-    let volatile = match &workspace {
-        Some((_, WorkspaceMode::Staged { upper, work })) if early_failure.is_none() => {
+    let volatile = match (&workspace, &area_work) {
+        (Some((_, WorkspaceMode::Staged { upper, .. })), Some(area)) if early_failure.is_none() => {
             let (state, bytes) = upper_state(upper);
-            Some((
-                area_work.clone().unwrap_or_else(|| work.clone()),
-                state,
-                bytes,
-            ))
+            Some((area.clone(), state, bytes))
         }
         _ => None,
     };
@@ -805,10 +799,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     drop(sync_wr);
     // Still building its root: remove earlier runs' closed overlay work
     // dirs meanwhile (see airlock_fs::close_volatile).
-    if let Some((_, WorkspaceMode::Staged { work, .. })) = &workspace {
-        if early_failure.is_none() {
-            airlock_fs::sweep_closed(area_work.as_deref().unwrap_or(work));
-        }
+    if let (Some(area), None) = (&area_work, &early_failure) {
+        airlock_fs::sweep_closed(area);
     }
     if let Some((step, errno)) = early_failure.or_else(|| child_failure(&mut err_file)) {
         kill(&pidfd);

@@ -774,6 +774,26 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Receive one descriptor sent with SCM_RIGHTS (blocking).
 pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
+    let mut fds = [-1; MAX_FDS];
+    let Some((_, n)) = recv_fds(sock, &mut fds)? else {
+        return Ok(None);
+    };
+    for &extra in fds.iter().take(n).skip(1) {
+        // SAFETY: a descriptor just received, ours, not used again.
+        unsafe { libc::close(extra) };
+    }
+    // SAFETY: the kernel installed a fresh descriptor that nothing else owns.
+    Ok((n > 0).then(|| unsafe { OwnedFd::from_raw_fd(fds[0]) }))
+}
+
+/// Most descriptors one message carries (see [`send_fds`]).
+const MAX_FDS: usize = 4;
+
+/// Receive one message of one byte with up to [`MAX_FDS`] descriptors
+/// (SCM_RIGHTS, close-on-exec): its byte and how many descriptors were
+/// stored in `fds`, or `None` at end of file. A message whose descriptors
+/// did not fit is an error. Async-signal-safe: nothing allocates.
+fn recv_fds(sock: RawFd, fds: &mut [c_int; MAX_FDS]) -> io::Result<Option<(u8, usize)>> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr() as *mut c_void,
@@ -794,16 +814,25 @@ pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     if n == 0 {
         return Ok(None);
     }
-    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer the kernel filled.
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+    }
+    let mut count = 0;
+    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer the kernel
+    // filled, within the length it reports.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
         {
-            return Ok(None);
+            let data = libc::CMSG_DATA(c) as *const c_int;
+            let n = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
+            for (i, slot) in fds.iter_mut().enumerate().take(n) {
+                *slot = std::ptr::read_unaligned(data.add(i));
+                count += 1;
+            }
         }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const c_int);
-        Ok(Some(OwnedFd::from_raw_fd(fd)))
     }
+    Ok(Some((byte[0], count)))
 }
 
 /// Receive one seccomp notification (blocking).
@@ -1187,7 +1216,7 @@ fn send_fd(sock: RawFd, fd: RawFd) -> c_int {
 /// Send the byte `tag` with up to four descriptors (SCM_RIGHTS).
 /// Async-signal-safe; returns sendmsg's result.
 pub(crate) fn send_fds(sock: RawFd, tag: u8, fds: &[RawFd]) -> c_int {
-    let fds = &fds[..fds.len().min(4)];
+    let fds = &fds[..fds.len().min(MAX_FDS)];
     let mut byte = [tag];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr() as *mut c_void,
@@ -1568,45 +1597,25 @@ fn child_main(p: &ChildPlan) -> ! {
 /// apply the fallback rlimits. Async-signal-safe.
 fn join_limits(p: &ChildPlan) {
     let ew = p.err_wr;
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr() as *mut c_void,
-        iov_len: 1,
+    let mut fds = [-1; MAX_FDS];
+    let (tag, n) = match recv_fds(p.sync_rd, &mut fds) {
+        Ok(Some(m)) => m,
+        _ => fail(ew, STEP_SYNC, libc::EPIPE),
     };
-    let mut cbuf = [0u64; 8];
-    // SAFETY: recvmsg into stack buffers described by msg; the control
-    // buffer is walked with the CMSG macros within the length the kernel
-    // reports, and each descriptor received is ours to write and close.
+    // SAFETY: close, write and close on descriptors of this process.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut c_void;
-        msg.msg_controllen = std::mem::size_of_val(&cbuf);
-        if libc::recvmsg(p.sync_rd, &mut msg, libc::MSG_CMSG_CLOEXEC) != 1
-            || msg.msg_flags & libc::MSG_CTRUNC != 0
-        {
-            fail(ew, STEP_SYNC, libc::EPIPE);
-        }
         libc::close(p.sync_rd);
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
-        {
-            let data = libc::CMSG_DATA(c) as *const c_int;
-            let n = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
-            for i in 0..n {
-                let fd = std::ptr::read_unaligned(data.add(i));
-                if libc::write(fd, c"0".as_ptr() as *const c_void, 1) != 1 {
-                    fail(ew, STEP_CGROUP, errno());
-                }
-                libc::close(fd);
+        for &fd in &fds[..n] {
+            if libc::write(fd, c"0".as_ptr() as *const c_void, 1) != 1 {
+                fail(ew, STEP_CGROUP, errno());
             }
+            libc::close(fd);
         }
-        if byte[0] == b'r' {
-            set_rlimits(ew, &p.fallback_rlimits);
-        } else if byte[0] != b'c' {
-            fail(ew, STEP_SYNC, libc::EPROTO);
-        }
+    }
+    match tag {
+        b'r' => set_rlimits(ew, &p.fallback_rlimits),
+        b'c' => {}
+        _ => fail(ew, STEP_SYNC, libc::EPROTO),
     }
 }
 
