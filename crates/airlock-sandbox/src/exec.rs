@@ -697,9 +697,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     }
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "namespaces set up");
 
-    // While the child builds its root: find the protected paths, make
-    // their placeholders (before the child mounts the overlay: it waits for
-    // `w`), and send the paths for it to bind read-only.
+    // While the child builds its root: find the protected paths, plan or
+    // make their placeholders (before the child mounts the overlay: it
+    // waits for `w`), and send the paths for it to bind read-only.
     let mut cleanup_placeholders = PlaceholderGuard(vec![]);
     let mut protected_mounted = vec![];
     if let (true, None, Some((ws, mode))) = (protect_pending, &early_failure, &workspace) {
@@ -708,19 +708,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         match mounts::protection(ws, mode, &spec.protected, chown_to) {
             Ok(pr) => {
                 cleanup_placeholders = PlaceholderGuard(pr.placeholders);
+                send_batched(sock, b'q', pr.layer.iter().map(Vec::as_slice));
                 let _ = syscall::send_msg(sock, b"w");
-                let mut msg = vec![b'p'];
-                for path in &pr.inside {
-                    let bytes = path.as_bytes_with_nul();
-                    if msg.len() + bytes.len() > syscall::PROTECT_MSG_MAX {
-                        let _ = syscall::send_msg(sock, &msg);
-                        msg.truncate(1);
-                    }
-                    msg.extend_from_slice(bytes);
-                }
-                if msg.len() > 1 {
-                    let _ = syscall::send_msg(sock, &msg);
-                }
+                send_batched(sock, b'p', pr.inside.iter().map(|p| p.as_bytes_with_nul()));
                 let _ = syscall::send_msg(sock, b"P");
                 protected_mounted = pr.rels;
             }
@@ -985,6 +975,23 @@ fn fd_base() -> Result<i32, SandboxError> {
 
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Send `items` to the child in as few `tag` messages as fit
+/// [`syscall::PROTECT_MSG_MAX`] (none when there are none). A child that
+/// has failed has closed its end; its report follows.
+fn send_batched<'a>(sock: i32, tag: u8, items: impl Iterator<Item = &'a [u8]>) {
+    let mut msg = vec![tag];
+    for bytes in items {
+        if msg.len() > 1 && msg.len() + bytes.len() > syscall::PROTECT_MSG_MAX {
+            let _ = syscall::send_msg(sock, &msg);
+            msg.truncate(1);
+        }
+        msg.extend_from_slice(bytes);
+    }
+    if msg.len() > 1 {
+        let _ = syscall::send_msg(sock, &msg);
+    }
+}
+
 struct PlaceholderGuard(Vec<PathBuf>);
 impl PlaceholderGuard {
     fn take(mut self) -> Vec<PathBuf> {
@@ -993,7 +1000,7 @@ impl PlaceholderGuard {
 }
 impl Drop for PlaceholderGuard {
     fn drop(&mut self) {
-        mounts::remove_placeholders(&self.0, None);
+        mounts::remove_placeholders(&self.0);
     }
 }
 
@@ -1402,8 +1409,7 @@ impl Running {
             }
             _ => false,
         };
-        let work = self.volatile.as_ref().map(|(w, _, _)| w.clone());
-        mounts::remove_placeholders(&self.placeholders, work.as_deref());
+        mounts::remove_placeholders(&self.placeholders);
         self.close_overlay(changed);
         tracing::debug!(
             us = self.start.elapsed().as_micros() as u64,
@@ -1486,7 +1492,7 @@ impl Drop for Running {
             // Dropped without wait(): kill and reap so nothing outlives us.
             let _ = syscall::pidfd_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
             let _ = syscall::wait_pidfd(self.pidfd.as_raw_fd());
-            mounts::remove_placeholders(&self.placeholders, None);
+            mounts::remove_placeholders(&self.placeholders);
             self.close_overlay(true);
         }
     }

@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::syscall::MountOp;
+use crate::syscall::{MountOp, PlaceholderLayer};
 use crate::{SandboxError, WorkspaceMode};
 
 /// Where the new root is assembled before `pivot_root` (a tmpfs mounted over
@@ -86,13 +86,19 @@ pub(crate) struct Protection {
     pub rels: Vec<String>,
     /// The same, as seen in the child before `pivot_root`.
     pub inside: Vec<CString>,
-    /// Placeholders created (deepest first per protected path).
+    /// Write-through: placeholders created in the workspace for the run
+    /// (deepest first per protected path).
     pub placeholders: Vec<PathBuf>,
+    /// Staged: the placeholder layer's entries for the child (see
+    /// [`PlaceholderLayer`]), encoded as in its `q` messages.
+    pub layer: Vec<Vec<u8>>,
 }
 
 /// Walk the workspace `ws` (and the staged upper dir) for protected paths
-/// and create placeholders for the concrete ones that do not exist yet
-/// inside `.git` directories.
+/// and plan placeholders for the concrete ones that do not exist yet
+/// inside `.git` directories: for a staged workspace, entries of the
+/// child's placeholder layer; for a write-through one, empty files and
+/// directories created in the workspace for the run.
 pub(crate) fn protection(
     ws: &Path,
     mode: &WorkspaceMode,
@@ -107,20 +113,32 @@ pub(crate) fn protection(
     let found = walk_protected(ws, upper, prot)?;
     tracing::debug!(found = found.existing.len(), "protected paths found");
     let mut out = Protection::default();
-    // Staged: placeholders go to the upper dir (never committed:
-    // protected). Write-through: into the real tree for the run.
-    let target = upper.unwrap_or(ws);
-    let made = make_placeholders(ws, target, prot, &found, chown_to)?;
-    for (rel, created) in made {
-        out.placeholders.extend(created);
-        out.inside.push(cs(nr(&ws.join(&rel)))?);
-        out.rels.push(rel);
+    let missing = missing_placeholders(ws, upper, prot, &found);
+    match upper {
+        Some(upper) => out.layer = layer_entries(ws, upper, &missing)?,
+        None => out.placeholders = make_placeholders(ws, &missing, chown_to)?,
+    }
+    for m in missing {
+        out.inside.push(cs(nr(&ws.join(&m.rel)))?);
+        out.rels.push(m.rel);
     }
     for rel in found.existing {
         out.inside.push(cs(nr(&ws.join(&rel)))?);
         out.rels.push(rel);
     }
     Ok(out)
+}
+
+/// The staged overlay's options: lower, upper and work dir (as
+/// `/proc/self/fd/N`), under the placeholder layer in descriptor `layer`.
+/// `volatile`: no sync of the whole upper filesystem at unmount; the run's
+/// caller syncs it when the run changed the upper dir (see
+/// `airlock_fs::volatile_state`).
+fn overlay_opts(layer: Option<i32>, [l, u, w]: &[String; 3]) -> String {
+    let top = layer
+        .map(|fd| format!("/proc/self/fd/{fd}:"))
+        .unwrap_or_default();
+    format!("lowerdir={top}{l},upperdir={u},workdir={w},userxattr,volatile")
 }
 
 fn cs(p: impl AsRef<Path>) -> Result<CString, SandboxError> {
@@ -533,12 +551,17 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
 
     // The placeholders of protected paths must be in the upper dir before
     // the overlay is mounted over it.
+    let mut await_at = None;
     if protect {
+        await_at = Some(b.plan.ops.len());
         b.op(
-            MountOp::AwaitWalk,
-            "waiting for the protected-path walk".into(),
+            MountOp::AwaitWalk { layer: None },
+            "making the placeholders of protected paths".into(),
         );
     }
+    // (index of the overlay op, its lower/upper/work options, and the
+    // descriptor of the workspace's directory in the old root)
+    let mut staged: Option<(usize, [String; 3], i32)> = None;
 
     // Workspace and grants, parents first.
     enum G<'a> {
@@ -572,9 +595,9 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 // and leaves with the old root at `pivot_root`. Its
                 // descriptor then names the attached tree (the overlay
                 // keeps a private clone of each layer).
+                let n = b.fd_base + b.plan.srcs.len() as i32;
                 let l = match inp.ws_tree {
                     Some(fd) => {
-                        let n = b.fd_base + b.plan.srcs.len() as i32;
                         b.plan.srcs.push(cs(p)?);
                         b.op(
                             MountOp::AttachOver { fd, onto: n },
@@ -586,19 +609,14 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
                 };
                 let u = b.fd_src(upper)?;
                 let w = b.fd_src(work)?;
-                // `volatile`: no sync of the whole upper filesystem at
-                // unmount; the run's caller syncs it when the run changed
-                // the upper dir (see `airlock_fs::volatile_state`).
-                let opts = format!(
-                    "lowerdir={},upperdir={},workdir={},userxattr,volatile",
-                    l.to_string_lossy(),
-                    u.to_string_lossy(),
-                    w.to_string_lossy()
-                );
+                let layers = [l, u, w].map(|c| c.to_string_lossy().into_owned());
+                let opts = cs(overlay_opts(None, &layers))?;
+                staged = Some((b.plan.ops.len(), layers, n));
                 b.op(
                     MountOp::Overlay {
                         target: cs(nr(p))?,
-                        opts: cs(opts)?,
+                        opts,
+                        opts_layer: None,
                     },
                     format!("mount overlay on {}", p.display()),
                 );
@@ -669,6 +687,16 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         },
         "make / read-only".into(),
     );
+    // The placeholder layer's descriptor comes after every mount source.
+    if let (Some(at), Some((ov, layers, onto))) = (await_at, staged) {
+        let fd = b.fd_base + b.plan.srcs.len() as i32;
+        b.plan.ops[at] = MountOp::AwaitWalk {
+            layer: Some(PlaceholderLayer { fd, onto }),
+        };
+        if let MountOp::Overlay { opts_layer, .. } = &mut b.plan.ops[ov] {
+            *opts_layer = Some(cs(overlay_opts(Some(fd), &layers))?);
+        }
+    }
     Ok(b.plan)
 }
 
@@ -844,18 +872,28 @@ pub fn concrete_patterns(patterns: &[String]) -> Vec<(String, bool)> {
     v
 }
 
-/// For each concrete protected pattern that does not exist yet at the
-/// workspace root or a repository root, but whose parent does, create an
-/// empty read-only placeholder in the upper dir (a mount point for a
-/// read-only self-bind, so it cannot be removed or written). Returns
-/// `(relative path, [created host paths, deepest first])`.
-fn make_placeholders(
+/// A protected path that needs a placeholder.
+#[derive(Debug)]
+struct Missing {
+    /// Relative path (`/`-separated).
+    rel: String,
+    dir: bool,
+}
+
+/// Each concrete protected pattern that does not exist yet at a
+/// repository root, but whose parent does (in the workspace or, staged,
+/// the upper dir), and is not inside a protected path found.
+fn missing_placeholders(
     ws: &Path,
-    upper: &Path,
+    upper: Option<&Path>,
     prot: &airlock_fs::ProtectedPaths,
     found: &Found,
-    chown_to: Option<(u32, u32)>,
-) -> Result<Vec<(String, Vec<PathBuf>)>, SandboxError> {
+) -> Vec<Missing> {
+    let exists = |rel: &Path| {
+        std::fs::symlink_metadata(ws.join(rel)).is_ok()
+            || upper.is_some_and(|u| std::fs::symlink_metadata(u.join(rel)).is_ok())
+    };
+    let is_dir = |rel: &Path| ws.join(rel).is_dir() || upper.is_some_and(|u| u.join(rel).is_dir());
     let mut out = vec![];
     for root in &found.repo_roots {
         // Only inside an existing `.git`: those names are invisible to the
@@ -871,90 +909,123 @@ fn make_placeholders(
             } else {
                 format!("{root}/{pat}")
             };
-            let lower = ws.join(&rel);
-            let up = upper.join(&rel);
-            if std::fs::symlink_metadata(&lower).is_ok() || std::fs::symlink_metadata(&up).is_ok() {
-                continue;
-            }
-            let parent_rel = Path::new(&rel)
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            if !ws.join(&parent_rel).is_dir() && !upper.join(&parent_rel).is_dir() {
-                continue;
-            }
-            if found
-                .existing
-                .iter()
-                .any(|e| rel.starts_with(&format!("{e}/")))
+            let parent = Path::new(&rel).parent().unwrap_or(Path::new(""));
+            if exists(Path::new(&rel))
+                || !is_dir(parent)
+                || found
+                    .existing
+                    .iter()
+                    .any(|e| rel.starts_with(&format!("{e}/")))
             {
                 continue;
             }
-            let mut created = vec![];
-            // Parents in the upper dir (they mirror lower dirs).
-            let mut cur = upper.to_path_buf();
-            for c in parent_rel.components() {
-                cur.push(c);
-                if std::fs::symlink_metadata(&cur).is_err() {
-                    std::fs::create_dir(&cur)
-                        .map_err(|e| SandboxError::io(format!("mkdir {}", cur.display()), e))?;
-                    if let Ok(m) =
-                        std::fs::metadata(ws.join(cur.strip_prefix(upper).unwrap_or(&cur)))
-                    {
-                        let _ = std::fs::set_permissions(
-                            &cur,
-                            std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o7777),
-                        );
-                    }
-                    if let Some((u, g)) = chown_to {
-                        std::os::unix::fs::lchown(&cur, Some(u), Some(g))
-                            .map_err(|e| SandboxError::io(format!("chown {}", cur.display()), e))?;
-                    }
-                    created.push(cur.clone());
-                }
+            out.push(Missing { rel, dir });
+        }
+    }
+    out
+}
+
+/// The placeholder layer's entries (`q` message entries, at most
+/// [`crate::syscall::PROTECT_MSG_MAX`] bytes each) for `missing`: every
+/// directory above a placeholder with the mode of the workspace's (or
+/// the upper dir's) own, so the merged view shows it unchanged, then the
+/// placeholder itself, read-only and empty.
+fn layer_entries(
+    ws: &Path,
+    upper: &Path,
+    missing: &[Missing],
+) -> Result<Vec<Vec<u8>>, SandboxError> {
+    use crate::syscall::{PH_DIR, PH_FILE, PH_PARENT};
+    let mut out: Vec<Vec<u8>> = vec![];
+    let mut parents = std::collections::BTreeSet::new();
+    let mut entry = |kind: u8, mode: u32, rel: &Path| -> Result<(), SandboxError> {
+        let mut e = vec![kind];
+        e.extend_from_slice(&(mode as u16).to_le_bytes());
+        e.extend_from_slice(cs(rel)?.as_bytes_with_nul());
+        out.push(e);
+        Ok(())
+    };
+    for m in missing {
+        let rel = Path::new(&m.rel);
+        let mut cur = PathBuf::new();
+        for c in rel.parent().unwrap_or(Path::new("")).components() {
+            cur.push(c);
+            if !parents.insert(cur.clone()) {
+                continue;
             }
-            if dir {
-                std::fs::create_dir(&up)
-                    .map_err(|e| SandboxError::io(format!("mkdir {}", up.display()), e))?;
-                let _ = std::fs::set_permissions(
-                    &up,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o555),
-                );
-            } else {
-                std::fs::write(&up, b"")
-                    .map_err(|e| SandboxError::io(format!("create {}", up.display()), e))?;
-                let _ = std::fs::set_permissions(
-                    &up,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o444),
-                );
-            }
-            created.push(up);
-            created.reverse();
-            out.push((rel, created));
+            // The upper dir's copy, when there is one, is what the merged
+            // view shows (it is the top layer).
+            let md = std::fs::metadata(upper.join(&cur))
+                .or_else(|_| std::fs::metadata(ws.join(&cur)))
+                .map_err(|e| SandboxError::io(format!("stat {}", ws.join(&cur).display()), e))?;
+            entry(PH_PARENT, md.mode() & 0o7777, &cur)?;
+        }
+        match m.dir {
+            true => entry(PH_DIR, 0o555, rel)?,
+            false => entry(PH_FILE, 0o444, rel)?,
         }
     }
     Ok(out)
 }
 
-/// Remove placeholders created by [`build`] (empty ones only). With
-/// `aside` (the overlay's work dir), empty directories are moved there for
-/// `airlock_fs::sweep_closed` instead: a rename costs a fraction of an
-/// `rmdir` on a journalling filesystem.
-pub(crate) fn remove_placeholders(paths: &[PathBuf], aside: Option<&Path>) {
+/// Write-through: create each placeholder (and the directories above it)
+/// in the workspace for the run, owned by `chown_to` when given. Returns
+/// the created paths, deepest first per placeholder.
+fn make_placeholders(
+    ws: &Path,
+    missing: &[Missing],
+    chown_to: Option<(u32, u32)>,
+) -> Result<Vec<PathBuf>, SandboxError> {
+    let mut out = vec![];
+    for m in missing {
+        let up = ws.join(&m.rel);
+        let mut created = vec![];
+        let mut cur = ws.to_path_buf();
+        for c in Path::new(&m.rel)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .components()
+        {
+            cur.push(c);
+            if std::fs::symlink_metadata(&cur).is_err() {
+                std::fs::create_dir(&cur)
+                    .map_err(|e| SandboxError::io(format!("mkdir {}", cur.display()), e))?;
+                if let Some((u, g)) = chown_to {
+                    std::os::unix::fs::lchown(&cur, Some(u), Some(g))
+                        .map_err(|e| SandboxError::io(format!("chown {}", cur.display()), e))?;
+                }
+                created.push(cur.clone());
+            }
+        }
+        if m.dir {
+            std::fs::create_dir(&up)
+                .map_err(|e| SandboxError::io(format!("mkdir {}", up.display()), e))?;
+            let _ =
+                std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o555));
+        } else {
+            std::fs::write(&up, b"")
+                .map_err(|e| SandboxError::io(format!("create {}", up.display()), e))?;
+            let _ =
+                std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        }
+        created.push(up);
+        created.reverse();
+        out.extend(created);
+    }
+    Ok(out)
+}
+
+/// Remove the placeholders [`protection`] created in a write-through
+/// workspace (empty ones only).
+pub(crate) fn remove_placeholders(paths: &[PathBuf]) {
     let mut paths = paths.to_vec();
     paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in &paths {
         let Ok(md) = std::fs::symlink_metadata(p) else {
             continue;
         };
-        let empty = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
         let r = if md.is_dir() {
-            match aside {
-                Some(work) if empty(p) => {
-                    airlock_fs::set_aside(work, p).or_else(|_| std::fs::remove_dir(p))
-                }
-                _ => std::fs::remove_dir(p),
-            }
+            std::fs::remove_dir(p)
         } else if md.len() == 0 {
             std::fs::remove_file(p)
         } else {
@@ -969,6 +1040,7 @@ pub(crate) fn remove_placeholders(paths: &[PathBuf], aside: Option<&Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn prot(p: &[&str]) -> airlock_fs::ProtectedPaths {
         airlock_fs::ProtectedPaths {
@@ -1047,46 +1119,80 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_are_created_and_removed() {
+    fn placeholders_are_planned_inside_git_only() {
         let t = tempfile::tempdir().unwrap();
         let ws = t.path().join("ws");
         let upper = t.path().join("upper");
         std::fs::create_dir_all(ws.join(".git")).unwrap();
         std::fs::create_dir_all(ws.join("sub/.git")).unwrap();
-        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::set_permissions(ws.join("sub"), PermissionsExt::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(ws.join("sub/.git"), PermissionsExt::from_mode(0o700)).unwrap();
+        // A repository only the upper dir has (made by an earlier run).
+        std::fs::create_dir_all(upper.join("new/.git")).unwrap();
+        std::fs::set_permissions(upper.join("new"), PermissionsExt::from_mode(0o711)).unwrap();
         let p = prot(&["**/.git/hooks", "**/.git/config", ".vscode/"]);
         let f = walk_protected(&ws, Some(&upper), &p).unwrap();
-        let made = make_placeholders(&ws, &upper, &p, &f, None).unwrap();
-        let rels: Vec<&str> = made.iter().map(|(r, _)| r.as_str()).collect();
+        let missing = missing_placeholders(&ws, Some(&upper), &p, &f);
+        let rels: Vec<(&str, bool)> = missing.iter().map(|m| (m.rel.as_str(), m.dir)).collect();
         // Only inside .git directories: no clutter in the tree itself.
         assert_eq!(
             rels,
             vec![
-                ".git/hooks",
-                ".git/config",
-                "sub/.git/hooks",
-                "sub/.git/config"
+                (".git/hooks", true),
+                (".git/config", false),
+                ("sub/.git/hooks", true),
+                ("sub/.git/config", false),
+                ("new/.git/hooks", true),
+                ("new/.git/config", false),
             ]
         );
-        assert!(upper.join(".git/hooks").is_dir());
-        assert!(upper.join(".git/config").is_file());
-        let all: Vec<PathBuf> = made.into_iter().flat_map(|(_, c)| c).collect();
-        remove_placeholders(&all, None);
-        assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0);
+        // Staged: nothing is written anywhere; the layer's entries carry
+        // each parent once, with its mode, then the placeholder.
+        let entries = layer_entries(&ws, &upper, &missing).unwrap();
+        let decoded: Vec<(char, u32, String)> = entries
+            .iter()
+            .map(|e| {
+                let mode = u16::from_le_bytes([e[1], e[2]]) as u32;
+                let path = std::ffi::CStr::from_bytes_with_nul(&e[3..]).unwrap();
+                (e[0] as char, mode, path.to_string_lossy().into_owned())
+            })
+            .collect();
+        let git_mode = std::fs::metadata(ws.join(".git")).unwrap().mode() & 0o7777;
+        assert_eq!(
+            decoded,
+            vec![
+                ('d', git_mode, ".git".to_string()),
+                ('D', 0o555, ".git/hooks".to_string()),
+                ('f', 0o444, ".git/config".to_string()),
+                ('d', 0o750, "sub".to_string()),
+                ('d', 0o700, "sub/.git".to_string()),
+                ('D', 0o555, "sub/.git/hooks".to_string()),
+                ('f', 0o444, "sub/.git/config".to_string()),
+                ('d', 0o711, "new".to_string()),
+                (
+                    'd',
+                    std::fs::metadata(upper.join("new/.git")).unwrap().mode() & 0o7777,
+                    "new/.git".to_string()
+                ),
+                ('D', 0o555, "new/.git/hooks".to_string()),
+                ('f', 0o444, "new/.git/config".to_string()),
+            ]
+        );
+        assert_eq!(walkdir(&upper), vec!["new", "new/.git"]);
+        let before = walkdir(&ws);
 
-        // Again, setting empty directories aside in a work dir; a staged
-        // file in a placeholder's parent keeps that parent where it is.
-        let work = t.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let made = make_placeholders(&ws, &upper, &p, &f, None).unwrap();
-        std::fs::write(upper.join("sub/.git/index"), "staged").unwrap();
-        let all: Vec<PathBuf> = made.into_iter().flat_map(|(_, c)| c).collect();
-        remove_placeholders(&all, Some(&work));
-        let left: Vec<_> = walkdir(&upper);
-        assert_eq!(left, vec!["sub", "sub/.git", "sub/.git/index"]);
-        assert!(std::fs::read_dir(&work).unwrap().count() >= 1);
-        assert!(airlock_fs::sweep_closed(&work) >= 1);
-        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+        // Write-through: created in the workspace for the run, and removed.
+        let f = walk_protected(&ws, None, &p).unwrap();
+        let missing = missing_placeholders(&ws, None, &p, &f);
+        assert_eq!(missing.len(), 4);
+        let made = make_placeholders(&ws, &missing, None).unwrap();
+        assert!(ws.join(".git/hooks").is_dir());
+        assert!(ws.join("sub/.git/config").is_file());
+        std::fs::write(ws.join("sub/.git/index"), "kept").unwrap();
+        remove_placeholders(&made);
+        let mut after = walkdir(&ws);
+        after.retain(|p| p != "sub/.git/index");
+        assert_eq!(after, before);
     }
 
     fn walkdir(root: &Path) -> Vec<String> {

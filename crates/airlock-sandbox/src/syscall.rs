@@ -25,6 +25,13 @@ const AT_RECURSIVE: u32 = 0x8000;
 const OPEN_TREE_CLONE: c_int = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: c_uint = 0x40;
+const MOUNT_ATTR_NOSUID: c_uint = 0x2;
+const MOUNT_ATTR_NODEV: c_uint = 0x4;
+const MOUNT_ATTR_NOEXEC: c_uint = 0x8;
+const FSOPEN_CLOEXEC: c_uint = 1;
+const FSMOUNT_CLOEXEC: c_uint = 1;
+const FSCONFIG_SET_STRING: c_uint = 1;
+const FSCONFIG_CMD_CREATE: c_uint = 6;
 const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
 const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
 const LANDLOCK_RULE_NET_PORT: c_int = 2;
@@ -179,19 +186,50 @@ pub(crate) enum MountOp {
     Proc { target: CString },
     /// A private devpts instance.
     Devpts { target: CString },
-    /// The staged workspace.
-    Overlay { target: CString, opts: CString },
+    /// The staged workspace. `opts_layer`: the same options with the
+    /// placeholder layer (see [`MountOp::AwaitWalk`]) as the top lower
+    /// layer, used when the parent sent placeholders.
+    Overlay {
+        target: CString,
+        opts: CString,
+        opts_layer: Option<CString>,
+    },
     /// `pivot_root` into `newroot` and detach the old root.
     PivotRoot { newroot: CString },
     /// Wait for the parent's `w` message: the protected-path walk is done
-    /// and its placeholders are in the upper dir (before the overlay is
-    /// mounted over it).
-    AwaitWalk,
+    /// (before the overlay is mounted). Before it, `q` messages may carry
+    /// the placeholders of protected paths that do not exist yet (see
+    /// [`PlaceholderLayer`]).
+    AwaitWalk { layer: Option<PlaceholderLayer> },
     /// Receive the protected paths (`p` messages of NUL-terminated paths,
     /// then `P`) and bind each onto itself read-only. A failure on the
     /// `k`-th path is reported as step `STEP_PROTECT + k`.
     ProtectReceived,
 }
+
+/// Where the placeholders of a staged workspace go: a tmpfs of the
+/// sandbox's own, made by init and used as the overlay's top lower layer,
+/// so they exist for this run only and never touch the upper dir (which
+/// other runs over the same workspace share). Each placeholder is an
+/// empty read-only file or directory, a mount point for the read-only
+/// self-bind of its protected path; the directories above it copy the
+/// workspace's modes, so the merged view shows them unchanged.
+///
+/// The tmpfs is attached over the workspace's directory in the old root
+/// (held in `onto`), like the idmapped tree, and leaves with the old root
+/// at `pivot_root`; its descriptor is moved to `fd`, which
+/// `Overlay::opts_layer` names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlaceholderLayer {
+    pub fd: c_int,
+    pub onto: c_int,
+}
+
+/// Kinds of entries of a `q` message: `[kind][mode: u16 LE][path][NUL]`,
+/// paths relative to the workspace.
+pub(crate) const PH_PARENT: u8 = b'd';
+pub(crate) const PH_DIR: u8 = b'D';
+pub(crate) const PH_FILE: u8 = b'f';
 
 /// Largest message of protected paths the parent sends (one path is at
 /// most PATH_MAX, 4096 bytes with its NUL).
@@ -1089,7 +1127,9 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
             }
         }
         MountOp::ReadOnly { path, recursive } => setattr(path, MOUNT_ATTR_RDONLY, *recursive),
-        MountOp::NoSuid { path } => setattr(path, 0x2 | 0x4, true),
+        MountOp::NoSuid { path } => {
+            setattr(path, (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV) as u64, true)
+        }
         MountOp::Proc { target } => sys_mount(
             c"proc".as_ptr(),
             target.as_ptr(),
@@ -1104,13 +1144,7 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
             (libc::MS_NOSUID | libc::MS_NOEXEC) as c_ulong,
             c"newinstance,ptmxmode=0666,mode=0620".as_ptr() as *const c_void,
         ),
-        MountOp::Overlay { target, opts } => sys_mount(
-            c"overlay".as_ptr(),
-            target.as_ptr(),
-            c"overlay".as_ptr(),
-            (libc::MS_NOSUID | libc::MS_NODEV) as c_ulong,
-            opts.as_ptr() as *const c_void,
-        ),
+        MountOp::Overlay { target, opts, .. } => return mount_overlay(target, opts),
         MountOp::PivotRoot { newroot } => {
             // SAFETY: chdir/pivot_root/umount2 with NUL-terminated strings.
             unsafe {
@@ -1127,8 +1161,23 @@ fn run_op(op: &MountOp) -> Result<(), c_int> {
             }
         }
         // Handled by child_main (they talk to the parent).
-        MountOp::AwaitWalk | MountOp::ProtectReceived => 0,
+        MountOp::AwaitWalk { .. } | MountOp::ProtectReceived => 0,
     };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn mount_overlay(target: &CStr, opts: &CStr) -> Result<(), c_int> {
+    let r = sys_mount(
+        c"overlay".as_ptr(),
+        target.as_ptr(),
+        c"overlay".as_ptr(),
+        (libc::MS_NOSUID | libc::MS_NODEV) as c_ulong,
+        opts.as_ptr() as *const c_void,
+    );
     if r < 0 {
         Err(errno())
     } else {
@@ -1369,9 +1418,15 @@ fn child_main(p: &ChildPlan) -> ! {
 
         open_srcs(p, true);
 
+        let mut layered = false;
         for (i, op) in p.ops.iter().enumerate() {
             let r = match op {
-                MountOp::AwaitWalk => await_walk(p),
+                MountOp::AwaitWalk { layer } => await_walk(p, *layer).map(|l| layered = l),
+                MountOp::Overlay {
+                    target,
+                    opts_layer: Some(o),
+                    ..
+                } if layered => mount_overlay(target, o),
                 MountOp::ProtectReceived => {
                     protect_received(p);
                     Ok(())
@@ -1647,13 +1702,138 @@ fn recv_msg<'a>(p: &ChildPlan, buf: &'a mut [u8]) -> &'a [u8] {
     &buf[..n as usize]
 }
 
-/// [`MountOp::AwaitWalk`].
-fn await_walk(p: &ChildPlan) -> Result<(), c_int> {
-    let mut buf = [0u8; 16];
-    match recv_msg(p, &mut buf) {
-        [b'w'] => Ok(()),
-        _ => Err(libc::EPROTO),
+/// [`MountOp::AwaitWalk`]: make the placeholders the parent sends, if
+/// any, in a tmpfs of our own ([`PlaceholderLayer`]), until `w`. Returns
+/// whether the layer was made.
+fn await_walk(p: &ChildPlan, layer: Option<PlaceholderLayer>) -> Result<bool, c_int> {
+    let mut buf = [0u8; PROTECT_MSG_MAX + 1];
+    let mut made = false;
+    loop {
+        let msg = recv_msg(p, &mut buf);
+        let mut rest = match msg.split_first() {
+            Some((b'w', [])) => return Ok(made),
+            Some((b'q', rest)) => rest,
+            _ => return Err(libc::EPROTO),
+        };
+        let Some(layer) = layer else {
+            return Err(libc::EPROTO);
+        };
+        if !made {
+            placeholder_tmpfs(layer)?;
+            made = true;
+        }
+        while let [kind, m0, m1, tail @ ..] = rest {
+            let Some(end) = tail.iter().position(|&b| b == 0) else {
+                return Err(libc::EPROTO);
+            };
+            let Ok(path) = CStr::from_bytes_with_nul(&tail[..=end]) else {
+                return Err(libc::EPROTO);
+            };
+            let mode = u16::from_le_bytes([*m0, *m1]) as libc::mode_t;
+            // SAFETY: *at calls on our own tmpfs with a NUL-terminated
+            // relative path from the parent's walk.
+            let r = unsafe {
+                match *kind {
+                    PH_PARENT | PH_DIR => {
+                        let r = libc::mkdirat(layer.fd, path.as_ptr(), 0o700);
+                        if r < 0 && errno() != libc::EEXIST {
+                            r
+                        } else {
+                            libc::fchmodat(layer.fd, path.as_ptr(), mode, 0)
+                        }
+                    }
+                    PH_FILE => {
+                        let fd = libc::openat(
+                            layer.fd,
+                            path.as_ptr(),
+                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                            0o400,
+                        );
+                        if fd < 0 {
+                            fd
+                        } else {
+                            libc::close(fd);
+                            libc::fchmodat(layer.fd, path.as_ptr(), mode, 0)
+                        }
+                    }
+                    _ => return Err(libc::EPROTO),
+                }
+            };
+            if r < 0 {
+                return Err(errno());
+            }
+            rest = &tail[end + 1..];
+        }
+        if !rest.is_empty() {
+            return Err(libc::EPROTO);
+        }
     }
+}
+
+/// A new tmpfs (new mount API), attached over `layer.onto` and held in
+/// `layer.fd`.
+fn placeholder_tmpfs(layer: PlaceholderLayer) -> Result<(), c_int> {
+    // SAFETY: fsopen/fsconfig/fsmount/move_mount on descriptors this
+    // function owns, with NUL-terminated constant strings.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) as c_int;
+        if fs < 0 {
+            return Err(errno());
+        }
+        let set = |k: &CStr, v: &CStr| {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        };
+        let mnt = if set(c"mode", c"0755") < 0
+            || set(c"size", c"1m") < 0
+            || libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<c_char>(),
+                std::ptr::null::<c_void>(),
+                0,
+            ) < 0
+        {
+            -1
+        } else {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs,
+                FSMOUNT_CLOEXEC,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            ) as c_int
+        };
+        let e = errno();
+        libc::close(fs);
+        if mnt < 0 {
+            return Err(e);
+        }
+        let r = if libc::dup3(mnt, layer.fd, libc::O_CLOEXEC) < 0 {
+            -1
+        } else {
+            libc::syscall(
+                libc::SYS_move_mount,
+                layer.fd,
+                c"".as_ptr(),
+                layer.onto,
+                c"".as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            ) as c_int
+        };
+        let e = errno();
+        libc::close(mnt);
+        if r < 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// [`MountOp::ProtectReceived`]: bind each protected path the parent sends

@@ -53,7 +53,62 @@ sandbox_test! {
         assert!(!f.upper().join(".git/hooks/pre-commit").exists());
         assert!(!f.upper().join(".gitmodules").exists());
         assert!(f.upper().join("x").exists());
-        // Placeholders are removed from the upper dir after the run.
+        // Placeholders live in the run's own layer, never the upper dir.
         assert!(!f.upper().join(".git/config").exists());
+    }
+}
+
+sandbox_test! {
+    fn staged_placeholders_block_creation_and_keep_the_tree_as_it_was() {
+        let f = Fixture::new();
+        f.write(".git/config", "[core]\n");
+        f.write("sub/.git/HEAD", "ref: refs/heads/main\n");
+        for (d, m) in [(".git", 0o750), ("sub", 0o711), ("sub/.git", 0o700)] {
+            std::fs::set_permissions(f.ws().join(d), std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+        }
+        let Some(o) = try_run(&f.sh(
+            "for r in . sub; do mkdir -p $r/.git/hooks; echo evil > $r/.git/hooks/post-merge; \
+             echo evil > $r/.git/config.worktree; rm -rf $r/.git/hooks; done 2>/dev/null; \
+             stat -c '%n %a' .git sub sub/.git; ls -A sub/.git; echo ok > x")) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        // The directories above the placeholders look as they do on disk.
+        assert!(out.contains(".git 750\nsub 711\nsub/.git 700\n"), "{out}");
+        assert!(out.contains("hooks"), "placeholder not in the view: {out}");
+        for r in [".git", "sub/.git"] {
+            for p in ["hooks", "hooks/post-merge", "config.worktree"] {
+                assert!(!f.upper().join(r).join(p).exists(), "{r}/{p} staged");
+            }
+        }
+        // Nothing but the command's own file was staged: no placeholder or
+        // directory made for one is left in the upper dir.
+        assert_eq!(std::fs::read_dir(f.upper()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>(), vec!["x"]);
+        assert!(!f.ws().join(".git/hooks").exists() && !f.ws().join("x").exists());
+    }
+}
+
+sandbox_test! {
+    fn a_run_ending_does_not_unprotect_an_overlapping_one() {
+        // Two runs over one workspace share its upper dir. When the first
+        // ends, the placeholder the second bound read-only must still be
+        // there (it once was the first run's, removed at its end, and the
+        // kernel then detached the second run's bind).
+        let f = Fixture::new();
+        f.write(".git/config", "[core]\n");
+        let (first, second) = std::thread::scope(|s| {
+            let a = s.spawn(|| try_run(&f.sh("sleep 0.3")));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let b = s.spawn(|| {
+                try_run(&f.sh(
+                    "sleep 1; mkdir -p .git/hooks; echo evil > .git/hooks/post-merge; echo evil > .git/config.worktree; true",
+                ))
+            });
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let (Some(first), Some(second)) = (first, second) else { return };
+        assert_eq!(first.status, ExitKind::Exited(0), "{}", stderr(&first));
+        assert_eq!(second.status, ExitKind::Exited(0), "{}", stderr(&second));
+        assert!(!f.upper().join(".git/hooks/post-merge").exists(), "hook planted after the first run ended");
+        assert!(!f.upper().join(".git/config.worktree").exists());
     }
 }
