@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::limits::{Mechanism, RunCgroup};
 use crate::mounts::{self, Access, RootInputs};
-use crate::syscall::{self, ChildPlan, LandlockPlan};
+use crate::syscall::{self, ChildPlan, LandlockPlan, Phase};
 use crate::{
     ExitKind, LandlockState, Layer, LayerReport, Outcome, SandboxError, SandboxSpec, StdioMode,
     Violation, WorkspaceMode,
@@ -68,6 +68,8 @@ pub struct Running {
     /// The helper that lent its user namespace to the idmapped workspace;
     /// reaped with the rest.
     _idmap_helper: Option<syscall::Reaper>,
+    /// Set-up timings (see `syscall::PhaseClock`), when asked for.
+    phases: Option<syscall::PhaseClock>,
     tally: Tally,
     done: bool,
 }
@@ -623,8 +625,24 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         envp_ptrs: vec![],
         stdio,
         command_stack: Vec::with_capacity(64 * 1024),
+        phases: std::ptr::null_mut(),
     };
     plan.seal();
+    // `AIRLOCK_LOG=airlock_sandbox::phases=debug`: when each step of the
+    // set-up ended, in the parent, init and its helpers.
+    let phases = if tracing::enabled!(target: "airlock_sandbox::phases", tracing::Level::DEBUG) {
+        syscall::PhaseClock::new().ok()
+    } else {
+        None
+    };
+    if let Some(c) = &phases {
+        plan.phases = c.raw();
+    }
+    let phase = |p: Phase| {
+        if let Some(c) = &phases {
+            c.record(p);
+        }
+    };
 
     // The network namespace (the costliest to create) is made by a helper
     // of the child while the child builds the root (see
@@ -649,10 +667,12 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     }
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
     let start = Instant::now();
+    phase(Phase::Clone);
     let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
         why: format!("clone3 with new user/mount/pid/net/ipc/uts/cgroup namespaces: {e}"),
         hint: userns_hint(),
     })?;
+    phase(Phase::Cloned);
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "cloned");
     let pidfd = Arc::new(pidfd);
     // From here on, a failure must kill and reap the child.
@@ -682,6 +702,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         }
         write_file(format!("/proc/{pid}/uid_map"), &format!("{uid_map}\n"))?;
         write_file(format!("/proc/{pid}/gid_map"), &format!("{gid} {gid} 1\n"))?;
+        phase(Phase::MapsWritten);
         syscall::send_msg(sync_wr.as_raw_fd(), b"g")
             .map_err(|e| SandboxError::io("starting the sandbox", e))
     })();
@@ -708,6 +729,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         match mounts::protection(ws, mode, &spec.protected, chown_to) {
             Ok(pr) => {
                 cleanup_placeholders = PlaceholderGuard(pr.placeholders);
+                phase(Phase::WalkSent);
                 send_batched(sock, b'q', pr.layer.iter().map(Vec::as_slice));
                 let _ = syscall::send_msg(sock, b"w");
                 send_batched(sock, b'p', pr.inside.iter().map(|p| p.as_bytes_with_nul()));
@@ -720,6 +742,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 ..
             }) if degraded_ok(Layer::ProtectedPaths) => {
                 degraded.push((Layer::ProtectedPaths, why));
+                phase(Phase::WalkSent);
                 let _ = syscall::send_msg(sock, b"w");
                 let _ = syscall::send_msg(sock, b"P");
             }
@@ -783,6 +806,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         };
         let fds: Vec<RawFd> = join_fds.iter().map(|f| f.as_raw_fd()).collect();
         // A child that already failed has closed its end; its report follows.
+        phase(Phase::LimitsSent);
         let _ = syscall::send_fds(sync_wr.as_raw_fd(), tag, &fds);
     }
     drop(join_fds);
@@ -850,6 +874,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         });
     }
 
+    phase(Phase::ExecSeen);
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "command executed");
     // Seccomp notifications.
     let notify = match notify_parent {
@@ -940,6 +965,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         volatile,
         run_work,
         _idmap_helper: idmap_helper,
+        phases,
         tally: Tally {
             net_ports: if with_net {
                 Some(net_ports.clone())
@@ -1373,6 +1399,19 @@ impl Running {
             disk_hit = bytes > max;
         }
         tracing::debug!(us = self.t0.elapsed().as_micros() as u64, "reaped");
+        if let Some(c) = self.phases.take() {
+            c.record(Phase::Reaped);
+            let line: Vec<String> = c
+                .read()
+                .iter()
+                .map(|(p, us)| format!("{}={us}", p.name()))
+                .collect();
+            tracing::debug!(
+                target: "airlock_sandbox::phases",
+                "set-up phases, µs after clone3: {}",
+                line.join(" ")
+            );
+        }
         let duration = self.start.elapsed();
         let mut st = [0u8; 4];
         let mut f = std::fs::File::from(

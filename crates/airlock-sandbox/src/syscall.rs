@@ -303,6 +303,8 @@ pub(crate) struct ChildPlan {
     /// Stack of the command process between its clone and its execve
     /// (only its capacity is used; nothing reads it).
     pub command_stack: Vec<u8>,
+    /// A [`PhaseClock`]'s page, or null.
+    pub phases: *mut u64,
 }
 
 impl ChildPlan {
@@ -320,6 +322,196 @@ impl ChildPlan {
             .map(|s| s.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
+    }
+}
+
+/// Steps of a sandbox's set-up and end, timed when the
+/// `airlock_sandbox::phases` debug target is on (see [`PhaseClock`]), in
+/// the order they usually end. Who records each: the parent (`P`), init
+/// (`I`), init's network helper (`N`) or the command process (`C`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum Phase {
+    /// P: about to call clone3 (the clock's zero).
+    Clone,
+    /// P: clone3 returned.
+    Cloned,
+    /// I: running.
+    InitStarted,
+    /// N: running.
+    NetStarted,
+    /// P: the id maps are written (recorded before `g` is sent).
+    MapsWritten,
+    /// I: knows the id maps are written.
+    MapsReceived,
+    /// I: the mount sources are open.
+    SourcesOpened,
+    /// P: the protected-path walk is done (recorded before it is sent).
+    WalkSent,
+    /// I: has the walk (and made the placeholder layer).
+    WalkReceived,
+    /// I: the overlay is mounted.
+    OverlayMounted,
+    /// I: the protected paths are bound read-only.
+    ProtectedBound,
+    /// I: `pivot_root` is done (and the old root detached).
+    PivotRoot,
+    /// P: the cgroup is made, or the rlimits fallback chosen (recorded
+    /// before `c` or `r` is sent).
+    LimitsSent,
+    /// N: the network namespace is made (recorded before it is sent).
+    NetReady,
+    /// I: has joined the network namespace.
+    NetJoined,
+    /// I: Landlock is applied (and capabilities dropped).
+    Landlocked,
+    /// I: the seccomp filters are installed.
+    Seccomp,
+    /// I: has joined the cgroup or applied the fallback rlimits.
+    LimitsJoined,
+    /// C: about to execve the command.
+    Exec,
+    /// P: knows the command was executed.
+    ExecSeen,
+    /// I: has reaped the command.
+    CommandExited,
+    /// P: has reaped init (the sandbox is gone).
+    Reaped,
+}
+
+impl Phase {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Phase::Clone => "clone",
+            Phase::Cloned => "cloned",
+            Phase::InitStarted => "init_started",
+            Phase::NetStarted => "net_started",
+            Phase::MapsWritten => "maps_written",
+            Phase::MapsReceived => "maps_received",
+            Phase::SourcesOpened => "sources_opened",
+            Phase::WalkSent => "walk_sent",
+            Phase::WalkReceived => "walk_received",
+            Phase::OverlayMounted => "overlay_mounted",
+            Phase::ProtectedBound => "protected_bound",
+            Phase::PivotRoot => "pivot_root",
+            Phase::LimitsSent => "limits_sent",
+            Phase::NetReady => "net_ready",
+            Phase::NetJoined => "net_joined",
+            Phase::Landlocked => "landlocked",
+            Phase::Seccomp => "seccomp",
+            Phase::LimitsJoined => "limits_joined",
+            Phase::Exec => "exec",
+            Phase::ExecSeen => "exec_seen",
+            Phase::CommandExited => "command_exited",
+            Phase::Reaped => "reaped",
+        }
+    }
+
+    pub(crate) const ALL: [Phase; 22] = [
+        Phase::Clone,
+        Phase::Cloned,
+        Phase::InitStarted,
+        Phase::NetStarted,
+        Phase::MapsWritten,
+        Phase::MapsReceived,
+        Phase::SourcesOpened,
+        Phase::WalkSent,
+        Phase::WalkReceived,
+        Phase::OverlayMounted,
+        Phase::ProtectedBound,
+        Phase::PivotRoot,
+        Phase::LimitsSent,
+        Phase::NetReady,
+        Phase::NetJoined,
+        Phase::Landlocked,
+        Phase::Seccomp,
+        Phase::LimitsJoined,
+        Phase::Exec,
+        Phase::ExecSeen,
+        Phase::CommandExited,
+        Phase::Reaped,
+    ];
+}
+
+/// A page shared by the parent, init, its network helper and the command
+/// process until it execs (`MAP_SHARED`, so every fork writes the same
+/// copy), where each stores the time (`CLOCK_MONOTONIC`, ns) at which it
+/// ended a [`Phase`]. Recording is a vDSO clock read and a store: no
+/// allocation, safe in the forked child.
+pub(crate) struct PhaseClock {
+    page: *mut u64,
+}
+
+// SAFETY: the page is plain memory owned by this value; `record` and
+// `read` are volatile accesses of u64 slots, and a torn read at worst
+// shows a phase as not yet ended.
+unsafe impl Send for PhaseClock {}
+
+impl PhaseClock {
+    pub(crate) fn new() -> io::Result<PhaseClock> {
+        // SAFETY: an anonymous shared mapping of one page, unmapped in Drop.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PhaseClock {
+            page: page as *mut u64,
+        })
+    }
+
+    /// The page, for the child's plan.
+    pub(crate) fn raw(&self) -> *mut u64 {
+        self.page
+    }
+
+    pub(crate) fn record(&self, phase: Phase) {
+        record(self.page, phase);
+    }
+
+    /// The phases recorded, in µs after [`Phase::Clone`], earliest first.
+    pub(crate) fn read(&self) -> Vec<(Phase, u64)> {
+        // SAFETY: reads of slots inside the page.
+        let at = |p: Phase| unsafe { self.page.add(p as usize).read_volatile() };
+        let zero = at(Phase::Clone);
+        let mut v: Vec<(Phase, u64)> = Phase::ALL
+            .iter()
+            .filter(|p| at(**p) != 0 && zero != 0)
+            .map(|p| (*p, at(*p).saturating_sub(zero) / 1000))
+            .collect();
+        v.sort_by_key(|(_, us)| *us);
+        v
+    }
+}
+
+impl Drop for PhaseClock {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used.
+        unsafe { libc::munmap(self.page as *mut c_void, 4096) };
+    }
+}
+
+/// Record the end of `phase` on `page` (a [`PhaseClock`]'s, or null: no
+/// tracing). Async-signal-safe.
+fn record(page: *mut u64, phase: Phase) {
+    if page.is_null() {
+        return;
+    }
+    // SAFETY: clock_gettime into a stack struct (vDSO); a volatile store
+    // into the slot of `phase` inside the one-page mapping.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        let ns = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+        page.add(phase as usize).write_volatile(ns.max(1));
     }
 }
 
@@ -1377,6 +1569,7 @@ fn child_main(p: &ChildPlan) -> ! {
         // cleared once the lifeline pipe takes over, below.)
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
         libc::close(p.sync_wr);
+        record(p.phases, Phase::InitStarted);
         let mut net_pid: libc::pid_t = -1;
         if p.unshare_net {
             let top = (p.net_stack.as_ptr() as usize + p.net_stack.capacity()) & !15;
@@ -1395,6 +1588,7 @@ fn child_main(p: &ChildPlan) -> ! {
         if libc::read(p.sync_rd, b.as_mut_ptr() as *mut c_void, 1) != 1 {
             libc::_exit(1);
         }
+        record(p.phases, Phase::MapsReceived);
 
         // Mount sources: first with the credentials we were cloned with (as
         // root: still the host uid 0 as owner, without capabilities), then,
@@ -1417,6 +1611,7 @@ fn child_main(p: &ChildPlan) -> ! {
         }
 
         open_srcs(p, true);
+        record(p.phases, Phase::SourcesOpened);
 
         let mut layered = false;
         for (i, op) in p.ops.iter().enumerate() {
@@ -1436,6 +1631,13 @@ fn child_main(p: &ChildPlan) -> ! {
             if let Err(e) = r {
                 fail(ew, i as u32, e);
             }
+            match op {
+                MountOp::AwaitWalk { .. } => record(p.phases, Phase::WalkReceived),
+                MountOp::Overlay { .. } => record(p.phases, Phase::OverlayMounted),
+                MountOp::ProtectReceived => record(p.phases, Phase::ProtectedBound),
+                MountOp::PivotRoot { .. } => record(p.phases, Phase::PivotRoot),
+                _ => {}
+            }
         }
 
         if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) < 0 {
@@ -1454,6 +1656,7 @@ fn child_main(p: &ChildPlan) -> ! {
             drop(ns);
             libc::close(p.net_sock[0]);
         }
+        record(p.phases, Phase::NetJoined);
         if libc::chdir(p.cwd.as_ptr()) < 0 {
             fail(ew, STEP_CHDIR, errno());
         }
@@ -1508,6 +1711,7 @@ fn child_main(p: &ChildPlan) -> ! {
         if drop_all_caps() < 0 {
             fail(ew, STEP_CAPS, errno());
         }
+        record(p.phases, Phase::Landlocked);
         for (i, f) in p.seccomp.iter().enumerate() {
             let prog = libc::sock_fprog {
                 len: f.len() as u16,
@@ -1538,6 +1742,7 @@ fn child_main(p: &ChildPlan) -> ! {
         if p.notify_sock >= 0 {
             libc::close(p.notify_sock);
         }
+        record(p.phases, Phase::Seccomp);
 
         // Init leads a process group of its own: terminal signals (Ctrl-C)
         // go to the caller's foreground group, and the caller forwards them
@@ -1558,6 +1763,7 @@ fn child_main(p: &ChildPlan) -> ! {
         // The last message: the run's cgroup is ready (so the command and
         // all it starts are counted there), or it could not be made.
         join_limits(p);
+        record(p.phases, Phase::LimitsJoined);
 
         // The network helper, unconfined and sharing init's memory, is gone
         // before anything untrusted runs (it exited once it had sent the
@@ -1634,6 +1840,7 @@ fn child_main(p: &ChildPlan) -> ! {
                         break;
                     }
                     if r == pid {
+                        record(p.phases, Phase::CommandExited);
                         let b = st.to_ne_bytes();
                         libc::write(sw, b.as_ptr() as *const c_void, 4);
                         libc::_exit(0);
@@ -1921,6 +2128,7 @@ extern "C" fn net_entry(arg: *mut c_void) -> c_int {
     // a stack buffer; ends in _exit.
     unsafe {
         libc::close(p.net_sock[0]);
+        record(p.phases, Phase::NetStarted);
         if libc::unshare(libc::CLONE_NEWNET) < 0 {
             fail(p.err_wr, STEP_NETNS, errno());
         }
@@ -1941,6 +2149,7 @@ extern "C" fn net_entry(arg: *mut c_void) -> c_int {
         // wait for init (whose end of the socket other sandboxes started at
         // the same time may hold copies of, so its hang-up might never be
         // seen here).
+        record(p.phases, Phase::NetReady);
         if send_fds(p.net_sock[1], b'n', &[ns]) != 1 {
             libc::_exit(1);
         }
@@ -1989,6 +2198,7 @@ fn command_main(p: &ChildPlan) -> ! {
             c_int::MAX as u32,
             CLOSE_RANGE_CLOEXEC,
         );
+        record(p.phases, Phase::Exec);
         let mut last = libc::ENOENT;
         for path in &p.exec_paths {
             libc::execve(path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());

@@ -28,17 +28,19 @@ impl Env {
     }
     /// `bin` with `args` in the workspace, in this environment.
     fn run_with(&self, bin: &Path, args: &[&str]) -> Output {
-        Command::new(bin)
-            .args(args)
+        self.command(bin).args(args).output().unwrap()
+    }
+    fn command(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
+        c.current_dir(self.ws())
             .current_dir(self.ws())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", self.dir.path())
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("GITHUB_TOKEN", "cli-canary")
-            .output()
-            .unwrap()
+            .env("GITHUB_TOKEN", "cli-canary");
+        c
     }
 }
 
@@ -441,4 +443,68 @@ fn the_full_cli_refuses_a_front_of_another_build() {
     );
     let out = full(env!("AIRLOCK_BUILD_ID"), &["--version"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn set_up_phases_are_timed_in_the_order_the_protocol_imposes() {
+    // `AIRLOCK_LOG=airlock_sandbox::phases=debug` prints when each step of
+    // the set-up ended, recorded by the parent, init, its network helper
+    // and the command process on one shared page. Each pair below is
+    // ordered by a message or a program order, whatever the scheduling.
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    std::fs::create_dir_all(e.ws().join(".git")).unwrap();
+    std::fs::write(e.ws().join(".git/config"), "[core]\n").unwrap();
+    let o = e
+        .command(Path::new(env!("CARGO_BIN_EXE_airlock")))
+        .env("AIRLOCK_LOG", "airlock_sandbox::phases=debug")
+        .args(["run", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find_map(|l| l.split_once("set-up phases, µs after clone3: "))
+        .unwrap_or_else(|| panic!("no phases line in {err}"))
+        .1;
+    let at: std::collections::HashMap<&str, u64> = line
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k, v.parse().unwrap())
+        })
+        .collect();
+    let before = [
+        // init, in program order
+        ("init_started", "maps_received"),
+        ("maps_received", "sources_opened"),
+        ("sources_opened", "walk_received"),
+        ("walk_received", "overlay_mounted"),
+        ("overlay_mounted", "protected_bound"),
+        ("protected_bound", "pivot_root"),
+        ("pivot_root", "net_joined"),
+        ("net_joined", "landlocked"),
+        ("landlocked", "seccomp"),
+        ("seccomp", "limits_joined"),
+        ("limits_joined", "exec"),
+        ("exec", "command_exited"),
+        // messages between the processes
+        ("clone", "cloned"),
+        ("maps_written", "maps_received"),
+        ("walk_sent", "walk_received"),
+        ("limits_sent", "limits_joined"),
+        ("net_started", "net_ready"),
+        ("net_ready", "net_joined"),
+        ("exec", "exec_seen"),
+        ("command_exited", "reaped"),
+    ];
+    for (a, b) in before {
+        let (Some(x), Some(y)) = (at.get(a), at.get(b)) else {
+            panic!("{a} or {b} missing from {line}");
+        };
+        assert!(x <= y, "{a}={x} after {b}={y}: {line}");
+    }
 }
