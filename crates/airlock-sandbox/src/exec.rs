@@ -459,7 +459,6 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // Which cgroup mechanism is usable is found, and the cgroup made, once
     // the child is running (it builds its root meanwhile); without one, the
     // child is told to apply the rlimits that stand in for it.
-    let mut mech = Mechanism::Rlimit;
     let rlimits = crate::limits::base_rlimits(&spec.limits);
     let fallback_rlimits = crate::limits::cgroup_stand_ins(&spec.limits);
 
@@ -766,10 +765,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let mut cgroup = None;
     let mut join_fds: Vec<std::fs::File> = vec![];
     if wants_cgroup && early_failure.is_none() {
-        mech = crate::limits::detect();
-    }
-    if mech != Mechanism::Rlimit {
-        match RunCgroup::create(mech, &run_id, &spec.limits) {
+        match RunCgroup::create(&run_id, &spec.limits) {
             Ok(cg) => {
                 // cgroup v1: the child moves itself (see join_limits); v2:
                 // moved from here.
@@ -791,10 +787,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 }
                 cgroup = Some(cg);
             }
-            Err(e) => {
-                tracing::debug!("cgroup unavailable ({e}); using rlimits");
-                mech = Mechanism::Rlimit;
-            }
+            Err(e) => tracing::debug!("cgroup unavailable ({e}); using rlimits"),
         }
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "cgroup made");
     }
@@ -917,7 +910,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         limits_mechanism: if spec.limits == crate::Limits::default() {
             "none".into()
         } else {
-            mech.as_str().into()
+            cgroup
+                .as_ref()
+                .map_or(Mechanism::Rlimit, |c| c.mechanism())
+                .as_str()
+                .into()
         },
         workspace: match &workspace {
             None => "none".into(),

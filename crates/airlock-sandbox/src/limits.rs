@@ -107,15 +107,31 @@ fn v1_dir(own_text: &str, controller: &str) -> Option<PathBuf> {
     }
 }
 
+/// Where this process may create its runs' cgroups.
+enum Parents {
+    V2(PathBuf),
+    V1 { memory: PathBuf, pids: PathBuf },
+}
+
+/// The cgroup parents this process can use, v2 first (without creating
+/// anything); `None`: neither.
+fn parents() -> Option<Parents> {
+    let own = read_proc("/proc/self/cgroup").unwrap_or_default();
+    if let Some(p) = v2_parent(&own) {
+        return Some(Parents::V2(p));
+    }
+    Some(Parents::V1 {
+        memory: v1_dir(&own, "memory")?,
+        pids: v1_dir(&own, "pids")?,
+    })
+}
+
 /// Which mechanism this process can use (without creating anything).
 pub fn detect() -> Mechanism {
-    let own = read_proc("/proc/self/cgroup").unwrap_or_default();
-    if v2_parent(&own).is_some() {
-        Mechanism::CgroupV2
-    } else if v1_dir(&own, "memory").is_some() && v1_dir(&own, "pids").is_some() {
-        Mechanism::CgroupV1
-    } else {
-        Mechanism::Rlimit
+    match parents() {
+        Some(Parents::V2(_)) => Mechanism::CgroupV2,
+        Some(Parents::V1 { .. }) => Mechanism::CgroupV1,
+        None => Mechanism::Rlimit,
     }
 }
 
@@ -145,20 +161,24 @@ fn write(p: &Path, v: &str) -> Result<(), String> {
 }
 
 impl RunCgroup {
-    /// Create `airlock-<name>` cgroups and set the limits.
-    pub fn create(mechanism: Mechanism, name: &str, limits: &Limits) -> Result<RunCgroup, String> {
+    /// Create `airlock-<name>` cgroups with the mechanism [`detect`]
+    /// would name, and set the limits.
+    pub fn create(name: &str, limits: &Limits) -> Result<RunCgroup, String> {
         let leaf = format!("airlock-{name}");
-        let own = read_proc("/proc/self/cgroup").unwrap_or_default();
+        let parents = parents().ok_or(
+            "no cgroup mechanism (no delegated v2 subtree, no writable v1 memory and pids)",
+        )?;
         let mut cg = RunCgroup {
-            mechanism,
+            mechanism: match parents {
+                Parents::V2(_) => Mechanism::CgroupV2,
+                Parents::V1 { .. } => Mechanism::CgroupV1,
+            },
             memory: None,
             pids: None,
             removed: false,
         };
-        match mechanism {
-            Mechanism::Rlimit => return Err("no cgroup mechanism".into()),
-            Mechanism::CgroupV2 => {
-                let parent = v2_parent(&own).ok_or("cgroup v2 not delegated")?;
+        match parents {
+            Parents::V2(parent) => {
                 let d = parent.join(&leaf);
                 fs::create_dir(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
                 cg.memory = Some(d.clone());
@@ -171,15 +191,11 @@ impl RunCgroup {
                     write(&d.join("pids.max"), &(p + 1).to_string())?;
                 }
             }
-            Mechanism::CgroupV1 => {
-                let md = v1_dir(&own, "memory")
-                    .ok_or("cgroup v1 memory controller not writable")?
-                    .join(&leaf);
+            Parents::V1 { memory, pids } => {
+                let md = memory.join(&leaf);
                 fs::create_dir(&md).map_err(|e| format!("mkdir {}: {e}", md.display()))?;
                 cg.memory = Some(md.clone());
-                let pd = v1_dir(&own, "pids")
-                    .ok_or("cgroup v1 pids controller not writable")?
-                    .join(&leaf);
+                let pd = pids.join(&leaf);
                 fs::create_dir(&pd).map_err(|e| format!("mkdir {}: {e}", pd.display()))?;
                 cg.pids = Some(pd.clone());
                 if let Some(m) = limits.memory {
@@ -334,17 +350,9 @@ impl Drop for RunCgroup {
     }
 }
 
-/// rlimits `(resource, soft, hard)` applied inside the sandbox: the
-/// [`base_rlimits`], and without a cgroup its [`cgroup_stand_ins`].
-pub fn rlimits(limits: &Limits, mechanism: Mechanism) -> Vec<(i32, u64, u64)> {
-    let mut v = base_rlimits(limits);
-    if mechanism == Mechanism::Rlimit {
-        v.extend(cgroup_stand_ins(limits));
-    }
-    v
-}
-
-/// The rlimits that stand in for a cgroup's memory and pids limits.
+/// The rlimits `(resource, soft, hard)` that stand in for a cgroup's
+/// memory and pids limits, applied inside the sandbox besides the
+/// [`base_rlimits`] when no cgroup could be made.
 pub fn cgroup_stand_ins(limits: &Limits) -> Vec<(i32, u64, u64)> {
     let mut v = vec![];
     if let Some(m) = limits.memory {
@@ -519,12 +527,15 @@ mod tests {
             timeout: None,
             disk: Some(4096),
         };
-        let r = rlimits(&l, Mechanism::Rlimit);
+        // Without a cgroup: the base and the stand-ins.
+        let mut r = base_rlimits(&l);
+        r.extend(cgroup_stand_ins(&l));
         assert!(r.contains(&(libc::RLIMIT_DATA as i32, 1 << 20, 1 << 20)));
         assert!(r.contains(&(libc::RLIMIT_NPROC as i32, 6, 6)));
         assert!(r.contains(&(libc::RLIMIT_CPU as i32, 2, 3)));
         assert!(r.contains(&(libc::RLIMIT_FSIZE as i32, 4096, 4096)));
-        let r = rlimits(&l, Mechanism::CgroupV1);
+        // With one: the base alone.
+        let r = base_rlimits(&l);
         assert!(!r
             .iter()
             .any(|x| x.0 == libc::RLIMIT_DATA as i32 || x.0 == libc::RLIMIT_NPROC as i32));
@@ -543,7 +554,8 @@ mod tests {
             ..Default::default()
         };
         let mut cg =
-            RunCgroup::create(m, &format!("test-{}", std::process::id()), &l).expect("create");
+            RunCgroup::create(&format!("test-{}", std::process::id()), &l).expect("create");
+        assert_eq!(cg.mechanism(), m);
         let dirs: Vec<PathBuf> = cg.dirs().into_iter().cloned().collect();
         assert!(dirs.iter().all(|d| d.exists()));
         let st = cg.stats();
