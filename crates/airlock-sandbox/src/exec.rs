@@ -467,7 +467,6 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "layers prepared");
     let fd_base = fd_base()?;
     let ws_ref = workspace.as_ref().map(|(b, m)| (b.as_path(), m));
-    let chown_to = if root_mode { Some((uid, gid)) } else { None };
     let plan = mounts::build(&RootInputs {
         workspace: ws_ref,
         allow_read: &allow_read,
@@ -725,7 +724,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     if let (true, None, Some((ws, mode))) = (protect_pending, &early_failure, &workspace) {
         let sock = sync_wr.as_raw_fd();
         // A child that already failed has closed its end; its report follows.
-        match mounts::protection(ws, mode, &spec.protected, chown_to) {
+        match mounts::protection(ws, mode, &spec.protected) {
             Ok(pr) => {
                 cleanup_placeholders = PlaceholderGuard(pr.placeholders);
                 phase(Phase::WalkSent);
@@ -1257,12 +1256,11 @@ impl Running {
     /// volatile marker (see `airlock_fs::volatile_state`). A failure keeps
     /// the marker; the next run closes it (or, after a crash, refuses).
     fn close_overlay(&mut self, changed: bool) {
-        if let (Some(u), Some((work, _, _))) = (&self.upper, self.volatile.take()) {
-            let r = match self.run_work.take() {
-                Some(rw) => rw.close(u, &work, changed),
-                None => airlock_fs::close_volatile(u, &work, changed),
-            };
-            if let Err(e) = r {
+        // `volatile` and `run_work` are set together, for a staged workspace.
+        if let (Some(u), Some((area, _, _)), Some(rw)) =
+            (&self.upper, self.volatile.take(), self.run_work.take())
+        {
+            if let Err(e) = rw.close(u, &area, changed) {
                 tracing::warn!("closing the staged overlay of {}: {e}", u.display());
             }
         }
@@ -1401,7 +1399,7 @@ impl Running {
             let line: Vec<String> = c
                 .read()
                 .iter()
-                .map(|(p, us)| format!("{}={us}", p.name()))
+                .map(|(name, us)| format!("{name}={us}"))
                 .collect();
             tracing::debug!(
                 target: "airlock_sandbox::phases",

@@ -86,8 +86,7 @@ pub(crate) struct Protection {
     pub rels: Vec<String>,
     /// The same, as seen in the child before `pivot_root`.
     pub inside: Vec<CString>,
-    /// Write-through: placeholders created in the workspace for the run
-    /// (deepest first per protected path).
+    /// Write-through: placeholders created in the workspace for the run.
     pub placeholders: Vec<PathBuf>,
     /// Staged: the placeholder layer's entries for the child (see
     /// [`PlaceholderLayer`]), encoded as in its `q` messages.
@@ -103,7 +102,6 @@ pub(crate) fn protection(
     ws: &Path,
     mode: &WorkspaceMode,
     prot: &airlock_fs::ProtectedPaths,
-    chown_to: Option<(u32, u32)>,
 ) -> Result<Protection, SandboxError> {
     let upper = match mode {
         WorkspaceMode::Staged { upper, .. } => Some(upper.as_path()),
@@ -116,7 +114,7 @@ pub(crate) fn protection(
     let missing = missing_placeholders(ws, upper, prot, &found);
     match upper {
         Some(upper) => out.layer = layer_entries(ws, upper, &missing)?,
-        None => out.placeholders = make_placeholders(ws, &missing, chown_to)?,
+        None => out.placeholders = make_placeholders(ws, &missing)?,
     }
     for m in missing {
         out.inside.push(cs(nr(&ws.join(&m.rel)))?);
@@ -549,8 +547,8 @@ pub(crate) fn build(inp: &RootInputs<'_>) -> Result<RootPlan, SandboxError> {
         }
     }
 
-    // The placeholders of protected paths must be in the upper dir before
-    // the overlay is mounted over it.
+    // The placeholders of protected paths must be in their layer (staged)
+    // or in the workspace (write-through) before the workspace is mounted.
     let mut await_at = None;
     if protect {
         await_at = Some(b.plan.ops.len());
@@ -968,35 +966,13 @@ fn layer_entries(
     Ok(out)
 }
 
-/// Write-through: create each placeholder (and the directories above it)
-/// in the workspace for the run, owned by `chown_to` when given. Returns
-/// the created paths, deepest first per placeholder.
-fn make_placeholders(
-    ws: &Path,
-    missing: &[Missing],
-    chown_to: Option<(u32, u32)>,
-) -> Result<Vec<PathBuf>, SandboxError> {
+/// Write-through: create each placeholder in the workspace for the run
+/// (the directory above it exists there: see [`missing_placeholders`]).
+/// Returns the created paths.
+fn make_placeholders(ws: &Path, missing: &[Missing]) -> Result<Vec<PathBuf>, SandboxError> {
     let mut out = vec![];
     for m in missing {
         let up = ws.join(&m.rel);
-        let mut created = vec![];
-        let mut cur = ws.to_path_buf();
-        for c in Path::new(&m.rel)
-            .parent()
-            .unwrap_or(Path::new(""))
-            .components()
-        {
-            cur.push(c);
-            if std::fs::symlink_metadata(&cur).is_err() {
-                std::fs::create_dir(&cur)
-                    .map_err(|e| SandboxError::io(format!("mkdir {}", cur.display()), e))?;
-                if let Some((u, g)) = chown_to {
-                    std::os::unix::fs::lchown(&cur, Some(u), Some(g))
-                        .map_err(|e| SandboxError::io(format!("chown {}", cur.display()), e))?;
-                }
-                created.push(cur.clone());
-            }
-        }
         if m.dir {
             std::fs::create_dir(&up)
                 .map_err(|e| SandboxError::io(format!("mkdir {}", up.display()), e))?;
@@ -1008,9 +984,7 @@ fn make_placeholders(
             let _ =
                 std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o444));
         }
-        created.push(up);
-        created.reverse();
-        out.extend(created);
+        out.push(up);
     }
     Ok(out)
 }
@@ -1018,9 +992,8 @@ fn make_placeholders(
 /// Remove the placeholders [`protection`] created in a write-through
 /// workspace (empty ones only).
 pub(crate) fn remove_placeholders(paths: &[PathBuf]) {
-    let mut paths = paths.to_vec();
-    paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in &paths {
+    // None is inside another (a placeholder's parent exists beforehand).
+    for p in paths {
         let Ok(md) = std::fs::symlink_metadata(p) else {
             continue;
         };
@@ -1185,7 +1158,7 @@ mod tests {
         let f = walk_protected(&ws, None, &p).unwrap();
         let missing = missing_placeholders(&ws, None, &p, &f);
         assert_eq!(missing.len(), 4);
-        let made = make_placeholders(&ws, &missing, None).unwrap();
+        let made = make_placeholders(&ws, &missing).unwrap();
         assert!(ws.join(".git/hooks").is_dir());
         assert!(ws.join("sub/.git/config").is_file());
         std::fs::write(ws.join("sub/.git/index"), "kept").unwrap();
