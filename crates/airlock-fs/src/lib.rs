@@ -46,8 +46,8 @@ use airlock_core::ErrorCode;
 
 pub use diff::MAX_DIFF_BYTES;
 pub use volatile::{
-    boot_id, close_dead_runs, close_volatile, record_boot, set_aside, sweep_closed, sync_upper,
-    volatile_state, RunWorkDir, VolatileState, BOOT_ID_FILE,
+    boot_id, close_dead_runs, close_volatile, record_boot, sweep_closed, volatile_state,
+    RunWorkDir, VolatileState, BOOT_ID_FILE,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -117,7 +117,7 @@ pub fn close_volatile(upper: &Path, work: &Path, sync: bool) -> std::io::Result<
 /// Move `path` (a directory on the filesystem of `work`, an overlay work
 /// dir) into `work` under a fresh `closed-*` name, for [`sweep_closed`] to
 /// remove later: one rename now instead of the removal.
-pub fn set_aside(work: &Path, path: &Path) -> std::io::Result<()> {
+fn set_aside(work: &Path, path: &Path) -> std::io::Result<()> {
     std::fs::rename(path, fresh_name(work, CLOSED_PREFIX))
 }
 
@@ -135,7 +135,7 @@ fn fresh_name(work: &Path, prefix: &str) -> PathBuf {
 
 /// Sync the filesystem holding `upper` (what a run wrote there is on disk
 /// once this returns).
-pub fn sync_upper(upper: &Path) -> std::io::Result<()> {
+fn sync_upper(upper: &Path) -> std::io::Result<()> {
     let d = std::fs::File::open(upper)?;
     rustix::fs::syncfs(&d)?;
     Ok(())
