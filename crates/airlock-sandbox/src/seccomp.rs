@@ -109,9 +109,9 @@ impl Programs {
     pub fn deny_notify(&self) -> Vec<libc::sock_filter> {
         let eperm = RET_ERRNO | libc::EPERM as u32;
         let mut out = self.deny_and_connect.clone();
-        for ins in out.iter_mut() {
-            if ins.code == (libc::BPF_RET | libc::BPF_K) as u16 && ins.k == eperm {
-                ins.k = RET_USER_NOTIF;
+        for i in out.iter_mut() {
+            if i.code == RET && i.k == eperm {
+                i.k = RET_USER_NOTIF;
             }
         }
         out
@@ -309,39 +309,20 @@ fn harden(p: seccompiler::BpfProgram, listed: Option<&[i64]>) -> Vec<libc::sock_
     let eperm = RET_ERRNO | libc::EPERM as u32;
     let mut out: Vec<libc::sock_filter> = p
         .into_iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
+        .map(|i| ins(i.code, i.jt, i.jf, i.k))
         .collect();
     // seccompiler starts with: ld arch; jeq ARCH, +1; ret KILL_PROCESS.
-    if out.len() > 3 && out[2].code == (libc::BPF_RET | libc::BPF_K) as u16 {
+    if out.len() > 3 && out[2].code == RET {
         if !abi_checks {
             out[2].k = RET_ALLOW;
             return out;
         }
         out[2].k = eperm;
+        // ld nr; jge X32_SYSCALL_BIT → ret EPERM
         let x32 = [
-            libc::sock_filter {
-                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-                jt: 0,
-                jf: 0,
-                k: 0,
-            },
-            libc::sock_filter {
-                code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 1,
-                k: X32_SYSCALL_BIT,
-            },
-            libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: eperm,
-            },
+            ins(LD_ABS, 0, 0, 0),
+            ins(JGE, 0, 1, X32_SYSCALL_BIT),
+            ins(RET, 0, 0, eperm),
         ];
         out.splice(3..3, x32);
         // After the x32 check the accumulator holds the system call number.
@@ -351,6 +332,8 @@ fn harden(p: seccompiler::BpfProgram, listed: Option<&[i64]>) -> Vec<libc::sock_
     out
 }
 
+const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
@@ -393,7 +376,7 @@ fn search(nrs: &[u32]) -> Vec<libc::sock_filter> {
             .enumerate()
             .map(|(i, nr)| ins(JEQ, (n - i) as u8, 0, *nr))
             .collect();
-        v.push(ins((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, RET_ALLOW));
+        v.push(ins(RET, 0, 0, RET_ALLOW));
         v.push(ins(JA, 0, 0, TO_RULES));
         return v;
     }

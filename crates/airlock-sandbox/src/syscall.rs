@@ -255,7 +255,8 @@ pub(crate) struct ChildPlan {
     pub src_base: c_int,
     /// The child's end of the sync socket (`SOCK_SEQPACKET`). The parent
     /// sends, in order: `g` once the id maps are written; with protected
-    /// paths, `w` (see [`MountOp::AwaitWalk`]) and the paths
+    /// paths, `q` (placeholders, if any) and `w` (see
+    /// [`MountOp::AwaitWalk`]), then the paths
     /// ([`MountOp::ProtectReceived`]); last, `c` with the cgroup v1 `tasks`
     /// files (opened by the parent) to write `0` to, if any, or `r` when the
     /// run's cgroup could not be made and `fallback_rlimits` apply instead.
@@ -380,56 +381,30 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Phase::Clone => "clone",
-            Phase::Cloned => "cloned",
-            Phase::InitStarted => "init_started",
-            Phase::NetStarted => "net_started",
-            Phase::MapsWritten => "maps_written",
-            Phase::MapsReceived => "maps_received",
-            Phase::SourcesOpened => "sources_opened",
-            Phase::WalkSent => "walk_sent",
-            Phase::WalkReceived => "walk_received",
-            Phase::OverlayMounted => "overlay_mounted",
-            Phase::ProtectedBound => "protected_bound",
-            Phase::PivotRoot => "pivot_root",
-            Phase::LimitsSent => "limits_sent",
-            Phase::NetReady => "net_ready",
-            Phase::NetJoined => "net_joined",
-            Phase::Landlocked => "landlocked",
-            Phase::Seccomp => "seccomp",
-            Phase::LimitsJoined => "limits_joined",
-            Phase::Exec => "exec",
-            Phase::ExecSeen => "exec_seen",
-            Phase::CommandExited => "command_exited",
-            Phase::Reaped => "reaped",
-        }
-    }
-
-    pub(crate) const ALL: [Phase; 22] = [
-        Phase::Clone,
-        Phase::Cloned,
-        Phase::InitStarted,
-        Phase::NetStarted,
-        Phase::MapsWritten,
-        Phase::MapsReceived,
-        Phase::SourcesOpened,
-        Phase::WalkSent,
-        Phase::WalkReceived,
-        Phase::OverlayMounted,
-        Phase::ProtectedBound,
-        Phase::PivotRoot,
-        Phase::LimitsSent,
-        Phase::NetReady,
-        Phase::NetJoined,
-        Phase::Landlocked,
-        Phase::Seccomp,
-        Phase::LimitsJoined,
-        Phase::Exec,
-        Phase::ExecSeen,
-        Phase::CommandExited,
-        Phase::Reaped,
+    /// Every phase with the name it is logged under.
+    const NAMED: [(Phase, &'static str); 22] = [
+        (Phase::Clone, "clone"),
+        (Phase::Cloned, "cloned"),
+        (Phase::InitStarted, "init_started"),
+        (Phase::NetStarted, "net_started"),
+        (Phase::MapsWritten, "maps_written"),
+        (Phase::MapsReceived, "maps_received"),
+        (Phase::SourcesOpened, "sources_opened"),
+        (Phase::WalkSent, "walk_sent"),
+        (Phase::WalkReceived, "walk_received"),
+        (Phase::OverlayMounted, "overlay_mounted"),
+        (Phase::ProtectedBound, "protected_bound"),
+        (Phase::PivotRoot, "pivot_root"),
+        (Phase::LimitsSent, "limits_sent"),
+        (Phase::NetReady, "net_ready"),
+        (Phase::NetJoined, "net_joined"),
+        (Phase::Landlocked, "landlocked"),
+        (Phase::Seccomp, "seccomp"),
+        (Phase::LimitsJoined, "limits_joined"),
+        (Phase::Exec, "exec"),
+        (Phase::ExecSeen, "exec_seen"),
+        (Phase::CommandExited, "command_exited"),
+        (Phase::Reaped, "reaped"),
     ];
 }
 
@@ -477,15 +452,16 @@ impl PhaseClock {
         record(self.page, phase);
     }
 
-    /// The phases recorded, in µs after [`Phase::Clone`], earliest first.
-    pub(crate) fn read(&self) -> Vec<(Phase, u64)> {
+    /// The phases recorded, by name, in µs after [`Phase::Clone`],
+    /// earliest first.
+    pub(crate) fn read(&self) -> Vec<(&'static str, u64)> {
         // SAFETY: reads of slots inside the page.
         let at = |p: Phase| unsafe { self.page.add(p as usize).read_volatile() };
         let zero = at(Phase::Clone);
-        let mut v: Vec<(Phase, u64)> = Phase::ALL
+        let mut v: Vec<(&'static str, u64)> = Phase::NAMED
             .iter()
-            .filter(|p| at(**p) != 0 && zero != 0)
-            .map(|p| (*p, at(*p).saturating_sub(zero) / 1000))
+            .filter(|(p, _)| at(*p) != 0 && zero != 0)
+            .map(|(p, name)| (*name, at(*p).saturating_sub(zero) / 1000))
             .collect();
         v.sort_by_key(|(_, us)| *us);
         v
