@@ -111,7 +111,7 @@ pub(crate) fn protection(
     let found = walk_protected(ws, upper, prot)?;
     tracing::debug!(found = found.existing.len(), "protected paths found");
     let mut out = Protection::default();
-    let missing = missing_placeholders(ws, upper, prot, &found);
+    let missing = missing_placeholders(ws, upper, prot, &found)?;
     match upper {
         Some(upper) => out.layer = layer_entries(ws, upper, &missing)?,
         None => out.placeholders = make_placeholders(ws, &missing)?,
@@ -881,12 +881,18 @@ struct Missing {
 /// Each concrete protected pattern that does not exist yet at a
 /// repository root, but whose parent does (in the workspace or, staged,
 /// the upper dir), and is not inside a protected path found.
+///
+/// Write-through, the placeholders are made in the real tree: a parent
+/// that is a symbolic link (a `.git` pointing elsewhere) would have them
+/// made wherever it points, and inside the sandbox, where its target is
+/// absent, nothing would hold the protected path. That is refused. (Staged,
+/// the placeholder layer's own directory stands over the link.)
 fn missing_placeholders(
     ws: &Path,
     upper: Option<&Path>,
     prot: &airlock_fs::ProtectedPaths,
     found: &Found,
-) -> Vec<Missing> {
+) -> Result<Vec<Missing>, SandboxError> {
     let exists = |rel: &Path| {
         std::fs::symlink_metadata(ws.join(rel)).is_ok()
             || upper.is_some_and(|u| std::fs::symlink_metadata(u.join(rel)).is_ok())
@@ -908,6 +914,18 @@ fn missing_placeholders(
                 format!("{root}/{pat}")
             };
             let parent = Path::new(&rel).parent().unwrap_or(Path::new(""));
+            if upper.is_none()
+                && std::fs::symlink_metadata(ws.join(parent)).is_ok_and(|m| m.is_symlink())
+            {
+                return Err(SandboxError::Layer {
+                    layer: crate::Layer::ProtectedPaths,
+                    why: format!(
+                        "{} is a symbolic link: the protected paths in it cannot be kept read-only",
+                        ws.join(parent).display()
+                    ),
+                    hint: "make it a directory, or use a staged workspace".into(),
+                });
+            }
             if exists(Path::new(&rel))
                 || !is_dir(parent)
                 || found
@@ -920,7 +938,7 @@ fn missing_placeholders(
             out.push(Missing { rel, dir });
         }
     }
-    out
+    Ok(out)
 }
 
 /// The placeholder layer's entries (`q` message entries, at most
@@ -1105,7 +1123,7 @@ mod tests {
         std::fs::set_permissions(upper.join("new"), PermissionsExt::from_mode(0o711)).unwrap();
         let p = prot(&["**/.git/hooks", "**/.git/config", ".vscode/"]);
         let f = walk_protected(&ws, Some(&upper), &p).unwrap();
-        let missing = missing_placeholders(&ws, Some(&upper), &p, &f);
+        let missing = missing_placeholders(&ws, Some(&upper), &p, &f).unwrap();
         let rels: Vec<(&str, bool)> = missing.iter().map(|m| (m.rel.as_str(), m.dir)).collect();
         // Only inside .git directories: no clutter in the tree itself.
         assert_eq!(
@@ -1156,7 +1174,7 @@ mod tests {
 
         // Write-through: created in the workspace for the run, and removed.
         let f = walk_protected(&ws, None, &p).unwrap();
-        let missing = missing_placeholders(&ws, None, &p, &f);
+        let missing = missing_placeholders(&ws, None, &p, &f).unwrap();
         assert_eq!(missing.len(), 4);
         let made = make_placeholders(&ws, &missing).unwrap();
         assert!(ws.join(".git/hooks").is_dir());

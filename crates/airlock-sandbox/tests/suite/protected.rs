@@ -1,4 +1,4 @@
-use airlock_sandbox::{ExitKind, WorkspaceMode};
+use airlock_sandbox::{ExitKind, Layer, SandboxError, WorkspaceMode};
 
 use crate::common::*;
 
@@ -110,5 +110,39 @@ sandbox_test! {
         assert_eq!(second.status, ExitKind::Exited(0), "{}", stderr(&second));
         assert!(!f.upper().join(".git/hooks/post-merge").exists(), "hook planted after the first run ended");
         assert!(!f.upper().join(".git/config.worktree").exists());
+    }
+}
+
+sandbox_test! {
+    fn a_write_through_git_that_is_a_symlink_is_refused_without_writing_where_it_points() {
+        // Write-through placeholders are made in the real tree. A `.git`
+        // pointing elsewhere would have them made there (by the host
+        // side, as root when started as root), and the sandbox, which
+        // cannot see the target, would be left with nothing holding
+        // `.git/hooks`.
+        let f = Fixture::new();
+        let elsewhere = f.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, f.ws().join(".git")).unwrap();
+        let mut s = write_through(&f, "echo ran");
+        match airlock_sandbox::run(&s) {
+            Err(e @ SandboxError::Layer { layer: Layer::ProtectedPaths, .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("is a symbolic link"), "{msg}");
+            }
+            Err(e @ SandboxError::Namespaces { .. }) => {
+                eprintln!("SKIPPED: [{}] {e}", who());
+                return;
+            }
+            Err(e) => panic!("expected the protected-paths layer error, got {e}"),
+            Ok(o) => panic!("ran: {:?}", o.report),
+        }
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        // Asked to, it runs without them (and still writes nothing there).
+        s.allow_degraded = vec![Layer::ProtectedPaths];
+        let Some(o) = try_run(&s) else { return };
+        assert_eq!(stdout(&o).trim(), "ran", "{}", stderr(&o));
+        assert!(o.report.degraded.iter().any(|(l, _)| *l == Layer::ProtectedPaths));
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 }
