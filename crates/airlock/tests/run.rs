@@ -28,12 +28,22 @@ impl Env {
     }
     /// `bin` with `args` in the workspace, in this environment.
     fn run_with(&self, bin: &Path, args: &[&str]) -> Output {
-        self.command(bin).args(args).output().unwrap()
+        // A binary this test has just copied may be briefly "busy": a
+        // process another test thread forked meanwhile holds a copy of the
+        // copy's write descriptor until it execs.
+        for _ in 0..100 {
+            match self.command(bin).args(args).output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => return r.unwrap(),
+            }
+        }
+        panic!("{} stayed busy", bin.display());
     }
     fn command(&self, bin: &Path) -> Command {
         let mut c = Command::new(bin);
         c.current_dir(self.ws())
-            .current_dir(self.ws())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", self.dir.path())
