@@ -220,6 +220,22 @@ pub fn try_run(spec: &SandboxSpec) -> Option<Outcome> {
     }
 }
 
+/// Run a spec that must be refused for want of `layer`: the refusal's
+/// message, or None (and SKIPPED) when the sandbox cannot start here.
+pub fn refusal(spec: &SandboxSpec, layer: airlock_sandbox::Layer) -> Option<String> {
+    match run(spec) {
+        Err(e @ airlock_sandbox::SandboxError::Layer { layer: l, .. }) if l == layer => {
+            Some(e.to_string())
+        }
+        Err(e @ airlock_sandbox::SandboxError::Namespaces { .. }) => {
+            eprintln!("SKIPPED: [{}] {e}", who());
+            None
+        }
+        Err(e) => panic!("expected the {layer:?} layer error, got {e}"),
+        Ok(o) => panic!("ran without the {layer:?} layer: {:?}", o.report),
+    }
+}
+
 pub fn stdout(o: &Outcome) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
