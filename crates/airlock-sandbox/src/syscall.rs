@@ -1545,6 +1545,7 @@ fn child_main(p: &ChildPlan) -> ! {
         // cleared once the lifeline pipe takes over, below.)
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
         libc::close(p.sync_wr);
+        close_inherited(p);
         record(p.phases, Phase::InitStarted);
         let mut net_pid: libc::pid_t = -1;
         if p.unshare_net {
@@ -2072,9 +2073,49 @@ pub(crate) fn send_msg(sock: RawFd, msg: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Close every descriptor except those in `keep`. Async-signal-safe.
+/// Close, first thing in init, every descriptor it got from the spawning
+/// process except this run's own. The spawner may be running other
+/// sandboxes on other threads: their descriptors (an overlay work dir's
+/// `flock` among them, see `airlock_fs::RunWorkDir`) must not live on in
+/// this run's processes while it sets up, nor reach its network helper.
+fn close_inherited(p: &ChildPlan) {
+    use std::os::fd::AsRawFd;
+    let ruleset = p.landlock.as_ref().map_or(-1, |l| l.ruleset.as_raw_fd());
+    let mut keep = [-1 as c_int; 16];
+    let fixed = [
+        0,
+        1,
+        2,
+        p.stdio[0],
+        p.stdio[1],
+        p.stdio[2],
+        p.sync_rd,
+        p.net_sock[0],
+        p.net_sock[1],
+        p.lifeline_rd,
+        p.err_wr,
+        p.status_wr,
+        p.notify_sock,
+        ruleset,
+    ];
+    keep[..fixed.len()].copy_from_slice(&fixed);
+    // A detached tree the parent opened (the idmapped workspace).
+    let mut n = fixed.len();
+    for op in &p.ops {
+        if let MountOp::AttachOver { fd, .. } = op {
+            if n < keep.len() {
+                keep[n] = *fd;
+                n += 1;
+            }
+        }
+    }
+    close_all_but(&keep[..n]);
+}
+
+/// Close every descriptor except those in `keep` (at most 16; negative
+/// entries are ignored). Async-signal-safe.
 fn close_all_but(keep: &[c_int]) {
-    let mut k = [-1 as c_int; 8];
+    let mut k = [-1 as c_int; 16];
     let n = keep.len().min(k.len());
     k[..n].copy_from_slice(&keep[..n]);
     k[..n].sort_unstable();
