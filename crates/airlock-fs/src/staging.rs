@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <store>/                 0700
-//!   <id>/                  0700   id = "st-" + 10 hex
+//!   <id>/                  0700   id = "st-" + 4 hex of (session, base) + 6 random hex
 //!     upper/               overlayfs upperdir, mirrors the base tree
 //!     work/                overlayfs workdir
 //!     tmp/                 files are built here, then renamed into place
@@ -375,6 +375,20 @@ fn valid_id(id: &str) -> bool {
     id.len() == 13 && id.starts_with("st-") && id[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// How many of an area id's 10 hex digits are its key (see [`area_key`]).
+const AREA_KEY_HEX: usize = 4;
+
+/// The first hex digits of the id of the area of (`session`, `base`): from
+/// a hash of both, so that finding an area reads the metadata of the few
+/// areas whose ids share them instead of every area's.
+fn area_key(session: &str, base: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(session.as_bytes());
+    h.update([0]);
+    h.update(base.as_bytes());
+    hex::encode(&h.finalize()[..AREA_KEY_HEX / 2])
+}
+
 impl StagingStore {
     /// Open (creating it 0700 if needed) the store directory. It must be a
     /// directory owned by the effective user; group/other permissions are
@@ -481,17 +495,32 @@ impl StagingStore {
             });
         }
         let _lock = lock_dir(&self.fd, &self.dir.display().to_string())?;
-        for id in self.ids()? {
+        // Areas whose id carries this (session, base)'s key come first:
+        // the one sought is among them unless it predates keyed ids. The
+        // others are read only when none of those is it, which is when
+        // the area is made (once per session and base).
+        let key = area_key(session, base);
+        let (keyed, rest): (Vec<String>, Vec<String>) = self
+            .ids()?
+            .into_iter()
+            .partition(|id| id[3..].starts_with(&key));
+        for id in keyed.into_iter().chain(rest) {
             match self.load(&id) {
                 Ok(a) if a.session == session && a.base == base => return Ok(a),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(id = %id, error = %e, "skipping unreadable staging area"),
             }
         }
-        let id = format!("st-{}", sys::random_hex(10));
-        let shown = self.dir.join(&id).display().to_string();
-        rustix::fs::mkdirat(&*self.fd, id.as_str(), Mode::from_raw_mode(0o700))
-            .map_err(|e| sys::io(&shown, e))?;
+        let mut tries = 0;
+        let (id, shown) = loop {
+            let id = format!("st-{key}{}", sys::random_hex(10 - AREA_KEY_HEX));
+            let shown = self.dir.join(&id).display().to_string();
+            match rustix::fs::mkdirat(&*self.fd, id.as_str(), Mode::from_raw_mode(0o700)) {
+                Ok(()) => break (id, shown),
+                Err(Errno::EXIST) if tries < 8 => tries += 1,
+                Err(e) => return Err(sys::io(&shown, e)),
+            }
+        };
         let fd = open_dir_strict(&*self.fd, &id).map_err(|e| sys::io(&shown, e))?;
         // The upper dir is the root of the merged view: give it the base's mode.
         let base_mode = fmeta(&**root.dir_fd())

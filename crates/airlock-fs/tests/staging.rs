@@ -94,6 +94,52 @@ fn areas_are_per_session_and_base_with_private_layout() {
     assert!(s.area("x", "relative/path").is_err());
 }
 
+/// Make an area the way an earlier version (or another session) left it.
+fn plant_area(fx: &Fx, id: &str, session: &str, base: &str) {
+    let dir = format!("{}/state/staging/{id}", fx.root);
+    for d in ["upper", "work", "tmp"] {
+        fs::create_dir_all(format!("{dir}/{d}")).unwrap();
+    }
+    let meta = serde_json::json!({
+        "id": id, "session": session, "base": base, "created": 1, "bases": {}
+    });
+    fs::write(format!("{dir}/meta.json"), meta.to_string()).unwrap();
+}
+
+#[test]
+fn an_area_is_found_by_the_key_in_its_id_and_older_areas_still_are() {
+    let fx = Fx::new();
+    let s = store(&fx);
+    // The key: the same (session, base) gets an id with the same first
+    // digits in any store.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let key = StagingStore::open(elsewhere.path())
+        .unwrap()
+        .area("sess-1", &fx.ws)
+        .unwrap()
+        .id()[..7]
+        .to_string();
+    // Another session's area that shares the key is not taken for it.
+    plant_area(&fx, &format!("{key}abcdef"), "sess-9", &fx.ws);
+    let a = s.area("sess-1", &fx.ws).unwrap();
+    assert!(a.id().starts_with(&key), "{} {key}", a.id());
+    assert_ne!(a.id(), format!("{key}abcdef"));
+    assert_eq!(s.area("sess-1", &fx.ws).unwrap().id(), a.id());
+    assert_eq!(
+        s.area("sess-9", &fx.ws).unwrap().id(),
+        format!("{key}abcdef")
+    );
+    // An area whose id carries no key (made before ids had one) is found.
+    let old = if key.ends_with("0000") {
+        "st-ffff012345"
+    } else {
+        "st-0000012345"
+    };
+    plant_area(&fx, old, "sess-old", &fx.ws);
+    assert_eq!(s.area("sess-old", &fx.ws).unwrap().id(), old);
+    assert_eq!(s.list().unwrap().len(), 3);
+}
+
 #[test]
 fn write_delete_and_merged_view() {
     let fx = Fx::new();
