@@ -280,7 +280,9 @@ impl Daemon {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// Every audit record, parsed.
+    /// Every audit record, parsed. A running broker may be appending one
+    /// as this reads: the newest segment's last line counts only once its
+    /// newline is there (any other line must parse).
     pub fn records(&self) -> Vec<Value> {
         let mut out = Vec::new();
         let mut segs: Vec<PathBuf> = std::fs::read_dir(self.env.audit_dir())
@@ -295,9 +297,15 @@ impl Daemon {
             })
             .collect();
         segs.sort();
-        for s in segs {
-            for l in std::fs::read_to_string(s).unwrap().lines() {
-                out.push(serde_json::from_str(l).unwrap());
+        let newest = segs.len().saturating_sub(1);
+        for (i, s) in segs.iter().enumerate() {
+            let text = std::fs::read_to_string(s).unwrap();
+            let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+            if i == newest && lines.last().is_some_and(|l| !l.ends_with('\n')) {
+                lines.pop();
+            }
+            for l in lines {
+                out.push(serde_json::from_str(l.trim_end_matches('\n')).unwrap());
             }
         }
         out
