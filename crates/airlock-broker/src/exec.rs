@@ -177,12 +177,15 @@ impl Broker {
 
         let run = tokio::task::spawn_blocking(move || {
             let r = airlock_sandbox::run(&spec);
-            if r.is_ok() {
-                if let Err(e) = area.record_bases() {
+            let recorded = match r.is_ok().then(|| area.record_bases()) {
+                Some(Ok(changes)) => Some(changes),
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "cannot fingerprint the staged changes of a brokered command");
+                    None
                 }
-            }
-            let staged = area.changes().unwrap_or_default();
+                None => None,
+            };
+            let staged = recorded.unwrap_or_else(|| area.changes().unwrap_or_default());
             (r, staged, area.id().to_string())
         })
         .await

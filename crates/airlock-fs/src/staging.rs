@@ -963,8 +963,9 @@ impl StagingArea {
     }
 
     /// Record base fingerprints for upper entries that lack one (after a
-    /// sandboxed command wrote the upper dir directly).
-    pub fn record_bases(&self) -> Result<(), FsError> {
+    /// sandboxed command wrote the upper dir directly), and return the
+    /// staged changes ([`StagingArea::changes`]) found by the same walk.
+    pub fn record_bases(&self) -> Result<Vec<Change>, FsError> {
         let mut c = self.ctx()?;
         let items = c.walk()?;
         for it in &items {
@@ -977,23 +978,27 @@ impl StagingArea {
                 Err(e) => return Err(e),
             }
         }
-        c.finish()
+        c.finish()?;
+        Ok(self.as_changes(items))
     }
 
     /// The staged changes, sorted by path. Entries whose staged content
     /// equals the real file (an overlay copy-up without a change) are left
     /// out; so are FIFOs, sockets and devices a sandboxed command made.
     pub fn changes(&self) -> Result<Vec<Change>, FsError> {
-        let mut c = self.ctx()?;
-        let items = c.walk()?;
-        Ok(items
+        let items = self.ctx()?.walk()?;
+        Ok(self.as_changes(items))
+    }
+
+    fn as_changes(&self, items: Vec<Item>) -> Vec<Change> {
+        items
             .into_iter()
             .map(|it| Change {
                 path: sys::join_abs(&self.base, &it.rel),
                 kind: it.kind,
                 size: it.size,
             })
-            .collect())
+            .collect()
     }
 
     /// Unified diff of the staged changes (all, or the named paths).

@@ -88,10 +88,9 @@ fn kernel_made_changes_are_read_and_committed() {
            rm -r k_deldir; ln -s readme.txt k_link; rm -r rdir; mkdir rdir; echo new > rdir/kept;
            cat untouched >/dev/null; chmod 4755 k_new"#,
     );
-    a.record_bases().unwrap();
-    let got: Vec<(String, ChangeKind)> = a
-        .changes()
-        .unwrap()
+    let recorded = a.record_bases().unwrap();
+    assert_eq!(recorded, a.changes().unwrap(), "one walk, the same answer");
+    let got: Vec<(String, ChangeKind)> = recorded
         .into_iter()
         .map(|c| {
             (

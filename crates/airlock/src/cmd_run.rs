@@ -365,9 +365,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let mut staged = None;
     if let Some(a) = &area {
-        a.record_bases()
-            .context("fingerprinting the staged changes")?;
-        let changes = a.changes().context("listing the staged changes")?;
+        let changes = a
+            .record_bases()
+            .context("fingerprinting and listing the staged changes")?;
         let mut st = Staged {
             id: a.id().to_string(),
             changes: changes.len(),
