@@ -1222,32 +1222,85 @@ fn upper_size(p: &Path) -> u64 {
 type UpperState = Vec<(PathBuf, u64, u64, u32, u32, u32, u64, i64, i64)>;
 
 /// The upper dir's [`UpperState`] and the bytes allocated to it (what the
-/// disk cap counts), from one walk.
+/// disk cap counts), from one walk. Each entry is looked up relative to its
+/// directory's descriptor (a path walk from `/` per entry cost twice as
+/// much on large upper dirs); one descriptor is open per level being
+/// walked. An entry that cannot be read is left out, both times alike.
 fn upper_state(p: &Path) -> (UpperState, u64) {
-    use std::os::unix::fs::MetadataExt;
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut v = UpperState::new();
     let mut bytes = 0u64;
-    let mut v: UpperState = walkdir::WalkDir::new(p)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            bytes = bytes.saturating_add(m.blocks() * 512);
-            Some((
-                e.into_path(),
-                m.ino(),
-                m.size(),
-                m.mode(),
-                m.uid(),
-                m.gid(),
-                m.nlink(),
-                m.mtime(),
-                m.mtime_nsec(),
-            ))
-        })
-        .collect();
+    let Ok(root) = openat(CWD, p, flags, Mode::empty()) else {
+        return (v, 0);
+    };
+    if let Ok(st) = rustix::fs::fstat(&root) {
+        push_entry(&mut v, &mut bytes, PathBuf::new(), &st);
+    }
+    let first = upper_level(&root, Path::new(""), &mut v, &mut bytes);
+    // Depth first: each level keeps its descriptor and the subdirectories
+    // still to walk.
+    let mut stack = vec![(root, PathBuf::new(), first)];
+    while let Some((fd, rel, subdirs)) = stack.last_mut() {
+        let Some(name) = subdirs.pop() else {
+            stack.pop();
+            continue;
+        };
+        let Ok(child) = openat(&*fd, name.as_c_str(), flags, Mode::empty()) else {
+            continue;
+        };
+        let crel = rel.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        let subs = upper_level(&child, &crel, &mut v, &mut bytes);
+        stack.push((child, crel, subs));
+    }
     v.sort();
     (v, bytes)
+}
+
+/// Add the entries of the directory `fd` (at `rel` in the upper dir) to
+/// `v`; return the names of its subdirectories.
+fn upper_level(
+    fd: &OwnedFd,
+    rel: &Path,
+    v: &mut UpperState,
+    bytes: &mut u64,
+) -> Vec<std::ffi::CString> {
+    use rustix::fs::{statat, AtFlags, Dir, FileType};
+    let mut subdirs = vec![];
+    let Ok(mut d) = Dir::read_from(fd) else {
+        return subdirs;
+    };
+    while let Some(Ok(e)) = d.read() {
+        let name = e.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let Ok(st) = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            subdirs.push(name.to_owned());
+        }
+        let path = rel.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        push_entry(v, bytes, path, &st);
+    }
+    subdirs
+}
+
+fn push_entry(v: &mut UpperState, bytes: &mut u64, path: PathBuf, st: &rustix::fs::Stat) {
+    *bytes = bytes.saturating_add((st.st_blocks as u64).saturating_mul(512));
+    v.push((
+        path,
+        st.st_ino,
+        st.st_size as u64,
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        #[allow(clippy::useless_conversion)] // u32 on some architectures
+        u64::from(st.st_nlink),
+        st.st_mtime,
+        st.st_mtime_nsec as i64,
+    ));
 }
 
 impl Running {
