@@ -127,6 +127,29 @@ pub(crate) enum Probe {
     Found(OwnedFd, Meta),
 }
 
+/// What the real tree has at a staged directory, as far as looking up
+/// its entries there goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BaseAt {
+    Dir,
+    Missing,
+    NotDir,
+    SymlinkOnPath,
+}
+
+impl BaseAt {
+    /// From the probe of the directory itself.
+    fn of(p: &Probe) -> BaseAt {
+        match p {
+            Probe::Found(_, m) if m.kind == FileKind::Dir => BaseAt::Dir,
+            Probe::Found(_, m) if m.kind == FileKind::Symlink => BaseAt::SymlinkOnPath,
+            Probe::Found(..) | Probe::NotDir => BaseAt::NotDir,
+            Probe::Missing => BaseAt::Missing,
+            Probe::SymlinkOnPath => BaseAt::SymlinkOnPath,
+        }
+    }
+}
+
 /// Look at `rel` beneath `dir` without following any symlink.
 pub(crate) fn probe<Fd: AsFd>(dir: Fd, rel: &str) -> Result<Probe, FsError> {
     match sys::openat2(
@@ -1551,6 +1574,9 @@ impl<'a> Ctx<'a> {
 
     /// Walk the upper dir and classify every staged change against the
     /// real tree. Sorted by path.
+    ///
+    /// Any width and depth (see [`crate::walk_dirs`]). Nothing beneath a
+    /// directory the real tree lacks is looked up in the real tree.
     pub fn walk(&mut self) -> Result<Vec<Item>, FsError> {
         let mut out = Vec::new();
         let root = rustix::fs::openat(
@@ -1560,114 +1586,140 @@ impl<'a> Ctx<'a> {
             Mode::empty(),
         )
         .map_err(|e| sys::io(&self.abs("."), e))?;
-        let mut stack: Vec<(OwnedFd, String)> = vec![(root, String::new())];
-        while let Some((fd, prefix)) = stack.pop() {
-            let shown_dir = self.abs(if prefix.is_empty() { "." } else { &prefix });
-            for name in dir_names(&fd, &shown_dir)? {
-                let rel = sys::join_rel(&prefix, &name);
-                let shown = self.abs(&rel);
-                let Some(e) = upper_entry(&fd, &name).map_err(|e| sys::io(&shown, e))? else {
-                    continue;
-                };
-                let base = self.probe_base(&rel)?;
-                let base_meta = match &base {
-                    Probe::Found(_, m) => Some(*m),
-                    _ => None,
-                };
-                match &e {
-                    UKind::Whiteout => {
-                        if base_meta.is_some() {
-                            out.push(Item {
-                                rel,
-                                kind: ChangeKind::Deleted,
-                                size: 0,
-                                upper: Some(e),
-                            });
-                        }
+        let base = self.area.base.clone();
+        crate::walk_dirs(
+            root,
+            BaseAt::Dir,
+            |fd, rel, at| {
+                // Names are UTF-8 (see dir_names), so their paths are.
+                let prefix = rel.to_str().unwrap_or_default();
+                let subs = self.walk_dir(fd, prefix, at, &mut out)?;
+                Ok(subs.into_iter().map(|(n, at)| (n.into(), at)).collect())
+            },
+            |rel, e| Err(sys::stdio(&sys::join_abs(&base, &rel.to_string_lossy()), e)),
+        )?;
+        out.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(out)
+    }
+
+    /// Classify the entries of the upper directory `fd` (at `prefix`),
+    /// where the real tree has `parent`, into `out`; return its
+    /// subdirectories with what the real tree has at each.
+    fn walk_dir(
+        &mut self,
+        fd: &OwnedFd,
+        prefix: &str,
+        parent: BaseAt,
+        out: &mut Vec<Item>,
+    ) -> Result<Vec<(String, BaseAt)>, FsError> {
+        let mut subdirs = vec![];
+        let shown_dir = self.abs(if prefix.is_empty() { "." } else { prefix });
+        for name in dir_names(fd, &shown_dir)? {
+            let rel = sys::join_rel(prefix, &name);
+            let shown = self.abs(&rel);
+            let Some(e) = upper_entry(fd, &name).map_err(|e| sys::io(&shown, e))? else {
+                continue;
+            };
+            let base = match parent {
+                BaseAt::Dir => self.probe_base(&rel)?,
+                BaseAt::Missing => Probe::Missing,
+                BaseAt::NotDir => Probe::NotDir,
+                BaseAt::SymlinkOnPath => Probe::SymlinkOnPath,
+            };
+            let base_meta = match &base {
+                Probe::Found(_, m) => Some(*m),
+                _ => None,
+            };
+            match &e {
+                UKind::Whiteout => {
+                    if base_meta.is_some() {
+                        out.push(Item {
+                            rel,
+                            kind: ChangeKind::Deleted,
+                            size: 0,
+                            upper: Some(e),
+                        });
                     }
-                    UKind::File(m) => {
-                        let kind = match base_meta {
-                            None => Some(ChangeKind::Added),
-                            Some(bm) if bm.kind == FileKind::File => {
-                                if bm.size == m.size
-                                    && (bm.mode & 0o777) == (m.mode & 0o777)
-                                    && self.same_content(&fd, &name, &rel)?
-                                {
-                                    None
-                                } else {
-                                    Some(ChangeKind::Modified)
-                                }
-                            }
-                            Some(_) => Some(ChangeKind::Modified),
-                        };
-                        if let Some(kind) = kind {
-                            out.push(Item {
-                                rel,
-                                kind,
-                                size: m.size,
-                                upper: Some(e.clone()),
-                            });
-                        }
-                    }
-                    UKind::Symlink(t) => {
-                        let same = match &base {
-                            Probe::Found(bfd, bm) if bm.kind == FileKind::Symlink => {
-                                rustix::fs::readlinkat(bfd, "", Vec::new())
-                                    .map(|x| x.as_bytes() == t.as_bytes())
-                                    .unwrap_or(false)
-                            }
-                            _ => false,
-                        };
-                        if !same {
-                            out.push(Item {
-                                rel,
-                                kind: ChangeKind::Symlink,
-                                size: t.len() as u64,
-                                upper: Some(e.clone()),
-                            });
-                        }
-                    }
-                    UKind::Dir { opaque } => {
-                        let real_is_dir =
-                            base_meta.map(|m| m.kind == FileKind::Dir).unwrap_or(false);
-                        if !real_is_dir {
-                            out.push(Item {
-                                rel: rel.clone(),
-                                kind: ChangeKind::Dir,
-                                size: 0,
-                                upper: Some(e.clone()),
-                            });
-                        }
-                        let sub = open_dir_strict(&fd, &name).map_err(|e| sys::io(&shown, e))?;
-                        if *opaque && real_is_dir {
-                            // Everything in the real dir that upper does not
-                            // shadow is deleted.
-                            let bfd = self.base_fd()?;
-                            let real =
-                                open_dir_strict(&*bfd, &rel).map_err(|e| sys::io(&shown, e))?;
-                            let shadow: BTreeSet<String> =
-                                dir_names(&sub, &shown)?.into_iter().collect();
-                            for child in dir_names(&real, &shown)? {
-                                if !shadow.contains(&child) {
-                                    out.push(Item {
-                                        rel: sys::join_rel(&rel, &child),
-                                        kind: ChangeKind::Deleted,
-                                        size: 0,
-                                        upper: None,
-                                    });
-                                }
+                }
+                UKind::File(m) => {
+                    let kind = match base_meta {
+                        None => Some(ChangeKind::Added),
+                        Some(bm) if bm.kind == FileKind::File => {
+                            if bm.size == m.size
+                                && (bm.mode & 0o777) == (m.mode & 0o777)
+                                && self.same_content(fd, &name, &rel)?
+                            {
+                                None
+                            } else {
+                                Some(ChangeKind::Modified)
                             }
                         }
-                        stack.push((sub, rel));
+                        Some(_) => Some(ChangeKind::Modified),
+                    };
+                    if let Some(kind) = kind {
+                        out.push(Item {
+                            rel,
+                            kind,
+                            size: m.size,
+                            upper: Some(e.clone()),
+                        });
                     }
-                    UKind::Other(_) => {
-                        tracing::warn!(path = %shown, "ignoring a staged FIFO, socket or device; only files, symlinks and directories are committed");
+                }
+                UKind::Symlink(t) => {
+                    let same = match &base {
+                        Probe::Found(bfd, bm) if bm.kind == FileKind::Symlink => {
+                            rustix::fs::readlinkat(bfd, "", Vec::new())
+                                .map(|x| x.as_bytes() == t.as_bytes())
+                                .unwrap_or(false)
+                        }
+                        _ => false,
+                    };
+                    if !same {
+                        out.push(Item {
+                            rel,
+                            kind: ChangeKind::Symlink,
+                            size: t.len() as u64,
+                            upper: Some(e.clone()),
+                        });
                     }
+                }
+                UKind::Dir { opaque } => {
+                    let real_is_dir = base_meta.map(|m| m.kind == FileKind::Dir).unwrap_or(false);
+                    if !real_is_dir {
+                        out.push(Item {
+                            rel: rel.clone(),
+                            kind: ChangeKind::Dir,
+                            size: 0,
+                            upper: Some(e.clone()),
+                        });
+                    }
+                    if *opaque && real_is_dir {
+                        // Everything in the real dir that upper does not
+                        // shadow is deleted.
+                        let sub = open_dir_strict(fd, &name).map_err(|e| sys::io(&shown, e))?;
+                        let bfd = self.base_fd()?;
+                        let real = open_dir_strict(&*bfd, &rel).map_err(|e| sys::io(&shown, e))?;
+                        let shadow: BTreeSet<String> =
+                            dir_names(&sub, &shown)?.into_iter().collect();
+                        for child in dir_names(&real, &shown)? {
+                            if !shadow.contains(&child) {
+                                out.push(Item {
+                                    rel: sys::join_rel(&rel, &child),
+                                    kind: ChangeKind::Deleted,
+                                    size: 0,
+                                    upper: None,
+                                });
+                            }
+                        }
+                    }
+                    subdirs.push((name, BaseAt::of(&base)));
+                }
+                UKind::Other(_) => {
+                    tracing::warn!(path = %shown, "ignoring a staged FIFO, socket or device; only files, symlinks and directories are committed");
                 }
             }
         }
-        out.sort_by(|a, b| a.rel.cmp(&b.rel));
-        Ok(out)
+        Ok(subdirs)
     }
 
     fn same_content(

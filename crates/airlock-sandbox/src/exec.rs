@@ -1222,10 +1222,11 @@ fn upper_size(p: &Path) -> u64 {
 type UpperState = Vec<(PathBuf, u64, u64, u32, u32, u32, u64, i64, i64)>;
 
 /// The upper dir's [`UpperState`] and the bytes allocated to it (what the
-/// disk cap counts), from one walk. Each entry is looked up relative to its
+/// disk cap counts), from one walk of any width and depth
+/// ([`airlock_fs::walk_dirs`]), each entry looked up relative to its
 /// directory's descriptor (a path walk from `/` per entry cost twice as
-/// much on large upper dirs); one descriptor is open per level being
-/// walked. An entry that cannot be read is left out, both times alike.
+/// much on large upper dirs). An entry that cannot be read is left out,
+/// both times alike.
 fn upper_state(p: &Path) -> (UpperState, u64) {
     use rustix::fs::{openat, Mode, OFlags, CWD};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -1237,34 +1238,29 @@ fn upper_state(p: &Path) -> (UpperState, u64) {
     if let Ok(st) = rustix::fs::fstat(&root) {
         push_entry(&mut v, &mut bytes, PathBuf::new(), &st);
     }
-    let first = upper_level(&root, Path::new(""), &mut v, &mut bytes);
-    // Depth first: each level keeps its descriptor and the subdirectories
-    // still to walk.
-    let mut stack = vec![(root, PathBuf::new(), first)];
-    while let Some((fd, rel, subdirs)) = stack.last_mut() {
-        let Some(name) = subdirs.pop() else {
-            stack.pop();
-            continue;
-        };
-        let Ok(child) = openat(&*fd, name.as_c_str(), flags, Mode::empty()) else {
-            continue;
-        };
-        let crel = rel.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
-        let subs = upper_level(&child, &crel, &mut v, &mut bytes);
-        stack.push((child, crel, subs));
-    }
+    let walked = airlock_fs::walk_dirs(
+        root,
+        (),
+        |fd, rel, ()| Ok(upper_level(fd, rel, &mut v, &mut bytes)),
+        // Skipped, as the next walk will skip it.
+        |rel, e| {
+            tracing::debug!("walking the upper dir at {}: {e}", rel.display());
+            Ok::<(), ()>(())
+        },
+    );
+    debug_assert!(walked.is_ok());
     v.sort();
     (v, bytes)
 }
 
 /// Add the entries of the directory `fd` (at `rel` in the upper dir) to
-/// `v`; return the names of its subdirectories.
+/// `v`; return its subdirectories.
 fn upper_level(
     fd: &OwnedFd,
     rel: &Path,
     v: &mut UpperState,
     bytes: &mut u64,
-) -> Vec<std::ffi::CString> {
+) -> Vec<(std::ffi::OsString, ())> {
     use rustix::fs::{statat, AtFlags, Dir, FileType};
     let mut subdirs = vec![];
     let Ok(mut d) = Dir::read_from(fd) else {
@@ -1278,11 +1274,11 @@ fn upper_level(
         let Ok(st) = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
+        let name = std::ffi::OsStr::from_bytes(name.to_bytes());
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            subdirs.push(name.to_owned());
+            subdirs.push((name.to_owned(), ()));
         }
-        let path = rel.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-        push_entry(v, bytes, path, &st);
+        push_entry(v, bytes, rel.join(name), &st);
     }
     subdirs
 }
