@@ -619,7 +619,7 @@ impl StagingStore {
 }
 
 /// Remove `name` in `dir` and everything below it, never following
-/// symlinks.
+/// symlinks, at any width and depth (see [`crate::walk_dirs`]).
 pub(crate) fn remove_tree<Fd: AsFd>(dir: Fd, name: &str, shown: &str) -> Result<(), FsError> {
     let dir = dir.as_fd();
     let m = match meta_at(dir, name) {
@@ -627,41 +627,77 @@ pub(crate) fn remove_tree<Fd: AsFd>(dir: Fd, name: &str, shown: &str) -> Result<
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(sys::io(shown, e)),
     };
-    if m.kind == FileKind::Dir {
-        let sub = match open_dir_strict(dir, name) {
-            Ok(fd) => fd,
-            Err(Errno::ACCESS) => {
-                // A sandboxed command may leave a 000 directory; we own it.
-                let p = sys::openat2(
-                    dir,
-                    name,
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-                    Mode::empty(),
-                    RESOLVE_STRICT,
-                )
-                .map_err(|e| sys::io(shown, e))?;
-                // fchmod refuses an O_PATH descriptor (EBADF); its
-                // /proc/self/fd link names exactly this inode.
-                use std::os::fd::AsRawFd;
-                rustix::fs::chmod(
-                    format!("/proc/self/fd/{}", p.as_raw_fd()).as_str(),
-                    Mode::from_raw_mode(0o700),
-                )
-                .map_err(|e| sys::io(shown, e))?;
-                open_dir_strict(dir, name).map_err(|e| sys::io(shown, e))?
-            }
-            Err(e) => return Err(sys::io(shown, e)),
-        };
-        for child in dir_names(&sub, shown)? {
-            remove_tree(&sub, &child, &format!("{shown}/{child}"))?;
-        }
-        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|e| sys::io(shown, e))
-    } else {
-        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+    if m.kind != FileKind::Dir {
+        return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(sys::io(shown, e)),
-        }
+        };
     }
+    make_walkable(dir, name).map_err(|e| sys::io(shown, e))?;
+    let sub = open_dir_strict(dir, name).map_err(|e| sys::io(shown, e))?;
+    let at = |rel: &Path| format!("{shown}/{}", rel.display());
+    crate::walk_dirs_then(
+        sub,
+        (),
+        |fd, rel, ()| {
+            // Every entry but the subdirectories goes now; those once
+            // emptied (below).
+            let mut subdirs = vec![];
+            let d = Dir::read_from(fd).map_err(|e| sys::io(&at(rel), e))?;
+            for ent in d {
+                let ent = ent.map_err(|e| sys::io(&at(rel), e))?;
+                let n = ent.file_name();
+                if n == c"." || n == c".." {
+                    continue;
+                }
+                let name =
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n.to_bytes());
+                let is_dir = match rustix::fs::statat(fd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(sys::io(&at(&rel.join(name)), e)),
+                };
+                if is_dir {
+                    make_walkable(fd, n).map_err(|e| sys::io(&at(&rel.join(name)), e))?;
+                    subdirs.push((name.to_owned(), ()));
+                } else {
+                    match rustix::fs::unlinkat(fd, n, AtFlags::empty()) {
+                        Ok(()) | Err(Errno::NOENT) => {}
+                        Err(e) => return Err(sys::io(&at(&rel.join(name)), e)),
+                    }
+                }
+            }
+            Ok(subdirs)
+        },
+        |parent, name, rel| {
+            rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR).map_err(|e| sys::io(&at(rel), e))
+        },
+        |rel, e| Err(sys::stdio(&at(rel), e)),
+    )?;
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(|e| sys::io(shown, e))
+}
+
+/// Give the directory `name` in `dir` (ours: a sandboxed command may have
+/// left it 000) the permissions a walk needs, without following a
+/// symbolic link.
+fn make_walkable<Fd: AsFd, P: rustix::path::Arg>(dir: Fd, name: P) -> Result<(), Errno> {
+    let p = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&p)?;
+    if st.st_mode & 0o700 == 0o700 {
+        return Ok(());
+    }
+    // fchmod refuses an O_PATH descriptor (EBADF); its /proc/self/fd link
+    // names exactly this inode.
+    use std::os::fd::AsRawFd;
+    rustix::fs::chmod(
+        format!("/proc/self/fd/{}", p.as_raw_fd()).as_str(),
+        Mode::from_raw_mode(0o700),
+    )
 }
 
 /// One session's staged changes over one base directory.

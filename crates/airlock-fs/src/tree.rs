@@ -33,13 +33,27 @@ pub const MAX_OPEN: usize = 32;
 pub fn walk_dirs<T, E>(
     root: OwnedFd,
     root_data: T,
+    visit: impl FnMut(&OwnedFd, &Path, T) -> Result<Vec<(OsString, T)>, E>,
+    fail: impl FnMut(&Path, std::io::Error) -> Result<(), E>,
+) -> Result<(), E> {
+    walk_dirs_then(root, root_data, visit, |_, _, _| Ok(()), fail)
+}
+
+/// [`walk_dirs`], and `leave(parent, name, rel)` once everything beneath
+/// the subdirectory `name` (at `rel`) of the directory `parent` is walked
+/// (not for the root), as removing a tree needs.
+pub fn walk_dirs_then<T, E>(
+    root: OwnedFd,
+    root_data: T,
     mut visit: impl FnMut(&OwnedFd, &Path, T) -> Result<Vec<(OsString, T)>, E>,
+    mut leave: impl FnMut(&OwnedFd, &std::ffi::OsStr, &Path) -> Result<(), E>,
     mut fail: impl FnMut(&Path, std::io::Error) -> Result<(), E>,
 ) -> Result<(), E> {
     struct Level<T> {
         fd: Option<OwnedFd>,
         id: (u64, u64),
         rel: PathBuf,
+        name: OsString,
         pending: Vec<(OsString, T)>,
     }
     let id = |fd: &OwnedFd| rustix::fs::fstat(fd).map(|s| (s.st_dev, s.st_ino));
@@ -68,6 +82,7 @@ pub fn walk_dirs<T, E>(
         fd: Some(root),
         id: root_id,
         rel,
+        name: OsString::new(),
         pending,
     }];
     while let Some(top) = stack.last_mut() {
@@ -93,6 +108,7 @@ pub fn walk_dirs<T, E>(
                     fd: Some(sub),
                     id: sub_id,
                     rel,
+                    name,
                     pending,
                 });
             }
@@ -101,15 +117,17 @@ pub fn walk_dirs<T, E>(
                 let Some(parent) = stack.last_mut() else {
                     break;
                 };
-                if parent.fd.is_some() {
-                    continue;
+                if parent.fd.is_none() {
+                    let Some(child) = done.fd else {
+                        unreachable!("the deepest level holds its descriptor")
+                    };
+                    match reopen(&child, parent.id) {
+                        Ok(up) => parent.fd = Some(up),
+                        Err(e) => return fail(&parent.rel, e),
+                    }
                 }
-                let Some(child) = done.fd else {
-                    unreachable!("the deepest level holds its descriptor")
-                };
-                match reopen(&child, parent.id) {
-                    Ok(up) => parent.fd = Some(up),
-                    Err(e) => return fail(&parent.rel, e),
+                if let Some(fd) = &parent.fd {
+                    leave(fd, &done.name, &done.rel)?;
                 }
             }
         }

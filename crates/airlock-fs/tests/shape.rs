@@ -46,7 +46,12 @@ fn more_staged_directories_side_by_side_or_nested_than_open_descriptors_allowed(
     assert_eq!(changes, a.changes().unwrap());
     // out, 600 directories and their 600 files; 400 nested directories
     // and the file at the bottom; real/new (real exists).
-    assert_eq!(changes.len(), 1 + 600 + 600 + 400 + 1 + 1, "{:?}", &changes[..3]);
+    assert_eq!(
+        changes.len(),
+        1 + 600 + 600 + 400 + 1 + 1,
+        "{:?}",
+        &changes[..3]
+    );
     let kind = |rel: &str| {
         let path = format!("{}/{rel}", fx.ws);
         changes.iter().find(|c| c.path == path).map(|c| c.kind)
@@ -58,5 +63,64 @@ fn more_staged_directories_side_by_side_or_nested_than_open_descriptors_allowed(
     assert_eq!(kind("real/new"), Some(ChangeKind::Added));
     assert_eq!(kind(&format!("{deep}bottom")), Some(ChangeKind::Added));
     let diff = a.diff(None).unwrap();
-    assert!(diff.contains("out/d599/f") && diff.contains("/d/bottom"), "{diff:.300}");
+    assert!(
+        diff.contains("out/d599/f") && diff.contains("/d/bottom"),
+        "{diff:.300}"
+    );
+}
+
+#[test]
+fn discarding_removes_any_shape_and_follows_no_link() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fx::new();
+    let store =
+        StagingStore::open(std::path::Path::new(&format!("{}/state/staging", fx.root))).unwrap();
+    let a = store.area("s", &fx.ws).unwrap();
+    let upper = a.upper_dir();
+    // 3,000 levels (deeper than a path may be long), built one level at a
+    // time as a command inside would.
+    let mut fd = rustix::fs::open(
+        &upper,
+        rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..3000 {
+        rustix::fs::mkdirat(&fd, "d", rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            "d",
+            rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+    }
+    drop(fd);
+    // A name that is not UTF-8, and links out of the area.
+    fs::create_dir(upper.join("out")).unwrap();
+    fs::write(
+        upper
+            .join("out")
+            .join(std::ffi::OsStr::from_bytes(b"\xff\xfe")),
+        "x",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&fx.home, upper.join("out/home")).unwrap();
+    std::os::unix::fs::symlink(&fx.canary, upper.join("out/key")).unwrap();
+
+    // On a small stack: removal must not recurse per level.
+    let id = a.id().to_string();
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(move || store.remove(&id))
+        .unwrap()
+        .join()
+        .expect("no stack overflow")
+        .expect("removed");
+    assert!(!std::path::Path::new(&format!("{}/state/staging/{}", fx.root, a.id())).exists());
+    assert!(
+        fs::read(&fx.canary).is_ok(),
+        "what the links point to is untouched"
+    );
+    assert!(std::path::Path::new(&fx.home).join(".bashrc").exists());
 }
