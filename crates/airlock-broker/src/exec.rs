@@ -185,7 +185,12 @@ impl Broker {
                 }
                 None => None,
             };
-            let staged = recorded.unwrap_or_else(|| area.changes().unwrap_or_default());
+            // A listing that fails is recorded as such, never as "nothing
+            // staged".
+            let staged = match recorded {
+                Some(c) => Ok(c),
+                None => area.changes().map_err(|e| e.to_string()),
+            };
             (r, staged, area.id().to_string())
         })
         .await
@@ -197,13 +202,19 @@ impl Broker {
             Ok(o) => {
                 let blocked = airlock_sandbox::summarize_violations(&o.violations);
                 let syscalls_blocked: u32 = o.violations.iter().map(|v| v.count).sum();
-                let staged_paths: Vec<&str> = staged.iter().map(|c| c.path.as_str()).collect();
+                let staged_paths: Option<Vec<&str>> = staged
+                    .as_ref()
+                    .ok()
+                    .map(|s| s.iter().map(|c| c.path.as_str()).collect());
                 let why = o.status.describe(&spec_limits(&spec_json));
-                let outcome = json!({
+                let mut outcome = json!({
                     "status": o.status, "exit_code": o.status.exit_code(), "reason": why,
                     "duration_ms": o.duration.as_millis() as u64, "peak_memory": o.peak_memory,
                     "staged_files": staged_paths, "staging_id": area_id, "blocked": blocked,
                 });
+                if let Err(e) = &staged {
+                    outcome["staged_error"] = e.as_str().into();
+                }
                 let execution = json!({
                     "sandbox": "airlock-linux-v1", "spec": spec_json, "layers": o.report,
                     "landlock_abi": o.report.landlock_abi, "limits_mechanism": o.report.limits_mechanism,
@@ -228,8 +239,14 @@ impl Broker {
                 body["stdout"] = out(&o.stdout);
                 body["stderr"] = out(&o.stderr);
                 body["layers"] = serde_json::to_value(&o.report).unwrap_or(Value::Null);
-                if !staged.is_empty() {
-                    body["hint"] = format!("{} staged change(s); the user reviews them with `airlock staged diff {area_id}`", staged.len()).into();
+                match &staged {
+                    Ok(s) if !s.is_empty() => {
+                        body["hint"] = format!("{} staged change(s); the user reviews them with `airlock staged diff {area_id}`", s.len()).into();
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        body["hint"] = format!("the staged changes cannot be listed (see staged_error); the user discards them with `airlock staged discard {area_id}`").into();
+                    }
                 }
                 Ok(body)
             }

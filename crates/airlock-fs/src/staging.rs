@@ -127,6 +127,10 @@ pub(crate) enum Probe {
     Found(OwnedFd, Meta),
 }
 
+/// The longest path below the base a staged entry may have (`PATH_MAX`
+/// less its NUL): longer ones cannot be opened beneath the base.
+pub(crate) const MAX_STAGED_PATH: usize = 4095;
+
 /// What the real tree has at a staged directory, as far as looking up
 /// its entries there goes.
 #[derive(Debug, Clone, Copy)]
@@ -1652,6 +1656,18 @@ impl<'a> Ctx<'a> {
         let shown_dir = self.abs(if prefix.is_empty() { "." } else { prefix });
         for name in dir_names(fd, &shown_dir)? {
             let rel = sys::join_rel(prefix, &name);
+            if rel.len() > MAX_STAGED_PATH {
+                // Bounds the walk's time and memory whatever the command
+                // nested; nothing that deep could be committed anyway.
+                let head: String = rel.chars().take(120).collect();
+                return Err(FsError::Invalid {
+                    path: format!("{}…", self.abs(&head)),
+                    why: format!(
+                        "a staged path is longer than {MAX_STAGED_PATH} bytes; it cannot be reviewed or committed: discard the area (airlock staged discard {})",
+                        self.area.id
+                    ),
+                });
+            }
             let shown = self.abs(&rel);
             let Some(e) = upper_entry(fd, &name).map_err(|e| sys::io(&shown, e))? else {
                 continue;

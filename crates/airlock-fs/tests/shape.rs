@@ -108,6 +108,17 @@ fn discarding_removes_any_shape_and_follows_no_link() {
     std::os::unix::fs::symlink(&fx.home, upper.join("out/home")).unwrap();
     std::os::unix::fs::symlink(&fx.canary, upper.join("out/key")).unwrap();
 
+    // Too deep to review or commit: listing says so (and what to do)
+    // instead of walking on.
+    match a.changes() {
+        Err(airlock_fs::FsError::Invalid { why, .. }) => {
+            assert!(
+                why.contains("longer than 4095 bytes") && why.contains("discard"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     // On a small stack: removal must not recurse per level.
     let id = a.id().to_string();
     std::thread::Builder::new()

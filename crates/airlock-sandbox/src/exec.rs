@@ -1219,7 +1219,21 @@ fn upper_size(p: &Path) -> u64 {
 /// sets its bookkeeping xattrs (`user.overlay.origin`, `impure`, `uuid`)
 /// when it mounts and looks up merged directories, which moves ctimes on
 /// every run without changing anything a crash could cut short.
-type UpperState = Vec<(PathBuf, u64, u64, u32, u32, u32, u64, i64, i64)>;
+///
+/// Entries are named by a keyed hash of their path ([`path_key`]), not the
+/// path itself: a command may nest directories thousands of levels deep,
+/// and their paths would take memory growing with the square of the depth.
+type UpperState = Vec<(u64, u64, u64, u32, u32, u32, u64, i64, i64)>;
+
+/// The key of the entry `name` in the directory whose key is `parent` (the
+/// upper dir itself: 0), with keys random to this process, so that a
+/// command cannot make two paths collide.
+fn path_key(parent: u64, name: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default).hash_one((parent, name))
+}
 
 /// The upper dir's [`UpperState`] and the bytes allocated to it (what the
 /// disk cap counts), from one walk of any width and depth
@@ -1236,12 +1250,12 @@ fn upper_state(p: &Path) -> (UpperState, u64) {
         return (v, 0);
     };
     if let Ok(st) = rustix::fs::fstat(&root) {
-        push_entry(&mut v, &mut bytes, PathBuf::new(), &st);
+        push_entry(&mut v, &mut bytes, 0, &st);
     }
     let walked = airlock_fs::walk_dirs(
         root,
-        (),
-        |fd, rel, ()| Ok(upper_level(fd, rel, &mut v, &mut bytes)),
+        0,
+        |fd, _, key| Ok(upper_level(fd, key, &mut v, &mut bytes)),
         // Skipped, as the next walk will skip it.
         |rel, e| {
             tracing::debug!("walking the upper dir at {}: {e}", rel.display());
@@ -1253,14 +1267,14 @@ fn upper_state(p: &Path) -> (UpperState, u64) {
     (v, bytes)
 }
 
-/// Add the entries of the directory `fd` (at `rel` in the upper dir) to
-/// `v`; return its subdirectories.
+/// Add the entries of the directory `fd` (whose key is `dir`) to `v`;
+/// return its subdirectories with their keys.
 fn upper_level(
     fd: &OwnedFd,
-    rel: &Path,
+    dir: u64,
     v: &mut UpperState,
     bytes: &mut u64,
-) -> Vec<(std::ffi::OsString, ())> {
+) -> Vec<(std::ffi::OsString, u64)> {
     use rustix::fs::{statat, AtFlags, Dir, FileType};
     let mut subdirs = vec![];
     let Ok(mut d) = Dir::read_from(fd) else {
@@ -1274,19 +1288,20 @@ fn upper_level(
         let Ok(st) = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
-        let name = std::ffi::OsStr::from_bytes(name.to_bytes());
+        let key = path_key(dir, name.to_bytes());
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            subdirs.push((name.to_owned(), ()));
+            let name = std::ffi::OsStr::from_bytes(name.to_bytes());
+            subdirs.push((name.to_owned(), key));
         }
-        push_entry(v, bytes, rel.join(name), &st);
+        push_entry(v, bytes, key, &st);
     }
     subdirs
 }
 
-fn push_entry(v: &mut UpperState, bytes: &mut u64, path: PathBuf, st: &rustix::fs::Stat) {
+fn push_entry(v: &mut UpperState, bytes: &mut u64, key: u64, st: &rustix::fs::Stat) {
     *bytes = bytes.saturating_add((st.st_blocks as u64).saturating_mul(512));
     v.push((
-        path,
+        key,
         st.st_ino,
         st.st_size as u64,
         st.st_mode,

@@ -150,3 +150,51 @@ fn airlock_run_changes_are_reviewed_and_committed_without_a_broker() {
     let tail = String::from_utf8_lossy(&env.cli(&["audit", "tail", "--json"]).stdout).into_owned();
     assert!(tail.contains("\"kind\":\"commit\""), "{tail}");
 }
+
+#[test]
+fn staged_changes_that_cannot_be_listed_are_recorded_as_such_and_can_be_discarded() {
+    let d = Daemon::start("");
+    let ws = p(&d.env.ws);
+    let mut a = d.agent();
+    let m = json!({"action": "exec", "paths": [ws], "commands": ["python3"], "duration_seconds": 120,
+        "justification": "run a generator"});
+    let (s, v) = a.request(m);
+    assert_eq!(s, 202, "{v}");
+    let id = v["approval_id"].as_str().unwrap().to_string();
+    d.cli_ok(&["approvals", "approve", &id]);
+    let (s, v) = a.call("GET", &format!("/v1/approvals/{id}?wait=5"), None, None);
+    assert_eq!(s, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+
+    // Directories nested deeper than any path may be long: nothing below
+    // can be reviewed or committed.
+    let script = "import os\nfor _ in range(2100):\n    os.mkdir('d'); os.chdir('d')\nopen('f', 'w').write('x')\n";
+    let (s, v) = a.call(
+        "POST",
+        "/v1/exec",
+        Some(&token),
+        Some(json!({"argv": ["python3", "-c", script], "cwd": ws})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert!(v["staged_files"].is_null(), "not an empty list: {v}");
+    let why = v["staged_error"].as_str().unwrap_or_default();
+    assert!(why.contains("longer than 4095 bytes"), "{v}");
+    assert!(
+        v["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("airlock staged discard"),
+        "{v}"
+    );
+    let recs = d.records();
+    let done = recs.iter().rfind(|r| r["kind"] == "exec").unwrap();
+    assert_eq!(done["outcome"]["staged_error"], v["staged_error"], "{done}");
+    assert!(done["outcome"]["staged_files"].is_null(), "{done}");
+
+    // The broker keeps serving, and the area can be discarded whole.
+    let area = v["staging_id"].as_str().unwrap().to_string();
+    d.cli_ok(&["staged", "discard", &area]);
+    let (s, _) = a.call("GET", "/v1/health", None, None);
+    assert_eq!(s, 200);
+}
