@@ -527,10 +527,12 @@ fn fail(err_wr: RawFd, step: u32, err: c_int) -> ! {
     let mut buf = [0u8; 8];
     buf[..4].copy_from_slice(&step.to_ne_bytes());
     buf[4..].copy_from_slice(&err.to_ne_bytes());
-    // SAFETY: writes 8 bytes from a stack buffer to a descriptor we own; then
-    // exits without running any user-space cleanup (we are a forked copy).
+    // SAFETY: writes 8 bytes from a stack buffer to a descriptor we own
+    // (a raw system call: `errno`, shared with init by the network helper,
+    // is not touched); then exits without running any user-space cleanup
+    // (we are a forked copy).
     unsafe {
-        libc::write(err_wr, buf.as_ptr() as *const c_void, buf.len());
+        let _ = rustix::io::write(std::os::fd::BorrowedFd::borrow_raw(err_wr), &buf);
         libc::_exit(127)
     }
 }
@@ -1398,32 +1400,33 @@ fn drop_all_caps() -> c_int {
     }
 }
 
-fn loopback_up() -> c_int {
-    // SAFETY: a datagram socket and two ioctls on a stack ifreq.
+/// Bring the loopback interface of the current network namespace up.
+/// Raw system calls (see [`net_entry`]): the error is returned, `errno`
+/// is not touched.
+fn loopback_up() -> rustix::io::Result<()> {
+    use rustix::ioctl::{ioctl, Updater};
+    const SIOCGIFFLAGS: rustix::ioctl::Opcode = libc::SIOCGIFFLAGS as _;
+    const SIOCSIFFLAGS: rustix::ioctl::Opcode = libc::SIOCSIFFLAGS as _;
+    let s = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let mut ifr = IfReq {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    ifr.name[..2].copy_from_slice(b"lo");
+    // SAFETY: both requests take a `struct ifreq`, which IfReq lays out
+    // (name, then the flags of the union), and read or write only it.
     unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return -1;
-        }
-        let mut ifr = IfReq {
-            name: [0; 16],
-            flags: 0,
-            _pad: [0; 22],
-        };
-        ifr.name[0] = b'l';
-        ifr.name[1] = b'o';
-        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut ifr as *mut IfReq);
-        if r >= 0 {
-            ifr.flags |= libc::IFF_UP as i16;
-            r = libc::ioctl(s, libc::SIOCSIFFLAGS as _, &mut ifr as *mut IfReq);
-        }
-        let e = errno();
-        libc::close(s);
-        if r < 0 {
-            *libc::__errno_location() = e;
-        }
-        r
+        ioctl(&s, Updater::<SIOCGIFFLAGS, IfReq>::new(&mut ifr))?;
+        ifr.flags |= libc::IFF_UP as i16;
+        ioctl(&s, Updater::<SIOCSIFFLAGS, IfReq>::new(&mut ifr))?;
     }
+    Ok(())
 }
 
 fn send_fd(sock: RawFd, fd: RawFd) -> c_int {
@@ -2141,37 +2144,59 @@ extern "C" fn net_entry(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the plan init passed to clone; init keeps it (and
     // this process's stack) alive and unchanged for as long as it runs.
     let p = unsafe { &*(arg as *const ChildPlan) };
-    // SAFETY: system calls on descriptors of this process's own table and
-    // a stack buffer; ends in _exit.
-    unsafe {
-        libc::close(p.net_sock[0]);
-        record(p.phases, Phase::NetStarted);
-        if libc::unshare(libc::CLONE_NEWNET) < 0 {
-            fail(p.err_wr, STEP_NETNS, errno());
-        }
-        if p.loopback && loopback_up() < 0 {
-            fail(p.err_wr, STEP_LOOPBACK, errno());
-        }
-        // Its descriptor goes to init (joining by pidfd would need ptrace
-        // access to this process, whose memory, shared with init, is not
-        // dumpable once init has changed its uid).
-        let ns = libc::open(
-            c"/proc/self/ns/net".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        );
-        if ns < 0 {
-            fail(p.err_wr, STEP_NETNS, errno());
-        }
-        // The descriptor in flight keeps the namespace alive: no need to
-        // wait for init (whose end of the socket other sandboxes started at
-        // the same time may hold copies of, so its hang-up might never be
-        // seen here).
-        record(p.phases, Phase::NetReady);
-        if send_fds(p.net_sock[1], b'n', &[ns]) != 1 {
-            libc::_exit(1);
-        }
-        libc::_exit(0)
+    // This process shares init's memory, `errno` included, and runs while
+    // init does: every call here is a raw system call (rustix's linux_raw
+    // backend) that returns its error instead of setting `errno`, so that
+    // neither process can report the other's error as its own.
+    let ew = p.err_wr;
+    // SAFETY: our copy of init's end of the socket pair, not used here.
+    unsafe { rustix::io::close(p.net_sock[0]) };
+    record(p.phases, Phase::NetStarted);
+    // SAFETY: unshares the network namespace only; no descriptor table is
+    // unshared.
+    if let Err(e) = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+    {
+        fail(ew, STEP_NETNS, e.raw_os_error());
     }
+    if p.loopback {
+        if let Err(e) = loopback_up() {
+            fail(ew, STEP_LOOPBACK, e.raw_os_error());
+        }
+    }
+    // Its descriptor goes to init (joining by pidfd would need ptrace
+    // access to this process, whose memory, shared with init, is not
+    // dumpable once init has changed its uid).
+    let ns = match rustix::fs::open(
+        c"/proc/self/ns/net",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => fail(ew, STEP_NETNS, e.raw_os_error()),
+    };
+    // The descriptor in flight keeps the namespace alive: no need to wait
+    // for init (whose end of the socket other sandboxes started at the
+    // same time may hold copies of, so its hang-up might never be seen
+    // here).
+    record(p.phases, Phase::NetReady);
+    let sent = {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        let fds = [std::os::fd::AsFd::as_fd(&ns)];
+        cmsg.push(SendAncillaryMessage::ScmRights(&fds));
+        // SAFETY: init's socket end, held open by the plan for our life.
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(p.net_sock[1]) };
+        rustix::net::sendmsg(
+            sock,
+            &[std::io::IoSlice::new(b"n")],
+            &mut cmsg,
+            SendFlags::NOSIGNAL,
+        )
+    };
+    // SAFETY: ends this process without running anything of the Rust
+    // runtime it shares with init.
+    unsafe { libc::_exit(if sent == Ok(1) { 0 } else { 1 }) }
 }
 
 /// Entry of the command process started by `clone` in [`child_main`].
