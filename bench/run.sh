@@ -6,7 +6,8 @@
 #   audit:  append latency, group commit, `audit verify` records/s;
 #   policy: decision latency per backend;
 #   mcp:    read_text_file through `airlock mcp` against the reference filesystem server (bench/mcp.sh);
-#   sandbox: `airlock run -- /bin/true` against bare /bin/true and bwrap (bench/sandbox.sh).
+#   sandbox: `airlock run -- /bin/true` against bare /bin/true and bwrap (bench/sandbox.sh);
+#   staging: the same as the staging store fills (bench/staging.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
@@ -21,4 +22,8 @@ fi
 if [ -f bench/sandbox.sh ]; then
   printf '\n=== sandbox\n'
   bash bench/sandbox.sh
+fi
+if [ -f bench/staging.sh ]; then
+  printf '\n=== staging\n'
+  bash bench/staging.sh
 fi
