@@ -729,8 +729,30 @@ def _(ctx):
 
 
 def upper_size(ctx):
+    """Bytes in this attack's staging area (the store is the user's, shared
+    by every attack)."""
+    store = os.path.join(ctx.state, "airlock/staging")
+    ws = os.path.realpath(ctx.ws)
+    mine = []
+    for area in os.listdir(store) if os.path.isdir(store) else []:
+        try:
+            with open(os.path.join(store, area, "meta.json")) as f:
+                if json.load(f).get("base") == ws:
+                    mine.append(os.path.join(store, area))
+        except (OSError, ValueError):
+            pass
+    # Not found: count the whole store (never less than the attack wrote).
+    return sum(tree_size(a) for a in mine) if mine else tree_size(store)
+
+
+def tree_size(top):
     total = 0
-    for d, _, files in os.walk(os.path.join(ctx.state, "airlock/staging")):
+    for d, dirs, files in os.walk(top):
+        # A directory the command made unreadable (ours: we may open it).
+        for sub in dirs:
+            p = os.path.join(d, sub)
+            if not os.path.islink(p) and not os.access(p, os.R_OK | os.X_OK):
+                os.chmod(p, 0o700)
         for f in files:
             try:
                 total += os.lstat(os.path.join(d, f)).st_blocks * 512
@@ -762,6 +784,22 @@ def _(ctx):
 
     return dict(opts=["--disk", "32M", "--timeout", "20s"],
                 argv=["/bin/sh", "-c", "i=0; while [ $i -lt 128 ]; do head -c 4194304 /dev/zero > f$i || exit 1; i=$((i+1)); done"],
+                judge=judge)
+
+
+@attack("disk_fill_unreadable_dir", "fill the staging area under --disk 32M inside a directory made unreadable (mode 300)")
+def _(ctx):
+    # Unprivileged, the command and the sandbox's owner are one user: a
+    # directory its owner cannot list hides what is written in it from a
+    # walk of the staged changes, unless that counts as over the cap.
+    def judge(r):
+        size = upper_size(ctx)
+        if size > (32 + 64) << 20 or r.rc != 123:
+            return judged("ESCAPED", "staged %d MiB under --disk 32M, exit %d" % (size >> 20, r.rc))
+        return judged("blocked", "killed at %d MiB staged (exit 123)" % (size >> 20))
+
+    return dict(opts=["--disk", "32M", "--timeout", "20s"],
+                argv=["/bin/sh", "-c", "mkdir d && chmod 300 d && i=0; while [ $i -lt 128 ]; do head -c 4194304 /dev/zero > d/f$i || exit 1; i=$((i+1)); done"],
                 judge=judge)
 
 

@@ -61,7 +61,7 @@ pub struct Running {
     /// The staged overlay's work dir and the upper dir's state and
     /// allocated bytes before the run: the volatile mount is closed after
     /// it (see `close_overlay`), the disk cap counts from it.
-    volatile: Option<(PathBuf, UpperState, u64)>,
+    volatile: Option<(PathBuf, Option<UpperState>, u64)>,
     /// This run's overlay work dir, held until the overlay is closed (see
     /// `airlock_fs::RunWorkDir`).
     run_work: Option<airlock_fs::RunWorkDir>,
@@ -1207,8 +1207,22 @@ fn fs_used(p: &Path) -> u64 {
     }
 }
 
-fn upper_size(p: &Path) -> u64 {
-    upper_state(p).1
+/// Say why a run whose staged changes cannot be measured is stopped as
+/// over the disk cap.
+fn unmeasured(upper: &Path) {
+    tracing::warn!(
+        "a directory of the staged changes in {} cannot be read (the command made it unreadable); with the filesystem grown past the disk cap, the run counts as over it",
+        upper.display()
+    );
+}
+
+/// The bytes allocated to the upper dir, or `None` if part of it cannot be
+/// read (see [`upper_state`]).
+fn upper_size(p: &Path) -> Option<u64> {
+    match upper_state(p) {
+        (Some(_), bytes) => Some(bytes),
+        (None, _) => None,
+    }
 }
 
 /// Every entry of an upper dir with its inode, size, mode, owner, link
@@ -1239,32 +1253,43 @@ fn path_key(parent: u64, name: &[u8]) -> u64 {
 /// disk cap counts), from one walk of any width and depth
 /// ([`airlock_fs::walk_dirs`]), each entry looked up relative to its
 /// directory's descriptor (a path walk from `/` per entry cost twice as
-/// much on large upper dirs). An entry that cannot be read is left out,
-/// both times alike.
-fn upper_state(p: &Path) -> (UpperState, u64) {
+/// much on large upper dirs).
+///
+/// `None` instead of the state when a directory cannot be read: running
+/// unprivileged, a command can make a directory it staged unreadable to
+/// its owner (mode 300) and go on writing in it. What it holds can then be
+/// neither compared nor counted, so the run counts as changed and, if the
+/// filesystem grew past the disk cap, as over it.
+fn upper_state(p: &Path) -> (Option<UpperState>, u64) {
     use rustix::fs::{openat, Mode, OFlags, CWD};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut v = UpperState::new();
     let mut bytes = 0u64;
     let Ok(root) = openat(CWD, p, flags, Mode::empty()) else {
-        return (v, 0);
+        return (None, 0);
     };
+    let complete = std::cell::Cell::new(true);
     if let Ok(st) = rustix::fs::fstat(&root) {
         push_entry(&mut v, &mut bytes, 0, &st);
     }
     let walked = airlock_fs::walk_dirs(
         root,
         0,
-        |fd, _, key| Ok(upper_level(fd, key, &mut v, &mut bytes)),
-        // Skipped, as the next walk will skip it.
+        |fd, _, key| Ok(upper_level(fd, key, &mut v, &mut bytes, &complete)),
         |rel, e| {
-            tracing::debug!("walking the upper dir at {}: {e}", rel.display());
+            // Removed meanwhile (the command is running): nothing to count.
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!("walking the upper dir at {}: {e}", rel.display());
+                complete.set(false);
+            }
             Ok::<(), ()>(())
         },
     );
-    debug_assert!(walked.is_ok());
+    if walked.is_err() || !complete.get() {
+        return (None, bytes);
+    }
     v.sort();
-    (v, bytes)
+    (Some(v), bytes)
 }
 
 /// Add the entries of the directory `fd` (whose key is `dir`) to `v`;
@@ -1274,19 +1299,35 @@ fn upper_level(
     dir: u64,
     v: &mut UpperState,
     bytes: &mut u64,
+    complete: &std::cell::Cell<bool>,
 ) -> Vec<(std::ffi::OsString, u64)> {
     use rustix::fs::{statat, AtFlags, Dir, FileType};
     let mut subdirs = vec![];
     let Ok(mut d) = Dir::read_from(fd) else {
+        complete.set(false);
         return subdirs;
     };
-    while let Some(Ok(e)) = d.read() {
+    loop {
+        let e = match d.read() {
+            None => break,
+            Some(Ok(e)) => e,
+            Some(Err(_)) => {
+                complete.set(false);
+                break;
+            }
+        };
         let name = e.file_name();
         if name == c"." || name == c".." {
             continue;
         }
-        let Ok(st) = statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
-            continue;
+        let st = match statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Removed meanwhile (the command is running).
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(_) => {
+                complete.set(false);
+                continue;
+            }
         };
         let key = path_key(dir, name.to_bytes());
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
@@ -1433,14 +1474,21 @@ impl Running {
             if let Some((u, max, base)) = &mut disk_watch {
                 let used = fs_used(u);
                 if used.saturating_sub(*base) > *max {
-                    let size = upper_size(u);
-                    if size > *max {
-                        disk_hit = true;
-                        let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
-                        break;
+                    match upper_size(u) {
+                        Some(size) if size <= *max => {
+                            // Someone else wrote to the filesystem: new
+                            // baseline.
+                            *base = used.saturating_sub(size);
+                        }
+                        size => {
+                            if size.is_none() {
+                                unmeasured(u);
+                            }
+                            disk_hit = true;
+                            let _ = syscall::pidfd_signal(raw, libc::SIGKILL);
+                            break;
+                        }
                     }
-                    // Someone else wrote to the filesystem: new baseline.
-                    *base = used.saturating_sub(size);
                 }
             }
         }
@@ -1452,10 +1500,14 @@ impl Running {
         // The watch above looks every 5 ms; a command that passes the cap and
         // exits within one interval (its writer killed by SIGXFSZ, the shell
         // around it exiting 0) would slip through. Look once more at the end.
-        if let (false, Some((_, max, _)), Some((_, bytes))) =
+        if let (false, Some((u, max, base)), Some((state, bytes))) =
             (disk_hit || timed_out, &disk_watch, &after)
         {
-            disk_hit = bytes > max;
+            disk_hit = bytes > max
+                || (state.is_none() && fs_used(u).saturating_sub(*base) > *max && {
+                    unmeasured(u);
+                    true
+                });
         }
         tracing::debug!(us = self.t0.elapsed().as_micros() as u64, "reaped");
         if let Some(c) = self.phases.take() {
@@ -1493,7 +1545,9 @@ impl Running {
             "cgroup removed"
         );
         let changed = match (after, &self.volatile) {
-            (Some((after, _)), Some((_, before, _))) => {
+            // Part of the upper dir unreadable, before or after: changed.
+            (Some((None, _)), Some(_)) | (Some(_), Some((_, None, _))) => true,
+            (Some((Some(after), _)), Some((_, Some(before), _))) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     let first = after.iter().zip(before.iter()).find(|(a, b)| a != b);
                     tracing::debug!(

@@ -140,7 +140,11 @@ struct Record<'a> {
 #[derive(Serialize, Clone)]
 struct Staged {
     id: String,
-    changes: usize,
+    /// How many changes are staged (none when they cannot be listed).
+    changes: Option<usize>,
+    /// Why they cannot be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     committed: Vec<String>,
     refused: Vec<airlock_fs::Refused>,
 }
@@ -364,61 +368,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
 
     let mut staged = None;
+    let mut code = code;
     if let Some(a) = &area {
-        let changes = a
-            .record_bases()
-            .context("fingerprinting and listing the staged changes")?;
-        let mut st = Staged {
-            id: a.id().to_string(),
-            changes: changes.len(),
-            committed: vec![],
-            refused: vec![],
-        };
-        if args.commit && code == 0 && !changes.is_empty() {
-            let opts = airlock_fs::CommitOptions {
-                protected: spec.protected.clone(),
-            };
-            let rep = a
-                .commit(None, &opts)
-                .context("committing the staged changes")?;
-            st.committed = rep.committed;
-            st.refused = rep.refused;
-            eprintln!(
-                "airlock: committed {} change(s) to {}",
-                st.committed.len(),
-                ws.display()
-            );
-            for r in &st.refused {
-                eprintln!("airlock: refused {}: {}", r.path, r.reason);
-            }
-            if !st.refused.is_empty() {
+        staged = Some(match a.record_bases() {
+            Ok(changes) => staged_summary(a, changes, args.commit, code == 0, &spec, &ws)?,
+            Err(e) => {
+                // Nothing is committed. The command's own end (a limit, a
+                // failure) stays the exit status; a success becomes ours.
                 eprintln!(
-                    "airlock: {} change(s) left staged in {id}; review: airlock staged diff {id}",
-                    st.refused.len(),
-                    id = st.id
+                    "airlock: cannot list the staged changes in {id}: {e}; discard them: airlock staged discard {id}",
+                    id = a.id()
                 );
-            }
-        } else if changes.is_empty() {
-            eprintln!("airlock: no changes staged");
-        } else {
-            let (mut add, mut modi, mut del) = (0, 0, 0);
-            for c in &changes {
-                match c.kind {
-                    airlock_fs::ChangeKind::Added
-                    | airlock_fs::ChangeKind::Dir
-                    | airlock_fs::ChangeKind::Symlink => add += 1,
-                    airlock_fs::ChangeKind::Modified => modi += 1,
-                    airlock_fs::ChangeKind::Deleted => del += 1,
+                if code == 0 {
+                    code = 125;
+                }
+                Staged {
+                    id: a.id().to_string(),
+                    changes: None,
+                    error: Some(e.to_string()),
+                    committed: vec![],
+                    refused: vec![],
                 }
             }
-            eprintln!(
-                "airlock: {} change(s) staged in {id} ({add} added, {modi} modified, {del} deleted); review: airlock staged diff {id}; apply: airlock staged commit {id}{}",
-                changes.len(),
-                if args.commit { " (not committed: the command failed)" } else { "" },
-                id = st.id
-            );
-        }
-        staged = Some(st);
+        });
     }
 
     tracing::debug!(
@@ -446,6 +418,70 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// Commit the staged `changes` (when asked to and the command succeeded)
+/// or say how to review them.
+fn staged_summary(
+    a: &airlock_fs::StagingArea,
+    changes: Vec<airlock_fs::Change>,
+    commit: bool,
+    succeeded: bool,
+    spec: &SandboxSpec,
+    ws: &Path,
+) -> anyhow::Result<Staged> {
+    let mut st = Staged {
+        id: a.id().to_string(),
+        changes: Some(changes.len()),
+        error: None,
+        committed: vec![],
+        refused: vec![],
+    };
+    if commit && succeeded && !changes.is_empty() {
+        let opts = airlock_fs::CommitOptions {
+            protected: spec.protected.clone(),
+        };
+        let rep = a
+            .commit(None, &opts)
+            .context("committing the staged changes")?;
+        st.committed = rep.committed;
+        st.refused = rep.refused;
+        eprintln!(
+            "airlock: committed {} change(s) to {}",
+            st.committed.len(),
+            ws.display()
+        );
+        for r in &st.refused {
+            eprintln!("airlock: refused {}: {}", r.path, r.reason);
+        }
+        if !st.refused.is_empty() {
+            eprintln!(
+                "airlock: {} change(s) left staged in {id}; review: airlock staged diff {id}",
+                st.refused.len(),
+                id = st.id
+            );
+        }
+    } else if changes.is_empty() {
+        eprintln!("airlock: no changes staged");
+    } else {
+        let (mut add, mut modi, mut del) = (0, 0, 0);
+        for c in &changes {
+            match c.kind {
+                airlock_fs::ChangeKind::Added
+                | airlock_fs::ChangeKind::Dir
+                | airlock_fs::ChangeKind::Symlink => add += 1,
+                airlock_fs::ChangeKind::Modified => modi += 1,
+                airlock_fs::ChangeKind::Deleted => del += 1,
+            }
+        }
+        eprintln!(
+            "airlock: {} change(s) staged in {id} ({add} added, {modi} modified, {del} deleted); review: airlock staged diff {id}; apply: airlock staged commit {id}{}",
+            changes.len(),
+            if commit { " (not committed: the command failed)" } else { "" },
+            id = st.id
+        );
+    }
+    Ok(st)
 }
 
 /// Signals forwarded to the command while it runs.

@@ -93,6 +93,29 @@ sandbox_test! {
 }
 
 sandbox_test! {
+    fn disk_limit_holds_in_a_directory_the_command_made_unreadable() {
+        // Unprivileged, the command's owner is the sandbox's: it can stage
+        // a directory its owner cannot list (mode 300) and go on writing
+        // in it, in files each under the cap on a file's size.
+        let f = Fixture::new();
+        let mut s = f.sh(
+            "mkdir d && chmod 300 d && i=0; while [ $i -lt 16 ]; do head -c 4194304 /dev/zero > d/f$i || exit 9; i=$((i+1)); done; echo done",
+        );
+        s.limits.disk = Some(8 << 20);
+        let Some(o) = try_run(&s) else { return };
+        let d = f.upper().join("d");
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+        assert_eq!(o.status, ExitKind::DiskLimit, "{}", stdout(&o));
+        assert!(!stdout(&o).contains("done"));
+        let staged: u64 = std::fs::read_dir(&d)
+            .map(|r| r.flatten().map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum())
+            .unwrap_or(0);
+        assert!(staged <= 24 << 20, "{staged} bytes staged");
+    }
+}
+
+sandbox_test! {
     fn signals_reach_the_command() {
         let f = Fixture::new();
         let s = f.sh("trap 'echo got-term; exit 7' TERM; touch ready; while :; do sleep 0.05; done");
