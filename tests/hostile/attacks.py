@@ -772,19 +772,25 @@ def _(ctx):
     return dict(opts=["--disk", "32M"], argv=[B(ctx, "fill"), "big", "512"], judge=judge)
 
 
-@attack("disk_fill_many_files", "fill the staging area with many files under --disk 32M")
-def _(ctx):
-    # No single file reaches the cap, so only the watcher (every 5 ms) stops
-    # this; what a writer adds within one interval is the bounded overshoot.
+def fill_in_4m_files(ctx, where):
+    """Write 128 files of 4 MiB under --disk 32M, in `where` (prepared by
+    a shell prefix). No single file reaches the cap, so only the watcher
+    (every 5 ms) stops this; what a writer adds within one interval is the
+    bounded overshoot."""
     def judge(r):
         size = upper_size(ctx)
         if size > (32 + 64) << 20 or r.rc != 123:
             return judged("ESCAPED", "staged %d MiB under --disk 32M, exit %d" % (size >> 20, r.rc))
         return judged("blocked", "killed at %d MiB staged (exit 123)" % (size >> 20))
 
-    return dict(opts=["--disk", "32M", "--timeout", "20s"],
-                argv=["/bin/sh", "-c", "i=0; while [ $i -lt 128 ]; do head -c 4194304 /dev/zero > f$i || exit 1; i=$((i+1)); done"],
+    loop = "i=0; while [ $i -lt 128 ]; do head -c 4194304 /dev/zero > %s/f$i || exit 1; i=$((i+1)); done"
+    return dict(opts=["--disk", "32M", "--timeout", "20s"], argv=["/bin/sh", "-c", where + loop % "$W"],
                 judge=judge)
+
+
+@attack("disk_fill_many_files", "fill the staging area with many files under --disk 32M")
+def _(ctx):
+    return fill_in_4m_files(ctx, "W=.; ")
 
 
 @attack("disk_fill_unreadable_dir", "fill the staging area under --disk 32M inside a directory made unreadable (mode 300)")
@@ -792,15 +798,7 @@ def _(ctx):
     # Unprivileged, the command and the sandbox's owner are one user: a
     # directory its owner cannot list hides what is written in it from a
     # walk of the staged changes, unless that counts as over the cap.
-    def judge(r):
-        size = upper_size(ctx)
-        if size > (32 + 64) << 20 or r.rc != 123:
-            return judged("ESCAPED", "staged %d MiB under --disk 32M, exit %d" % (size >> 20, r.rc))
-        return judged("blocked", "killed at %d MiB staged (exit 123)" % (size >> 20))
-
-    return dict(opts=["--disk", "32M", "--timeout", "20s"],
-                argv=["/bin/sh", "-c", "mkdir d && chmod 300 d && i=0; while [ $i -lt 128 ]; do head -c 4194304 /dev/zero > d/f$i || exit 1; i=$((i+1)); done"],
-                judge=judge)
+    return fill_in_4m_files(ctx, "mkdir d && chmod 300 d && W=d; ")
 
 
 # ---------------------------------------------------------------------------
