@@ -502,3 +502,86 @@ fn concurrent_writers_do_not_lose_fingerprints() {
     assert_eq!(bases.len(), 44, "and each new directory");
     assert_eq!(a.changes().unwrap().len(), 44);
 }
+
+#[test]
+fn discarding_removes_any_shape_and_follows_no_link() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fx::new();
+    let store =
+        StagingStore::open(std::path::Path::new(&format!("{}/state/staging", fx.root))).unwrap();
+    let a = store.area("s", &fx.ws).unwrap();
+    // Should the test fail before the area is removed, remove it before the
+    // fixture goes: a plain recursive removal of 3,000 levels needs a
+    // descriptor per level.
+    let _cleanup = RemoveArea(
+        StagingStore::open(std::path::Path::new(&format!("{}/state/staging", fx.root))).unwrap(),
+        a.id().to_string(),
+    );
+    let upper = a.upper_dir();
+    // 3,000 levels (deeper than a path may be long), built one level at a
+    // time as a command inside would.
+    let mut fd = rustix::fs::open(
+        &upper,
+        rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..3000 {
+        rustix::fs::mkdirat(&fd, "d", rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            "d",
+            rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+    }
+    drop(fd);
+    // A name that is not UTF-8, and links out of the area.
+    fs::create_dir(upper.join("out")).unwrap();
+    fs::write(
+        upper
+            .join("out")
+            .join(std::ffi::OsStr::from_bytes(b"\xff\xfe")),
+        "x",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&fx.home, upper.join("out/home")).unwrap();
+    std::os::unix::fs::symlink(&fx.canary, upper.join("out/key")).unwrap();
+
+    // Too deep to review or commit: listing says so (and what to do)
+    // instead of walking on.
+    match a.changes() {
+        Err(airlock_fs::FsError::Invalid { why, .. }) => {
+            assert!(
+                why.contains("longer than 4095 bytes") && why.contains("discard"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // On a small stack: removal must not recurse per level.
+    let id = a.id().to_string();
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(move || store.remove(&id))
+        .unwrap()
+        .join()
+        .expect("no stack overflow")
+        .expect("removed");
+    assert!(!std::path::Path::new(&format!("{}/state/staging/{}", fx.root, a.id())).exists());
+    assert!(
+        fs::read(&fx.canary).is_ok(),
+        "what the links point to is untouched"
+    );
+    assert!(std::path::Path::new(&fx.home).join(".bashrc").exists());
+}
+
+/// Removes a staging area when dropped (if it is still there).
+struct RemoveArea(StagingStore, String);
+
+impl Drop for RemoveArea {
+    fn drop(&mut self) {
+        let _ = self.0.remove(&self.1);
+    }
+}
