@@ -90,6 +90,16 @@ pub(crate) struct AreaMeta {
     pub bases: BTreeMap<String, BaseFingerprint>,
 }
 
+/// What finding an area needs of its `meta.json`: the fingerprints (one
+/// per staged path) are skipped, not built.
+#[derive(Deserialize)]
+struct AreaHead {
+    id: String,
+    session: String,
+    base: String,
+    created: i64,
+}
+
 /// SHA-256 (hex) and length of everything `r` yields.
 pub fn sha256_reader<R: Read>(mut r: R) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
@@ -483,7 +493,7 @@ impl StagingStore {
             dir: self.dir.join(id),
             fd: Arc::new(fd),
         };
-        let meta = area.read_meta()?;
+        let meta: AreaHead = area.read_meta()?;
         if meta.id != id {
             return Err(FsError::Invalid {
                 path: area.dir.display().to_string(),
@@ -782,7 +792,7 @@ impl StagingArea {
         self.dir.display().to_string()
     }
 
-    fn read_meta(&self) -> Result<AreaMeta, FsError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(&self) -> Result<T, FsError> {
         let shown = format!("{}/meta.json", self.shown());
         let fd = sys::openat2(
             &*self.fd,
