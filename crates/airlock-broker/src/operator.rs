@@ -479,7 +479,9 @@ impl Broker {
                         Ok(json!({"id": id2, "discarded": n}))
                     }
                     None => {
-                        let n = a.changes().map(|c| c.len()).unwrap_or(0);
+                        // An area whose changes cannot be listed can still
+                        // be removed whole.
+                        let n = a.changes().map(|c| c.len()).ok();
                         b.inner
                             .staging
                             .remove(&id2)

@@ -175,7 +175,11 @@ pub struct AreaInfo {
     pub session: String,
     pub base: String,
     pub created: i64,
-    pub changes: usize,
+    /// How many changes are staged; `None` when they cannot be listed.
+    pub changes: Option<usize>,
+    /// Why they cannot be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -137,6 +137,23 @@ pub(crate) enum Probe {
     Found(OwnedFd, Meta),
 }
 
+/// A staged directory its owner cannot read (a sandboxed command, running
+/// as that owner, may leave one mode 300): said as such, with what to do,
+/// rather than as an internal error.
+fn unreadable(e: FsError, id: &str) -> FsError {
+    match e {
+        FsError::Io { path, source } if source.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) => {
+            FsError::Invalid {
+                path,
+                why: format!(
+                    "a staged directory cannot be read (a sandboxed command made it unreadable); the staged changes cannot be reviewed or committed: discard them (airlock staged discard {id})"
+                ),
+            }
+        }
+        e => e,
+    }
+}
+
 /// The longest path below the base a staged entry may have (`PATH_MAX`
 /// less its NUL): longer ones cannot be opened beneath the base.
 pub(crate) const MAX_STAGED_PATH: usize = 4095;
@@ -605,12 +622,9 @@ impl StagingStore {
                     continue;
                 }
             };
-            let changes = match a.changes() {
-                Ok(c) => c.len(),
-                Err(e) => {
-                    tracing::warn!(id = %id, error = %e, "cannot count staged changes");
-                    0
-                }
+            let (changes, error) = match a.changes() {
+                Ok(c) => (Some(c.len()), None),
+                Err(e) => (None, Some(e.to_string())),
             };
             out.push(AreaInfo {
                 id: a.id.clone(),
@@ -618,6 +632,7 @@ impl StagingStore {
                 base: a.base.clone(),
                 created: a.created,
                 changes,
+                error,
             });
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
@@ -1637,6 +1652,7 @@ impl<'a> Ctx<'a> {
         )
         .map_err(|e| sys::io(&self.abs("."), e))?;
         let base = self.area.base.clone();
+        let id = self.area.id.clone();
         crate::walk_dirs(
             root,
             BaseAt::Dir,
@@ -1647,7 +1663,8 @@ impl<'a> Ctx<'a> {
                 Ok(subs.into_iter().map(|(n, at)| (n.into(), at)).collect())
             },
             |rel, e| Err(sys::stdio(&sys::join_abs(&base, &rel.to_string_lossy()), e)),
-        )?;
+        )
+        .map_err(|e| unreadable(e, &id))?;
         out.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(out)
     }

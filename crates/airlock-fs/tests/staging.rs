@@ -585,3 +585,73 @@ impl Drop for RemoveArea {
         let _ = self.0.remove(&self.1);
     }
 }
+
+#[test]
+fn an_area_its_owner_cannot_read_is_reported_as_such_and_can_be_discarded() {
+    // A sandboxed command runs as the area's owner when unprivileged: it can
+    // leave a staged directory its owner cannot list (mode 300). Root reads
+    // it anyway, so as root this thread takes nobody's credentials (on
+    // Linux they are per thread) over a tree nobody owns.
+    use rustix::process::{Gid, Uid};
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fx::new();
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        for e in walk_all(std::path::Path::new(&fx.root)) {
+            std::os::unix::fs::lchown(&e, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    let (store_dir, ws) = (format!("{}/state/staging", fx.root), fx.ws.clone());
+    std::thread::spawn(move || {
+        if root {
+            rustix::thread::set_thread_groups(&[]).unwrap();
+            let g = Gid::from_raw(65534);
+            rustix::thread::set_thread_res_gid(g, g, g).unwrap();
+            let u = Uid::from_raw(65534);
+            rustix::thread::set_thread_res_uid(u, u, u).unwrap();
+        }
+        let store = StagingStore::open(std::path::Path::new(&store_dir)).unwrap();
+        let bad = store.area("s", &ws).unwrap();
+        let good = store.area("t", &ws).unwrap();
+        fs::create_dir(bad.upper_dir().join("d")).unwrap();
+        fs::write(bad.upper_dir().join("d/f"), "x").unwrap();
+        fs::set_permissions(bad.upper_dir().join("d"), fs::Permissions::from_mode(0o300)).unwrap();
+        fs::write(good.upper_dir().join("new.txt"), "y").unwrap();
+
+        // Said as what it is, with what to do; the other area is listed.
+        match bad.changes() {
+            Err(FsError::Invalid { why, .. }) => assert!(
+                why.contains("cannot be read")
+                    && why.contains(&format!("airlock staged discard {}", bad.id())),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let list = store.list().unwrap();
+        let of = |id: &str| list.iter().find(|a| a.id == id).unwrap().clone();
+        assert_eq!(of(bad.id()).changes, None);
+        assert!(of(bad.id()).error.unwrap().contains("cannot be read"));
+        assert_eq!(of(good.id()).changes, Some(1));
+        // It can still be discarded whole.
+        store.remove(bad.id()).unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Every path under `root`, itself included.
+fn walk_all(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                out.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    out
+}

@@ -566,20 +566,34 @@ pub fn staged(c: StagedCmd) -> anyhow::Result<i32> {
                 if areas.is_empty() {
                     println!("nothing staged");
                 }
+                // One area that cannot be listed does not hide the others.
+                let mut code = 0;
                 for a in areas {
                     let id = text(&a["id"]);
-                    println!(
-                        "{id}  session {}  base {}  {} change(s)",
+                    let head = format!(
+                        "{id}  session {}  base {}",
                         text(&a["session"]),
-                        text(&a["base"]),
-                        a["changes"]
+                        text(&a["base"])
                     );
-                    let d = st.show(&id).await?;
-                    for ch in d["changes"].as_array().into_iter().flatten() {
-                        println!("  {:9} {}", text(&ch["kind"]), text(&ch["path"]));
+                    if a["changes"].is_null() {
+                        code = 1;
+                        println!("{head}  changes cannot be listed: {}", text(&a["error"]));
+                        continue;
+                    }
+                    println!("{head}  {} change(s)", a["changes"]);
+                    match st.show(&id).await {
+                        Ok(d) => {
+                            for ch in d["changes"].as_array().into_iter().flatten() {
+                                println!("  {:9} {}", text(&ch["kind"]), text(&ch["path"]));
+                            }
+                        }
+                        Err(e) => {
+                            code = 1;
+                            println!("  changes cannot be listed: {e:#}");
+                        }
                     }
                 }
-                Ok(0)
+                Ok(code)
             }
             StagedCmd::Diff { id, paths } => {
                 for id in st.ids(id).await? {
@@ -610,7 +624,10 @@ pub fn staged(c: StagedCmd) -> anyhow::Result<i32> {
             StagedCmd::Discard { id, paths } => {
                 for id in st.ids(id).await? {
                     let v = st.act("discard", &id, &paths).await?;
-                    println!("{id}: discarded {} change(s)", v["discarded"]);
+                    match v["discarded"].as_u64() {
+                        Some(n) => println!("{id}: discarded {n} change(s)"),
+                        None => println!("{id}: discarded (its changes could not be listed)"),
+                    }
                 }
                 Ok(0)
             }

@@ -375,17 +375,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             Err(e) => {
                 // Nothing is committed. The command's own end (a limit, a
                 // failure) stays the exit status; a success becomes ours.
-                eprintln!(
-                    "airlock: cannot list the staged changes in {id}: {e}; discard them: airlock staged discard {id}",
-                    id = a.id()
-                );
+                let e = e.to_string();
+                let hint = format!("airlock staged discard {}", a.id());
+                if e.contains(&hint) {
+                    eprintln!("airlock: cannot list the staged changes: {e}");
+                } else {
+                    eprintln!("airlock: cannot list the staged changes: {e}; discard them: {hint}");
+                }
                 if code == 0 {
                     code = 125;
                 }
                 Staged {
                     id: a.id().to_string(),
                     changes: None,
-                    error: Some(e.to_string()),
+                    error: Some(e),
                     committed: vec![],
                     refused: vec![],
                 }
