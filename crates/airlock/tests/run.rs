@@ -201,6 +201,44 @@ fn a_failed_command_commits_nothing() {
 }
 
 #[test]
+fn staged_changes_that_cannot_be_listed_are_said_so_and_nothing_is_committed() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    // Nested deeper than a path may be long: the command succeeds, its
+    // staged changes cannot be listed, reviewed or committed.
+    let script = "import os\nfor _ in range(2100):\n    os.mkdir('d'); os.chdir('d')\n";
+    let o = e.run(&["run", "--json", "--commit", "--", "python3", "-c", script]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("cannot list the staged changes") && err.contains("airlock staged discard"),
+        "{err}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(err.lines().last().unwrap()).expect("last stderr line is JSON");
+    assert!(rec["staged"]["changes"].is_null(), "{rec}");
+    assert!(
+        rec["staged"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("longer than 4095 bytes"),
+        "{rec}"
+    );
+    assert!(!e.ws().join("d").exists(), "nothing was committed");
+    // What it says to do works (and leaves no deep tree behind).
+    let id = rec["staged"]["id"].as_str().unwrap();
+    let d = e.run(&["staged", "discard", id]);
+    assert!(d.status.success(), "{}", text(&d.stderr));
+    assert!(
+        text(&d.stdout).contains("could not be listed"),
+        "{}",
+        text(&d.stdout)
+    );
+}
+
+#[test]
 fn json_record_and_report_file() {
     let e = Env::new();
     if !sandbox_works(&e) {
