@@ -15,8 +15,6 @@
 #   bench/mcp.sh                          build airlock (release) and measure
 #   AIRLOCK=/path/airlock BENCH_RUNS=500 bench/mcp.sh
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 py="$HOME/.cache/airlock-py/bin/python"
 nm="$HOME/.cache/airlock-node/node_modules"
 if ! "$py" -c 'import mcp' 2>/dev/null || [ ! -f "$nm/@modelcontextprotocol/server-filesystem/dist/index.js" ] \
@@ -24,11 +22,7 @@ if ! "$py" -c 'import mcp' 2>/dev/null || [ ! -f "$nm/@modelcontextprotocol/serv
     echo "bench: run scripts/test.sh once first (it installs the MCP Python SDK and the reference servers)" >&2
     exit 2
 fi
-if [[ -z "${AIRLOCK:-}" ]]; then
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
-    (cd "$root" && cargo build -q --release -p airlock)
-    AIRLOCK="$CARGO_TARGET_DIR/release/airlock"
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 exec "$py" - "$AIRLOCK" "$nm" "${BENCH_RUNS:-300}" <<'PYEOF'
 import asyncio, os, statistics, subprocess, sys, tempfile, time
 

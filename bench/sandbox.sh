@@ -8,8 +8,6 @@
 #   AIRLOCK=/path/airlock bench/sandbox.sh
 #   BENCH_RUNS=500 BENCH_AS=nobody bench/sandbox.sh   (as root: measure as nobody)
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 
 if ! command -v bwrap >/dev/null; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
@@ -17,13 +15,7 @@ if ! command -v bwrap >/dev/null; then
     fi
     command -v bwrap >/dev/null || { echo "bench: bwrap (Debian package bubblewrap) is needed" >&2; exit 2; }
 fi
-if [[ -z "${AIRLOCK:-}" ]]; then
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target-sandbox}"
-    (cd "$root" && cargo build -q --release -p airlock)
-    AIRLOCK="$CARGO_TARGET_DIR/release/airlock"
-fi
-PY=/usr/bin/python3
-[[ -x "$PY" ]] || PY="$(command -v python3)"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 exec "$PY" - "$AIRLOCK" "${BENCH_RUNS:-300}" "${BENCH_AS:-}" <<'PYEOF'
 import os, shutil, statistics, subprocess, sys, tempfile, time
 

@@ -12,15 +12,7 @@
 #   bench/staging.sh
 #   AIRLOCK=/path/airlock AIRLOCK_BASE=/path/older/airlock BENCH_RUNS=60 bench/staging.sh
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-if [[ -z "${AIRLOCK:-}" ]]; then
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
-    (cd "$root" && cargo build -q --release -p airlock)
-    AIRLOCK="$CARGO_TARGET_DIR/release/airlock"
-fi
-PY=/usr/bin/python3
-[[ -x "$PY" ]] || PY="$(command -v python3)"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 exec "$PY" - "$AIRLOCK" "${AIRLOCK_BASE:-}" "${BENCH_RUNS:-100}" <<'PYEOF'
 import json, os, random, secrets, shutil, statistics, subprocess, sys, tempfile, time
 
