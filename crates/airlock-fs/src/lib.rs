@@ -46,7 +46,7 @@ mod volatile;
 use airlock_core::ErrorCode;
 
 pub use diff::MAX_DIFF_BYTES;
-pub use tree::{walk_dirs, walk_dirs_then, MAX_OPEN};
+pub use tree::{walk_dirs, walk_dirs_then};
 pub use volatile::{
     boot_id, close_dead_runs, close_volatile, record_boot, sweep_closed, volatile_state,
     RunWorkDir, VolatileState, BOOT_ID_FILE,

@@ -156,7 +156,7 @@ fn unreadable(e: FsError, id: &str) -> FsError {
 
 /// The longest path below the base a staged entry may have (`PATH_MAX`
 /// less its NUL): longer ones cannot be opened beneath the base.
-pub(crate) const MAX_STAGED_PATH: usize = 4095;
+const MAX_STAGED_PATH: usize = 4095;
 
 /// What the real tree has at a staged directory, as far as looking up
 /// its entries there goes.

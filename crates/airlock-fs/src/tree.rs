@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 
 /// Descriptors a walk keeps open at most.
-pub const MAX_OPEN: usize = 32;
+const MAX_OPEN: usize = 32;
 
 /// Walk the tree whose root directory is open as `root`.
 ///
@@ -49,19 +49,16 @@ pub fn walk_dirs_then<T, E>(
     mut leave: impl FnMut(&OwnedFd, &std::ffi::OsStr, &Path) -> Result<(), E>,
     mut fail: impl FnMut(&Path, std::io::Error) -> Result<(), E>,
 ) -> Result<(), E> {
+    // One path for the level being walked, grown and shrunk a name at a
+    // time: a path per level would take memory growing with the square
+    // of the depth.
     struct Level<T> {
         fd: Option<OwnedFd>,
         id: (u64, u64),
-        rel: PathBuf,
-        name: OsString,
         pending: Vec<(OsString, T)>,
     }
     let id = |fd: &OwnedFd| rustix::fs::fstat(fd).map(|s| (s.st_dev, s.st_ino));
     let open = |dir: &OwnedFd, name: &std::ffi::OsStr| -> std::io::Result<(OwnedFd, (u64, u64))> {
-        let b = name.as_bytes();
-        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
-            return Err(std::io::Error::other("not a directory entry name"));
-        }
         let fd = rustix::fs::openat(
             dir,
             name,
@@ -72,34 +69,43 @@ pub fn walk_dirs_then<T, E>(
         Ok((fd, i))
     };
 
-    let rel = PathBuf::new();
+    let mut path = PathBuf::new();
     let root_id = match id(&root) {
         Ok(i) => i,
-        Err(e) => return fail(&rel, e.into()),
+        Err(e) => return fail(&path, e.into()),
     };
-    let pending = visit(&root, &rel, root_data)?;
+    let pending = visit(&root, &path, root_data)?;
     let mut stack = vec![Level {
         fd: Some(root),
         id: root_id,
-        rel,
-        name: OsString::new(),
         pending,
     }];
     while let Some(top) = stack.last_mut() {
         match top.pending.pop() {
             Some((name, data)) => {
-                let rel = top.rel.join(&name);
+                // One component, so that `path.pop()` takes it off again.
+                let b = name.as_bytes();
+                if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+                    fail(
+                        &path.join(&name),
+                        std::io::Error::other("not a directory entry name"),
+                    )?;
+                    continue;
+                }
                 let Some(fd) = top.fd.as_ref() else {
                     unreachable!("the deepest level holds its descriptor")
                 };
+                path.push(&name);
                 let (sub, sub_id) = match open(fd, &name) {
                     Ok(o) => o,
                     Err(e) => {
-                        fail(&rel, e)?;
+                        let skip = fail(&path, e);
+                        path.pop();
+                        skip?;
                         continue;
                     }
                 };
-                let pending = visit(&sub, &rel, data)?;
+                let pending = visit(&sub, &path, data)?;
                 if stack.len() >= MAX_OPEN {
                     let i = stack.len() - MAX_OPEN;
                     stack[i].fd = None;
@@ -107,12 +113,11 @@ pub fn walk_dirs_then<T, E>(
                 stack.push(Level {
                     fd: Some(sub),
                     id: sub_id,
-                    rel,
-                    name,
                     pending,
                 });
             }
             None => {
+                // `path` is the finished level's.
                 let Some(done) = stack.pop() else { break };
                 let Some(parent) = stack.last_mut() else {
                     break;
@@ -123,12 +128,16 @@ pub fn walk_dirs_then<T, E>(
                     };
                     match reopen(&child, parent.id) {
                         Ok(up) => parent.fd = Some(up),
-                        Err(e) => return fail(&parent.rel, e),
+                        Err(e) => {
+                            path.pop();
+                            return fail(&path, e);
+                        }
                     }
                 }
-                if let Some(fd) = &parent.fd {
-                    leave(fd, &done.name, &done.rel)?;
+                if let (Some(fd), Some(name)) = (&parent.fd, path.file_name()) {
+                    leave(fd, name, &path)?;
                 }
+                path.pop();
             }
         }
     }
