@@ -172,37 +172,32 @@ fn run_dirs(work: &Path) -> Vec<PathBuf> {
 #[derive(Debug)]
 pub struct RunWorkDir {
     dir: PathBuf,
-    own: bool,
+    area: PathBuf,
     _lock: std::fs::File,
 }
 
 impl RunWorkDir {
-    /// Take a work dir in the area's work dir `work`. The flag says whether
-    /// it is `work` itself (no other run holds the area), in which case
-    /// what dead runs left may be closed ([`close_dead_runs`]).
-    pub fn take(work: &Path) -> std::io::Result<(RunWorkDir, bool)> {
+    /// Take a work dir in the area's work dir `work`: `work` itself when no
+    /// other run holds it ([`RunWorkDir::holds_area`]), else a run dir.
+    pub fn take(work: &Path) -> std::io::Result<RunWorkDir> {
         use rustix::fs::FlockOperation as Op;
         let f = std::fs::File::open(work)?;
         if rustix::fs::flock(&f, Op::NonBlockingLockExclusive).is_ok() {
-            let d = RunWorkDir {
+            return Ok(RunWorkDir {
                 dir: work.to_path_buf(),
-                own: false,
+                area: work.to_path_buf(),
                 _lock: f,
-            };
-            return Ok((d, true));
+            });
         }
         let dir = fresh_name(work, RUN_PREFIX);
         std::fs::create_dir(&dir)?;
         let f = std::fs::File::open(&dir)?;
         rustix::fs::flock(&f, Op::LockExclusive)?;
-        Ok((
-            RunWorkDir {
-                dir,
-                own: true,
-                _lock: f,
-            },
-            false,
-        ))
+        Ok(RunWorkDir {
+            dir,
+            area: work.to_path_buf(),
+            _lock: f,
+        })
     }
 
     /// The directory to give the overlay as its work dir.
@@ -210,17 +205,28 @@ impl RunWorkDir {
         &self.dir
     }
 
+    /// The area's work dir (closed mounts are swept there).
+    pub fn area(&self) -> &Path {
+        &self.area
+    }
+
+    /// Whether this run holds the area's work dir itself (no other run
+    /// does), and so may close what dead runs left ([`close_dead_runs`]).
+    pub fn holds_area(&self) -> bool {
+        self.dir == self.area
+    }
+
     /// Close this run's volatile mount (no longer mounted) of `upper`: with
     /// `sync`, sync first. The area's own work dir is closed as by
     /// [`close_volatile`]; a run dir of its own is moved aside whole.
-    pub fn close(self, upper: &Path, area: &Path, sync: bool) -> std::io::Result<()> {
-        if !self.own {
+    pub fn close(self, upper: &Path, sync: bool) -> std::io::Result<()> {
+        if self.holds_area() {
             return close_volatile(upper, &self.dir, sync);
         }
         if sync {
             sync_upper(upper)?;
         }
-        set_aside(area, &self.dir)
+        set_aside(&self.area, &self.dir)
     }
 }
 
@@ -322,11 +328,11 @@ mod tests {
 
         // Runs over the area at once: the first takes the work dir, the
         // second a run dir of its own; an open marker in a run dir counts.
-        let (a, alone) = RunWorkDir::take(&work).unwrap();
-        assert!(alone);
+        let a = RunWorkDir::take(&work).unwrap();
+        assert!(a.holds_area());
         assert_eq!(a.path(), work.as_path());
-        let (b, alone) = RunWorkDir::take(&work).unwrap();
-        assert!(!alone);
+        let b = RunWorkDir::take(&work).unwrap();
+        assert!(!b.holds_area());
         assert!(b.path().starts_with(&work) && b.path() != work.as_path());
         std::fs::create_dir_all(b.path().join("work/incompat/volatile")).unwrap();
         assert_eq!(volatile_state(&work), VolatileState::ThisBoot);
@@ -341,11 +347,11 @@ mod tests {
         assert!(!b_dir.exists());
         assert_eq!(volatile_state(&work), VolatileState::Clean);
         // A run dir closed normally is moved aside whole.
-        let (c, _) = RunWorkDir::take(&work).unwrap();
+        let c = RunWorkDir::take(&work).unwrap();
         let c_dir = c.path().to_path_buf();
-        c.close(&upper, &work, false).unwrap();
+        c.close(&upper, false).unwrap();
         assert!(!c_dir.exists());
-        a.close(&upper, &work, false).unwrap();
+        a.close(&upper, false).unwrap();
         sweep_closed(&work);
         assert!(closed(&work).is_empty());
     }
@@ -360,11 +366,11 @@ mod tests {
             std::fs::create_dir(work.join(format!("{RUN_PREFIX}{}-{n}", std::process::id())))
                 .unwrap();
         }
-        let (_a, alone) = RunWorkDir::take(&work).unwrap();
-        assert!(alone);
+        let a = RunWorkDir::take(&work).unwrap();
+        assert!(a.holds_area());
         for _ in 0..4 {
-            let (b, alone) = RunWorkDir::take(&work).unwrap();
-            assert!(!alone);
+            let b = RunWorkDir::take(&work).unwrap();
+            assert!(!b.holds_area());
             assert!(b.path().is_dir());
         }
     }

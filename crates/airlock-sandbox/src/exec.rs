@@ -58,10 +58,10 @@ pub struct Running {
     err: Option<JoinHandle<Vec<u8>>>,
     /// The seccomp notification listener, served by `wait`.
     notify: Option<OwnedFd>,
-    /// The staged overlay's work dir and the upper dir's state and
-    /// allocated bytes before the run: the volatile mount is closed after
-    /// it (see `close_overlay`), the disk cap counts from it.
-    volatile: Option<(PathBuf, Option<UpperState>, u64)>,
+    /// The upper dir's state and allocated bytes before the run: whether
+    /// the run changed it decides the sync when the volatile mount is
+    /// closed (see `close_overlay`), and the disk cap counts from it.
+    volatile: Option<(Option<UpperState>, u64)>,
     /// This run's overlay work dir, held until the overlay is closed (see
     /// `airlock_fs::RunWorkDir`).
     run_work: Option<airlock_fs::RunWorkDir>,
@@ -313,9 +313,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // only a run holding the area's closes what dead runs left (see
     // airlock_fs::RunWorkDir).
     let mut run_work = None;
-    let mut area_work = None;
     if let Some((_, WorkspaceMode::Staged { upper, work })) = &mut workspace {
-        let (rw, alone) = airlock_fs::RunWorkDir::take(work)
+        let rw = airlock_fs::RunWorkDir::take(work)
             .map_err(|e| SandboxError::io(format!("taking a work dir in {}", work.display()), e))?;
         let state = airlock_fs::volatile_state(work);
         if state == airlock_fs::VolatileState::EarlierBoot {
@@ -331,7 +330,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
                 ),
             });
         }
-        if alone {
+        if rw.holds_area() {
             let closing =
                 |e| SandboxError::io(format!("closing the last mount of {}", work.display()), e);
             if state == airlock_fs::VolatileState::ThisBoot {
@@ -342,15 +341,16 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         airlock_fs::record_boot(work).map_err(|e| {
             SandboxError::io(format!("recording the boot id in {}", work.display()), e)
         })?;
-        // The overlay gets this run's work dir; the area's stays known for
-        // closing and sweeping.
-        area_work = Some(std::mem::replace(work, rw.path().to_path_buf()));
+        // The overlay gets this run's work dir; the area's stays known to
+        // it, for closing and sweeping.
+        *work = rw.path().to_path_buf();
         run_work = Some(rw);
     }
 
     if root_mode {
         if let Some((_, WorkspaceMode::Staged { upper, work })) = &workspace {
-            for d in [Some(upper), area_work.as_ref(), Some(work)]
+            let area = run_work.as_ref().map(|r| r.area());
+            for d in [Some(upper.as_path()), area, Some(work.as_path())]
                 .into_iter()
                 .flatten()
             {
@@ -754,10 +754,9 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
 
     // While the child builds its root: note what the upper dir holds
     // (before the command can write to it), and make the run's cgroup.
-    let volatile = match (&workspace, &area_work) {
-        (Some((_, WorkspaceMode::Staged { upper, .. })), Some(area)) if early_failure.is_none() => {
-            let (state, bytes) = upper_state(upper);
-            Some((area.clone(), state, bytes))
+    let volatile = match &workspace {
+        Some((_, WorkspaceMode::Staged { upper, .. })) if early_failure.is_none() => {
+            Some(upper_state(upper))
         }
         _ => None,
     };
@@ -805,8 +804,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     drop(sync_wr);
     // Still building its root: remove earlier runs' closed overlay work
     // dirs meanwhile (see airlock_fs::close_volatile).
-    if let (Some(area), None) = (&area_work, &early_failure) {
-        airlock_fs::sweep_closed(area);
+    if let (Some(rw), None) = (&run_work, &early_failure) {
+        airlock_fs::sweep_closed(rw.area());
     }
     if let Some((step, errno)) = early_failure.or_else(|| child_failure(&mut err_file)) {
         kill(&pidfd);
@@ -1361,11 +1360,8 @@ impl Running {
     /// volatile marker (see `airlock_fs::volatile_state`). A failure keeps
     /// the marker; the next run closes it (or, after a crash, refuses).
     fn close_overlay(&mut self, changed: bool) {
-        // `volatile` and `run_work` are set together, for a staged workspace.
-        if let (Some(u), Some((area, _, _)), Some(rw)) =
-            (&self.upper, self.volatile.take(), self.run_work.take())
-        {
-            if let Err(e) = rw.close(u, &area, changed) {
+        if let (Some(u), Some(rw)) = (&self.upper, self.run_work.take()) {
+            if let Err(e) = rw.close(u, changed) {
                 tracing::warn!("closing the staged overlay of {}: {e}", u.display());
             }
         }
@@ -1414,7 +1410,7 @@ impl Running {
         // baseline, the upper dir itself is measured.
         // (A staged workspace has both an upper dir and its state.)
         let mut disk_watch = match (&self.upper, &self.volatile, self.limits.disk) {
-            (Some(u), Some((_, _, bytes)), Some(max)) => {
+            (Some(u), Some((_, bytes)), Some(max)) => {
                 let base = fs_used(u).saturating_sub(*bytes);
                 Some((u.clone(), max, base))
             }
@@ -1546,8 +1542,8 @@ impl Running {
         );
         let changed = match (after, &self.volatile) {
             // Part of the upper dir unreadable, before or after: changed.
-            (Some((None, _)), Some(_)) | (Some(_), Some((_, None, _))) => true,
-            (Some((Some(after), _)), Some((_, Some(before), _))) => {
+            (Some((None, _)), Some(_)) | (Some(_), Some((None, _))) => true,
+            (Some((Some(after), _)), Some((Some(before), _))) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     let first = after.iter().zip(before.iter()).find(|(a, b)| a != b);
                     tracing::debug!(
