@@ -177,19 +177,17 @@ impl Broker {
 
         let run = tokio::task::spawn_blocking(move || {
             let r = airlock_sandbox::run(&spec);
-            let recorded = match r.is_ok().then(|| area.record_bases()) {
-                Some(Ok(changes)) => Some(changes),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot fingerprint the staged changes of a brokered command");
-                    None
-                }
-                None => None,
-            };
             // A listing that fails is recorded as such, never as "nothing
-            // staged".
-            let staged = match recorded {
-                Some(c) => Ok(c),
-                None => area.changes().map_err(|e| e.to_string()),
+            // staged". A run the sandbox refused staged nothing.
+            let staged = match &r {
+                Ok(_) => area
+                    .record_bases()
+                    .or_else(|e| {
+                        tracing::warn!(error = %e, "cannot fingerprint the staged changes of a brokered command");
+                        area.changes()
+                    })
+                    .map_err(|e| e.to_string()),
+                Err(_) => Ok(vec![]),
             };
             (r, staged, area.id().to_string())
         })
