@@ -5,14 +5,11 @@ use serde_json::json;
 
 use crate::common::*;
 
-#[test]
-fn brokered_exec_is_asked_sandboxed_staged_and_recorded() {
-    let d = Daemon::start("");
-    let ws = p(&d.env.ws);
-    let key = p(&d.env.home.join(".ssh/id_rsa"));
-    let mut a = d.agent();
-    let m = json!({"action": "exec", "paths": [ws], "commands": ["sh"], "duration_seconds": 120,
-        "justification": "run the build"});
+/// Ask for `exec` of `command` in `ws` (asked about under the default
+/// policy), approve it as the human, and collect the token.
+fn approved_exec(d: &Daemon, a: &mut Agent, ws: &str, command: &str, why: &str) -> String {
+    let m = json!({"action": "exec", "paths": [ws], "commands": [command], "duration_seconds": 120,
+        "justification": why});
     let (s, v) = a.request(m);
     assert_eq!(
         (s, v["rule"].as_str()),
@@ -23,7 +20,16 @@ fn brokered_exec_is_asked_sandboxed_staged_and_recorded() {
     d.cli_ok(&["approvals", "approve", &id]);
     let (s, v) = a.call("GET", &format!("/v1/approvals/{id}?wait=5"), None, None);
     assert_eq!(s, 200, "{v}");
-    let token = v["token"].as_str().unwrap().to_string();
+    v["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn brokered_exec_is_asked_sandboxed_staged_and_recorded() {
+    let d = Daemon::start("");
+    let ws = p(&d.env.ws);
+    let key = p(&d.env.home.join(".ssh/id_rsa"));
+    let mut a = d.agent();
+    let token = approved_exec(&d, &mut a, &ws, "sh", "run the build");
 
     let script = format!("echo built > out.txt; cat report.txt; cat {key} 2>/dev/null || echo no-key; ls /proc | grep -c '^[0-9]'");
     let (s, v) = a.call(
@@ -156,15 +162,7 @@ fn staged_changes_that_cannot_be_listed_are_recorded_as_such_and_can_be_discarde
     let d = Daemon::start("");
     let ws = p(&d.env.ws);
     let mut a = d.agent();
-    let m = json!({"action": "exec", "paths": [ws], "commands": ["python3"], "duration_seconds": 120,
-        "justification": "run a generator"});
-    let (s, v) = a.request(m);
-    assert_eq!(s, 202, "{v}");
-    let id = v["approval_id"].as_str().unwrap().to_string();
-    d.cli_ok(&["approvals", "approve", &id]);
-    let (s, v) = a.call("GET", &format!("/v1/approvals/{id}?wait=5"), None, None);
-    assert_eq!(s, 200, "{v}");
-    let token = v["token"].as_str().unwrap().to_string();
+    let token = approved_exec(&d, &mut a, &ws, "python3", "run a generator");
 
     // Directories nested deeper than any path may be long: nothing below
     // can be reviewed or committed.
