@@ -457,6 +457,45 @@ fn the_front_binary_runs_run_itself_and_hands_the_rest_over() {
     );
 }
 
+/// Whether an ELF file asks for a dynamic loader (has a PT_INTERP header).
+fn dynamically_linked(path: &str) -> bool {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF", "{path}");
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) == 3 // PT_INTERP
+    })
+}
+
+/// The front starts for every sandboxed command, so it is linked
+/// statically wherever glibc's static libraries exist (the workspace's
+/// rustc wrapper, scripts/rustc-front.sh): no dynamic loader, libc or
+/// libgcc_s to map and resolve on every run. The full CLI stays dynamic.
+#[test]
+fn the_front_is_linked_statically_and_the_full_cli_is_not() {
+    assert!(dynamically_linked(env!("CARGO_BIN_EXE_airlock-full")));
+    if option_env!("AIRLOCK_DYNAMIC_FRONT").is_some_and(|v| v != "0") {
+        eprintln!("SKIPPED: built with AIRLOCK_DYNAMIC_FRONT set");
+        return;
+    }
+    let libc_a = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .arg("-print-file-name=libc.a")
+        .output()
+        .map(|o| text(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if !Path::new(&libc_a).is_file() {
+        eprintln!("SKIPPED: glibc's static libraries are not installed (libc.a)");
+        return;
+    }
+    assert!(
+        !dynamically_linked(env!("CARGO_BIN_EXE_airlock")),
+        "the front was linked dynamically: is .cargo/config.toml's rustc wrapper in use?"
+    );
+}
+
 /// `airlock` and `airlock-full` must come from one build: the front hands
 /// its build over, and the full CLI refuses a front of another build (one
 /// binary copied or rebuilt without the other) instead of mixing them.
