@@ -33,9 +33,19 @@ if [ "$name" = airlock ] && [ "$type" = bin ] && [ "${AIRLOCK_DYNAMIC_FRONT:-0}"
         *-linux-gnu)
             # glibc's static libraries (Debian: libc6-dev, which the C
             # linker Rust uses already needs; Fedora: glibc-static).
-            libc_a=$(${CC:-cc} -print-file-name=libc.a 2>/dev/null)
+            cc=${CC:-cc}
+            libc_a=$($cc -print-file-name=libc.a 2>/dev/null)
             if [ -f "$libc_a" ]; then
-                exec "$rustc" "$@" -C target-feature=+crt-static
+                # Its 15,000 relative relocations as a bitmap (DT_RELR) where
+                # the linker makes one and glibc's start-up applies it (2.36+).
+                relr=()
+                glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null)
+                glibc=${glibc#glibc }
+                if $cc -Wl,--help 2>/dev/null | grep -q pack-relative-relocs &&
+                    [ "$(printf '%s\n' 2.36 "$glibc" | sort -V | head -n1)" = 2.36 ]; then
+                    relr=(-C link-arg=-Wl,-z,pack-relative-relocs)
+                fi
+                exec "$rustc" "$@" -C target-feature=+crt-static "${relr[@]}"
             fi
             ;;
     esac
