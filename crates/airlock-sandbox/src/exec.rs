@@ -436,7 +436,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
             seccomp_progs.push(p.deny_notify());
             notify_filter = Some(0);
         } else {
-            seccomp_progs.push(p.deny.clone());
+            seccomp_progs.push(p.deny()?);
         }
         seccomp_progs.push(p.clone3.clone());
         seccomp_on = true;

@@ -94,14 +94,13 @@ pub const DENIED_IOCTLS: &[(u64, &str)] = &[
 /// The compiled programs.
 #[derive(Clone)]
 pub struct Programs {
-    /// The deny list (matches return EPERM).
-    pub deny: Vec<libc::sock_filter>,
     /// The deny list plus `connect`, for use with user notification only:
     /// the supervisor lets each `connect` continue and records those the
     /// sandbox refuses (see [`Programs::deny_notify`]).
     pub deny_and_connect: Vec<libc::sock_filter>,
     /// `clone3` → ENOSYS.
     pub clone3: Vec<libc::sock_filter>,
+    deny_udp: bool,
 }
 
 impl Programs {
@@ -116,6 +115,30 @@ impl Programs {
         }
         out
     }
+
+    /// The deny list alone (matches return EPERM), for a kernel without
+    /// user notification. Compiled on first use: the usual run never needs
+    /// it, and compiling is most of what preparing the programs costs.
+    pub fn deny(&self) -> Result<Vec<libc::sock_filter>, SandboxError> {
+        static PLAIN: OnceLock<Result<Vec<libc::sock_filter>, String>> = OnceLock::new();
+        static NO_UDP: OnceLock<Result<Vec<libc::sock_filter>, String>> = OnceLock::new();
+        let cell = if self.deny_udp { &NO_UDP } else { &PLAIN };
+        cell.get_or_init(|| {
+            let rules = rules(self.deny_udp)?;
+            let nrs: Vec<i64> = rules.keys().copied().collect();
+            Ok(harden(compile(rules, libc::EPERM)?, Some(&nrs)))
+        })
+        .clone()
+        .map_err(bug)
+    }
+}
+
+fn bug(why: String) -> SandboxError {
+    SandboxError::Layer {
+        layer: crate::Layer::Seccomp,
+        why,
+        hint: "report this as a bug".into(),
+    }
 }
 
 fn cond(
@@ -127,8 +150,12 @@ fn cond(
     SeccompCondition::new(arg, len, op, val)
 }
 
-fn build(deny_udp: bool) -> Result<Programs, String> {
-    let e = |e: seccompiler::BackendError| e.to_string();
+fn e(e: seccompiler::BackendError) -> String {
+    e.to_string()
+}
+
+/// The deny list's rules, by system call number.
+fn rules(deny_udp: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (nr, _) in DENIED_SYSCALLS {
         rules.insert(*nr, vec![]);
@@ -261,42 +288,40 @@ fn build(deny_udp: bool) -> Result<Programs, String> {
         rules.insert(libc::SYS_open, create_rules(1, 2)?);
     }
 
-    let arch: seccompiler::TargetArch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|x: seccompiler::BackendError| x.to_string())?;
-    let compile =
-        |rules: BTreeMap<i64, Vec<SeccompRule>>| -> Result<seccompiler::BpfProgram, String> {
-            let f = SeccompFilter::new(
-                rules,
-                SeccompAction::Allow,
-                SeccompAction::Errno(libc::EPERM as u32),
-                arch,
-            )
-            .map_err(e)?;
-            f.try_into().map_err(e)
-        };
-    let deny = compile(rules.clone())?;
-    let deny_nrs: Vec<i64> = rules.keys().copied().collect();
+    Ok(rules)
+}
+
+/// seccompiler's program for `rules` on this architecture: what they match
+/// gets `errno`, everything else is allowed.
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    errno: i32,
+) -> Result<seccompiler::BpfProgram, String> {
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(e)?;
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch,
+    )
+    .map_err(e)?;
+    f.try_into().map_err(e)
+}
+
+fn build(deny_udp: bool) -> Result<Programs, String> {
+    let mut rules = rules(deny_udp)?;
     rules.insert(libc::SYS_connect, vec![]);
-    let deny_and_connect_nrs: Vec<i64> = rules.keys().copied().collect();
-    let deny_and_connect = compile(rules)?;
+    let nrs: Vec<i64> = rules.keys().copied().collect();
+    let deny_and_connect = harden(compile(rules, libc::EPERM)?, Some(&nrs));
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, vec![]);
     // openat2's mode lives in a struct the filter cannot read (see the
     // setuid rules above); callers fall back to openat on ENOSYS.
     clone3.insert(libc::SYS_openat2, vec![]);
-    let clone3_filter = SeccompFilter::new(
-        clone3,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(e)?;
-    let clone3: seccompiler::BpfProgram = clone3_filter.try_into().map_err(e)?;
     Ok(Programs {
-        deny: harden(deny, Some(&deny_nrs)),
-        deny_and_connect: harden(deny_and_connect, Some(&deny_and_connect_nrs)),
-        clone3: harden(clone3, None),
+        deny_and_connect,
+        clone3: harden(compile(clone3, libc::ENOSYS)?, None),
+        deny_udp,
     })
 }
 
@@ -405,13 +430,7 @@ static NO_UDP: OnceLock<Result<Programs, String>> = OnceLock::new();
 /// The compiled programs (compiled on first use, then reused).
 pub fn programs(deny_udp: bool) -> Result<Programs, SandboxError> {
     let cell = if deny_udp { &NO_UDP } else { &PLAIN };
-    cell.get_or_init(|| build(deny_udp))
-        .clone()
-        .map_err(|why| SandboxError::Layer {
-            layer: crate::Layer::Seccomp,
-            why,
-            hint: "report this as a bug".into(),
-        })
+    cell.get_or_init(|| build(deny_udp)).clone().map_err(bug)
 }
 
 /// Name of a system call in the deny list (for violation reports).
@@ -496,7 +515,7 @@ mod tests {
         let arch = crate::exec::native_arch();
         for udp_denied in [false, true] {
             let p = programs(udp_denied).unwrap();
-            for prog in [&p.deny, &p.deny_and_connect] {
+            for prog in [&p.deny().unwrap(), &p.deny_and_connect] {
                 for nr in [libc::SYS_socket, libc::SYS_socketpair] {
                     for fam in (0u64..=70).chain([0xffff_ffff, 0x1_0000_0001, 0x7fff_ffff]) {
                         let allowed = [1u64, 2, 10].contains(&(fam & 0xffff_ffff));
@@ -514,10 +533,11 @@ mod tests {
                 assert_eq!(r == RET_ALLOW, !udp_denied);
             }
             // Unrelated calls pass; namespace flags do not.
-            let r = run(&p.deny, arch, libc::SYS_getpid, [0; 6]);
+            let deny = p.deny().unwrap();
+            let r = run(&deny, arch, libc::SYS_getpid, [0; 6]);
             assert_eq!(r, RET_ALLOW);
             let r = run(
-                &p.deny,
+                &deny,
                 arch,
                 libc::SYS_unshare,
                 [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0],
@@ -564,7 +584,7 @@ mod tests {
         for udp in [false, true] {
             let p = programs(udp).unwrap();
             for (prog, extra) in [
-                (&p.deny, None),
+                (&p.deny().unwrap(), None),
                 (&p.deny_and_connect, Some(libc::SYS_connect)),
             ] {
                 for nr in 0..1024i64 {
