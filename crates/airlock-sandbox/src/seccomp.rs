@@ -1,4 +1,4 @@
-//! The seccomp-bpf deny list, compiled with `seccompiler` once per process.
+//! The seccomp-bpf deny list, compiled with `seccompiler`.
 //!
 //! Two filters are installed: the deny list (its matches are turned into
 //! `SECCOMP_RET_USER_NOTIF`, so the supervisor records each attempt and
@@ -10,7 +10,6 @@
 //! `int 0x80`, gets `EPERM`) and x32 system call numbers (bit `0x40000000`)
 //! get `EPERM`. Setting setuid/setgid bits (chmod family, creating modes of
 //! open/openat/creat/mknod) is refused too.
-
 //!
 //! The programs never change for a build: the build script compiles them
 //! for the target (from `seccomp/rules.rs`, the same code) and they are
@@ -37,6 +36,7 @@ fn table(t: Table) -> Vec<libc::sock_filter> {
         .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
         .collect()
 }
+
 /// The compiled programs.
 #[derive(Clone)]
 pub struct Programs {
@@ -82,6 +82,7 @@ fn bug(why: String) -> SandboxError {
         hint: "report this as a bug".into(),
     }
 }
+
 fn build(deny_udp: bool) -> Result<Programs, String> {
     let (deny_and_connect, clone3) = match PREBUILT {
         Some([plain, no_udp, clone3]) => {
