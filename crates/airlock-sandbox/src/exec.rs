@@ -664,6 +664,33 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         namespaces.push("net".into());
     }
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "mount plan built");
+    // The protected paths and the plan of their placeholders, found before
+    // the clone (and sent to init once it runs). Found after it, beside
+    // init building its root, the walk lost the parent's CPU to init's
+    // network helper on this VM and init waited for it.
+    let mut cleanup_placeholders = PlaceholderGuard(vec![]);
+    let walked = match (protect_pending, &workspace) {
+        (true, Some((ws, mode))) => match mounts::protection(ws, mode, &spec.protected) {
+            Ok(mut pr) => {
+                cleanup_placeholders = PlaceholderGuard(std::mem::take(&mut pr.placeholders));
+                Some(pr)
+            }
+            Err(SandboxError::Layer {
+                layer: Layer::ProtectedPaths,
+                why,
+                ..
+            }) if degraded_ok(Layer::ProtectedPaths) => {
+                degraded.push((Layer::ProtectedPaths, why));
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        _ => None,
+    };
+    tracing::debug!(
+        us = t0.elapsed().as_micros() as u64,
+        "protected paths found"
+    );
     let start = Instant::now();
     phase(Phase::Clone);
     let (pid, pidfd) = syscall::spawn(flags, &plan).map_err(|e| SandboxError::Namespaces {
@@ -716,38 +743,23 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     }
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "namespaces set up");
 
-    // While the child builds its root: find the protected paths, plan or
-    // make their placeholders (before the child mounts the overlay: it
-    // waits for `w`), and send the paths for it to bind read-only.
-    let mut cleanup_placeholders = PlaceholderGuard(vec![]);
+    // The protected paths for init: the placeholders to make (`q`), then
+    // `w` (init waits for it before mounting the overlay), then the paths to
+    // bind read-only (`p`, ended by `P`).
     let mut protected_mounted = vec![];
-    if let (true, None, Some((ws, mode))) = (protect_pending, &early_failure, &workspace) {
+    if let (true, None, Some(_)) = (protect_pending, &early_failure, &workspace) {
         let sock = sync_wr.as_raw_fd();
         // A child that already failed has closed its end; its report follows.
-        match mounts::protection(ws, mode, &spec.protected) {
-            Ok(pr) => {
-                cleanup_placeholders = PlaceholderGuard(pr.placeholders);
-                phase(Phase::WalkSent);
-                send_batched(sock, b'q', pr.layer.iter().map(Vec::as_slice));
-                let _ = syscall::send_msg(sock, b"w");
-                send_batched(sock, b'p', pr.inside.iter().map(|p| p.as_bytes_with_nul()));
-                let _ = syscall::send_msg(sock, b"P");
-                protected_mounted = pr.rels;
-            }
-            Err(SandboxError::Layer {
-                layer: Layer::ProtectedPaths,
-                why,
-                ..
-            }) if degraded_ok(Layer::ProtectedPaths) => {
-                degraded.push((Layer::ProtectedPaths, why));
-                phase(Phase::WalkSent);
-                let _ = syscall::send_msg(sock, b"w");
-                let _ = syscall::send_msg(sock, b"P");
-            }
-            Err(e) => {
-                kill(&pidfd);
-                return Err(e);
-            }
+        phase(Phase::WalkSent);
+        if let Some(pr) = walked {
+            send_batched(sock, b'q', pr.layer.iter().map(Vec::as_slice));
+            let _ = syscall::send_msg(sock, b"w");
+            send_batched(sock, b'p', pr.inside.iter().map(|p| p.as_bytes_with_nul()));
+            let _ = syscall::send_msg(sock, b"P");
+            protected_mounted = pr.rels;
+        } else {
+            let _ = syscall::send_msg(sock, b"w");
+            let _ = syscall::send_msg(sock, b"P");
         }
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "protected paths sent");
     }

@@ -66,8 +66,7 @@ sandbox_test! {
 sandbox_test! {
     fn protected_paths_that_cannot_be_found_are_refused_or_degraded_as_asked() {
         // A pattern list that does not compile: the walk cannot tell which
-        // paths to protect. It runs once the sandbox has started; the
-        // refusal must take the half-built sandbox down with it.
+        // paths to protect, and nothing may run (or be left half-made).
         let f = Fixture::new();
         std::fs::create_dir_all(f.ws().join(".git/hooks")).unwrap();
         f.own(&f.ws().join(".git"));
