@@ -7,6 +7,9 @@
 #   bench/sandbox.sh                 build airlock (release) and measure
 #   AIRLOCK=/path/airlock bench/sandbox.sh
 #   BENCH_RUNS=500 BENCH_AS=nobody bench/sandbox.sh   (as root: measure as nobody)
+#   AIRLOCK_BASE=/path/older/airlock bench/sandbox.sh
+#       also that build (with its airlock-full beside it), interleaved in
+#       the same loop, and the ratio of the two builds
 set -euo pipefail
 
 if ! command -v bwrap >/dev/null; then
@@ -16,10 +19,10 @@ if ! command -v bwrap >/dev/null; then
     command -v bwrap >/dev/null || { echo "bench: bwrap (Debian package bubblewrap) is needed" >&2; exit 2; }
 fi
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-exec "$PY" - "$AIRLOCK" "${BENCH_RUNS:-300}" "${BENCH_AS:-}" <<'PYEOF'
+exec "$PY" - "$AIRLOCK" "${BENCH_RUNS:-300}" "${BENCH_AS:-}" "${AIRLOCK_BASE:-}" <<'PYEOF'
 import os, shutil, statistics, subprocess, sys, tempfile, time
 
-airlock, runs, as_user = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+airlock, runs, as_user, base = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 fix = tempfile.mkdtemp(prefix="airlock-bench-")
 os.chmod(fix, 0o755)
 ws = os.path.join(fix, "ws")
@@ -32,12 +35,19 @@ for i in range(20):
 os.makedirs(os.path.join(ws, ".git/hooks"))
 with open(os.path.join(ws, ".git/config"), "w") as f:
     f.write("[core]\n")
-binary = os.path.join(fix, "airlock")
-shutil.copy(airlock, binary)
-os.chmod(binary, 0o755)
-full = os.path.join(os.path.dirname(airlock), "airlock-full")
-if os.path.exists(full):  # the rest of the CLI, next to the front as installed
-    shutil.copy(full, os.path.join(fix, "airlock-full"))
+def install(src, sub):
+    """Copy the front `src` (and airlock-full beside it, as installed) into fix/sub."""
+    d = os.path.join(fix, sub)
+    os.mkdir(d, 0o755)
+    shutil.copy(src, os.path.join(d, "airlock"))
+    os.chmod(os.path.join(d, "airlock"), 0o755)
+    full = os.path.join(os.path.dirname(src), "airlock-full")
+    if os.path.exists(full):
+        shutil.copy(full, os.path.join(d, "airlock-full"))
+    return os.path.join(d, "airlock")
+
+binary = install(airlock, "bin")
+base_binary = install(base, "base") if base else None
 
 prefix = []
 if as_user:
@@ -70,6 +80,8 @@ cases = [
     ("bwrap", prefix + bwrap),
     ("airlock run", prefix + [binary, "run", "--workspace", ws, "--", "/bin/true"]),
 ]
+if base_binary:
+    cases.append(("airlock (base)", prefix + [base_binary, "run", "--workspace", ws, "--", "/bin/true"]))
 
 # Check each works once, then measure interleaved so that load on the
 # machine hits all three alike.
@@ -100,4 +112,7 @@ print("airlock run: workspace %s, Landlock %s (ABI %s), seccomp %s, limits %s, n
       % (layers["workspace"], layers["landlock"], layers["landlock_abi"], layers["seccomp"], layers["limits_mechanism"],
          ",".join(layers["namespaces"])))
 print("ratio airlock/bwrap: %.2f" % (med["airlock run"] / med["bwrap"]))
+if base_binary:
+    print("ratio base/bwrap: %.2f; this build against the base: %+.2f ms"
+          % (med["airlock (base)"] / med["bwrap"], med["airlock run"] - med["airlock (base)"]))
 PYEOF
