@@ -52,32 +52,27 @@ pub fn walk_dirs_then<T, E>(
     // One path for the level being walked, grown and shrunk a name at a
     // time: a path per level would take memory growing with the square
     // of the depth.
+    // A level keeps its descriptor, or, once that is closed to bound the
+    // descriptors held, the identity (device, inode) it had, taken then.
     struct Level<T> {
         fd: Option<OwnedFd>,
         id: (u64, u64),
         pending: Vec<(OsString, T)>,
     }
-    let id = |fd: &OwnedFd| rustix::fs::fstat(fd).map(|s| (s.st_dev, s.st_ino));
-    let open = |dir: &OwnedFd, name: &std::ffi::OsStr| -> std::io::Result<(OwnedFd, (u64, u64))> {
-        let fd = rustix::fs::openat(
+    let open = |dir: &OwnedFd, name: &std::ffi::OsStr| {
+        rustix::fs::openat(
             dir,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
-        let i = id(&fd)?;
-        Ok((fd, i))
+        )
     };
 
     let mut path = PathBuf::new();
-    let root_id = match id(&root) {
-        Ok(i) => i,
-        Err(e) => return fail(&path, e.into()),
-    };
     let pending = visit(&root, &path, root_data)?;
     let mut stack = vec![Level {
         fd: Some(root),
-        id: root_id,
+        id: (0, 0),
         pending,
     }];
     while let Some(top) = stack.last_mut() {
@@ -96,10 +91,10 @@ pub fn walk_dirs_then<T, E>(
                     unreachable!("the deepest level holds its descriptor")
                 };
                 path.push(&name);
-                let (sub, sub_id) = match open(fd, &name) {
+                let sub = match open(fd, &name) {
                     Ok(o) => o,
                     Err(e) => {
-                        let skip = fail(&path, e);
+                        let skip = fail(&path, e.into());
                         path.pop();
                         skip?;
                         continue;
@@ -108,11 +103,17 @@ pub fn walk_dirs_then<T, E>(
                 let pending = visit(&sub, &path, data)?;
                 if stack.len() >= MAX_OPEN {
                     let i = stack.len() - MAX_OPEN;
-                    stack[i].fd = None;
+                    let far = &mut stack[i];
+                    if let Some(fd) = far.fd.take() {
+                        match rustix::fs::fstat(&fd) {
+                            Ok(st) => far.id = (st.st_dev, st.st_ino),
+                            Err(e) => return fail(&path, e.into()),
+                        }
+                    }
                 }
                 stack.push(Level {
                     fd: Some(sub),
-                    id: sub_id,
+                    id: (0, 0),
                     pending,
                 });
             }
