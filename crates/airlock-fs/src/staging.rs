@@ -662,7 +662,7 @@ pub(crate) fn remove_tree<Fd: AsFd>(dir: Fd, name: &str, shown: &str) -> Result<
             Err(e) => Err(sys::io(shown, e)),
         };
     }
-    make_walkable(dir, name).map_err(|e| sys::io(shown, e))?;
+    make_walkable(dir, name, m.mode).map_err(|e| sys::io(shown, e))?;
     let sub = open_dir_strict(dir, name).map_err(|e| sys::io(shown, e))?;
     let at = |rel: &Path| format!("{shown}/{}", rel.display());
     crate::walk_dirs_then(
@@ -681,13 +681,13 @@ pub(crate) fn remove_tree<Fd: AsFd>(dir: Fd, name: &str, shown: &str) -> Result<
                 }
                 let name =
                     <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n.to_bytes());
-                let is_dir = match rustix::fs::statat(fd, n, AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+                let mode = match rustix::fs::statat(fd, n, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st.st_mode,
                     Err(Errno::NOENT) => continue,
                     Err(e) => return Err(sys::io(&at(&rel.join(name)), e)),
                 };
-                if is_dir {
-                    make_walkable(fd, n).map_err(|e| sys::io(&at(&rel.join(name)), e))?;
+                if FileType::from_raw_mode(mode) == FileType::Directory {
+                    make_walkable(fd, n, mode).map_err(|e| sys::io(&at(&rel.join(name)), e))?;
                     subdirs.push((name.to_owned(), ()));
                 } else {
                     match rustix::fs::unlinkat(fd, n, AtFlags::empty()) {
@@ -708,18 +708,18 @@ pub(crate) fn remove_tree<Fd: AsFd>(dir: Fd, name: &str, shown: &str) -> Result<
 
 /// Give the directory `name` in `dir` (ours: a sandboxed command may have
 /// left it 000) the permissions a walk needs, without following a
-/// symbolic link.
-fn make_walkable<Fd: AsFd, P: rustix::path::Arg>(dir: Fd, name: P) -> Result<(), Errno> {
+/// symbolic link. `mode` is what a stat of it just gave: nothing is done
+/// when it already has them.
+fn make_walkable<Fd: AsFd, P: rustix::path::Arg>(dir: Fd, name: P, mode: u32) -> Result<(), Errno> {
+    if mode & 0o700 == 0o700 {
+        return Ok(());
+    }
     let p = rustix::fs::openat(
         dir,
         name,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let st = rustix::fs::fstat(&p)?;
-    if st.st_mode & 0o700 == 0o700 {
-        return Ok(());
-    }
     // fchmod refuses an O_PATH descriptor (EBADF); its /proc/self/fd link
     // names exactly this inode.
     use std::os::fd::AsRawFd;
