@@ -1231,11 +1231,11 @@ fn unmeasured(upper: &Path) {
 }
 
 /// The bytes allocated to the upper dir, or `None` if part of it cannot be
-/// read (see [`upper_state`]).
+/// read (see [`upper_state`]). No snapshot is built.
 fn upper_size(p: &Path) -> Option<u64> {
-    match upper_state(p) {
-        (Some(_), bytes) => Some(bytes),
-        (None, _) => None,
+    match walk_upper(p, None) {
+        (true, bytes) => Some(bytes),
+        (false, _) => None,
     }
 }
 
@@ -1275,21 +1275,41 @@ fn path_key(parent: u64, name: &[u8]) -> u64 {
 /// neither compared nor counted, so the run counts as changed and, if the
 /// filesystem grew past the disk cap, as over it.
 fn upper_state(p: &Path) -> (Option<UpperState>, u64) {
+    let mut v = UpperState::new();
+    match walk_upper(p, Some(&mut v)) {
+        (true, bytes) => {
+            v.sort();
+            (Some(v), bytes)
+        }
+        (false, bytes) => (None, bytes),
+    }
+}
+
+/// Walk the upper dir: the bytes allocated to it, whether every directory
+/// could be read, and, given `v`, its entries (unsorted).
+fn walk_upper(p: &Path, mut v: Option<&mut UpperState>) -> (bool, u64) {
     use rustix::fs::{openat, Mode, OFlags, CWD};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut v = UpperState::new();
     let mut bytes = 0u64;
     let Ok(root) = openat(CWD, p, flags, Mode::empty()) else {
-        return (None, 0);
+        return (false, 0);
     };
     let complete = std::cell::Cell::new(true);
     if let Ok(st) = rustix::fs::fstat(&root) {
-        push_entry(&mut v, &mut bytes, 0, &st);
+        push_entry(v.as_deref_mut(), &mut bytes, 0, &st);
     }
     let walked = airlock_fs::walk_dirs(
         root,
         0,
-        |fd, _, key| Ok(upper_level(fd, key, &mut v, &mut bytes, &complete)),
+        |fd, _, key| {
+            Ok(upper_level(
+                fd,
+                key,
+                v.as_deref_mut(),
+                &mut bytes,
+                &complete,
+            ))
+        },
         |rel, e| {
             // Removed meanwhile (the command is running): nothing to count.
             if e.raw_os_error() != Some(libc::ENOENT) {
@@ -1299,19 +1319,15 @@ fn upper_state(p: &Path) -> (Option<UpperState>, u64) {
             Ok::<(), ()>(())
         },
     );
-    if walked.is_err() || !complete.get() {
-        return (None, bytes);
-    }
-    v.sort();
-    (Some(v), bytes)
+    (walked.is_ok() && complete.get(), bytes)
 }
 
-/// Add the entries of the directory `fd` (whose key is `dir`) to `v`;
-/// return its subdirectories with their keys.
+/// Count the entries of the directory `fd` (whose key is `dir`) and add
+/// them to `v` if given; return its subdirectories with their keys.
 fn upper_level(
     fd: &OwnedFd,
     dir: u64,
-    v: &mut UpperState,
+    mut v: Option<&mut UpperState>,
     bytes: &mut u64,
     complete: &std::cell::Cell<bool>,
 ) -> Vec<(std::ffi::OsString, u64)> {
@@ -1348,13 +1364,14 @@ fn upper_level(
             let name = std::ffi::OsStr::from_bytes(name.to_bytes());
             subdirs.push((name.to_owned(), key));
         }
-        push_entry(v, bytes, key, &st);
+        push_entry(v.as_deref_mut(), bytes, key, &st);
     }
     subdirs
 }
 
-fn push_entry(v: &mut UpperState, bytes: &mut u64, key: u64, st: &rustix::fs::Stat) {
+fn push_entry(v: Option<&mut UpperState>, bytes: &mut u64, key: u64, st: &rustix::fs::Stat) {
     *bytes = bytes.saturating_add((st.st_blocks as u64).saturating_mul(512));
+    let Some(v) = v else { return };
     v.push((
         key,
         st.st_ino,
