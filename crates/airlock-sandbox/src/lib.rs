@@ -38,11 +38,17 @@
 //! step and errno from it). Init builds the root, applies rlimits,
 //! `NO_NEW_PRIVS`, Landlock, drops capabilities, installs seccomp (passing
 //! the notification listener back over a socket), forks the command
-//! (`setsid`, stdio, `close_range`, `execve`) and then only forwards signals
-//! and reports the command's wait status. [`Running::wait`] polls the pidfd,
-//! the seccomp listener (answering and counting blocked calls) and, with
-//! [`Running::wait_forwarding`], a signalfd; it enforces the timeout and the
-//! disk cap, then builds the [`Outcome`].
+//! (`setsid`, stdio, `close_range`, `execve`) and then only forwards signals.
+//! When the command exits, init kills and reaps every other
+//! process in its pid namespace, then reports the command's wait status and
+//! what the processes used, and exits. [`Running::wait`] polls that status
+//! pipe, the pidfd, the seccomp listener (answering and counting blocked
+//! calls) and, with [`Running::wait_forwarding`], a signalfd; it enforces
+//! the timeout and the disk cap and builds the [`Outcome`]. With
+//! [`Running::end_forwarding`] the caller gets the outcome as an [`Ended`]
+//! as soon as the report is read, and can do its own work while the kernel
+//! tears init's namespaces down; [`Ended::finish`] then reaps init, removes
+//! the cgroup and closes the overlay.
 //!
 //! **Code map.**
 //! - `exec.rs`: the orchestration above; [`spawn`], [`run`], [`Running`].
@@ -67,6 +73,9 @@
 //! - When init exits, for whatever reason, the kernel kills everything in
 //!   the pid namespace; init exits when the command does, when the caller's
 //!   lifeline pipe hangs up, or when it is killed (timeout, drop).
+//! - Init reports the command's status only after it has killed and reaped
+//!   every other process of the sandbox: once the caller has the outcome,
+//!   nothing the command started is running.
 //!
 //! The only `unsafe` code of the project lives in the private `syscall`
 //! module, each block with a `// SAFETY:` comment.
@@ -90,7 +99,7 @@ pub mod seccomp;
 mod syscall;
 
 pub use env::scrub_env;
-pub use exec::{run, spawn, Running, Signaller};
+pub use exec::{run, spawn, Ended, Running, Signaller};
 pub use probe::{probe, Check, Probe};
 pub use profile::Profile;
 pub use syscall::{default_sigpipe, peer_pidfd};
@@ -434,7 +443,8 @@ pub fn summarize_violations(v: &[Violation]) -> Option<String> {
 pub struct Outcome {
     /// How it ended.
     pub status: ExitKind,
-    /// Wall-clock duration (from clone to reap).
+    /// Wall-clock duration (from clone until the command and everything it
+    /// started had ended).
     pub duration: Duration,
     /// Peak memory in bytes (cgroup max usage, else the largest RSS).
     pub peak_memory: Option<u64>,

@@ -376,13 +376,18 @@ pub(crate) enum Phase {
     ExecSeen,
     /// I: has reaped the command.
     CommandExited,
+    /// I: has killed and reaped every other process (recorded before it
+    /// sends the command's status).
+    SandboxEmpty,
+    /// P: has read the command's status.
+    Ended,
     /// P: has reaped init (the sandbox is gone).
     Reaped,
 }
 
 impl Phase {
     /// Every phase with the name it is logged under.
-    const NAMED: [(Phase, &'static str); 22] = [
+    const NAMED: [(Phase, &'static str); 24] = [
         (Phase::Clone, "clone"),
         (Phase::Cloned, "cloned"),
         (Phase::InitStarted, "init_started"),
@@ -404,6 +409,8 @@ impl Phase {
         (Phase::Exec, "exec"),
         (Phase::ExecSeen, "exec_seen"),
         (Phase::CommandExited, "command_exited"),
+        (Phase::SandboxEmpty, "sandbox_empty"),
+        (Phase::Ended, "ended"),
         (Phase::Reaped, "reaped"),
     ];
 }
@@ -1822,15 +1829,85 @@ fn child_main(p: &ChildPlan) -> ! {
                     }
                     if r == pid {
                         record(p.phases, Phase::CommandExited);
-                        let b = st.to_ne_bytes();
-                        libc::write(sw, b.as_ptr() as *const c_void, 4);
-                        libc::_exit(0);
+                        end_sandbox(sw, st, p.phases);
                     }
                 }
             } else if libc::kill(-pid, sig) < 0 {
                 libc::kill(pid, sig);
             }
         }
+    }
+}
+
+/// What init tells the parent when the command has exited and nothing of
+/// the sandbox but init is left: the command's wait status and what all
+/// the sandbox's processes used (`RUSAGE_CHILDREN` of init, which reaped
+/// them all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EndReport {
+    pub status: c_int,
+    /// User plus system CPU time, µs.
+    pub cpu_us: u64,
+    /// Largest resident set of any one process, KiB.
+    pub maxrss_kib: u64,
+}
+
+impl EndReport {
+    pub(crate) const LEN: usize = 24;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0..4].copy_from_slice(&self.status.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.cpu_us.to_ne_bytes());
+        b[16..24].copy_from_slice(&self.maxrss_kib.to_ne_bytes());
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8; Self::LEN]) -> EndReport {
+        let word = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        EndReport {
+            status: c_int::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            cpu_us: word(8),
+            maxrss_kib: word(16),
+        }
+    }
+}
+
+/// Init's last act once the command (wait status `st`) has exited: kill
+/// every other process in the sandbox and reap them all, so that when the
+/// parent reads the status nothing the command started is left; then send
+/// the [`EndReport`] on `sw` and exit. The kernel's own teardown of the
+/// namespaces and mounts follows as init exits, while the parent goes on.
+/// Async-signal-safe.
+fn end_sandbox(sw: c_int, st: c_int, phases: *mut u64) -> ! {
+    // SAFETY: kill, waitpid, getrusage into a zeroed stack struct, write of
+    // a stack buffer and _exit.
+    unsafe {
+        // -1 from a pid namespace's init: every process in the namespace
+        // (and in any below it) but init. A fork racing with it either
+        // completes first (its child is hit) or fails (its parent had the
+        // signal pending).
+        libc::kill(-1, libc::SIGKILL);
+        loop {
+            // An orphan is re-parented to init before its parent becomes
+            // reapable, so ECHILD means nobody is left.
+            let r = libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL);
+            if r < 0 && errno() != libc::EINTR {
+                break;
+            }
+        }
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+        let rep = EndReport {
+            status: st,
+            cpu_us: us(ru.ru_utime) + us(ru.ru_stime),
+            maxrss_kib: ru.ru_maxrss as u64,
+        };
+        record(phases, Phase::SandboxEmpty);
+        let b = rep.encode();
+        libc::write(sw, b.as_ptr() as *const c_void, b.len());
+        libc::_exit(0)
     }
 }
 

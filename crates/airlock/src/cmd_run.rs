@@ -354,7 +354,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         eprintln!("airlock: degraded: running without full {layer}: {why}");
     }
     // Ctrl-C and friends go to the command (which may handle them), not to us.
-    let outcome = running.wait_forwarding(&FORWARDED)?;
+    // The staged changes are listed (and committed) while the kernel tears
+    // the sandbox down: nothing of it runs any more. Dropping `ended`, on
+    // every way out of this function, waits for the teardown and cleans up.
+    let ended = running.end_forwarding(&FORWARDED)?;
+    let outcome = ended.outcome();
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox ended");
 
     let code = outcome.status.exit_code();
@@ -405,7 +409,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             argv: &args.argv,
             profile: &args.sandbox.profile,
             spec: &spec,
-            outcome: &outcome,
+            outcome,
             exit_code: code,
             reason,
             blocked,
@@ -420,6 +424,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             eprintln!("{line}");
         }
     }
+    ended.finish();
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox closed");
     Ok(code)
 }
 

@@ -39,6 +39,46 @@ sandbox_test! {
 }
 
 sandbox_test! {
+    fn nothing_is_left_once_the_outcome_is_known() {
+        // The outcome comes before the kernel has torn the sandbox down;
+        // by then every process must be gone, even one that ignores
+        // signals, sits in a session of its own, or keeps forking.
+        let f = Fixture::new();
+        let m = marker("ended");
+        let s = f.sh(&format!(
+            "(setsid sh -c 'trap \"\" HUP TERM INT; sleep 300; : {m}' </dev/null >/dev/null 2>&1 &); \
+             for i in 1 2 3 4 5 6 7 8; do sh -c 'sleep 300; : {m}' & done; \
+             (while :; do sh -c ': {m}' & done) 2>/dev/null & \
+             (trap '' HUP TERM INT; while :; do echo x >> tick; done) & \
+             sleep 0.2; exit 5"
+        ));
+        let r = match airlock_sandbox::spawn(&s) {
+            Ok(r) => r,
+            Err(e @ airlock_sandbox::SandboxError::Namespaces { .. }) => {
+                eprintln!("SKIPPED: [{}] {e}", who());
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let ended = r.end_forwarding(&[]).unwrap();
+        // A writer still alive now would go on appending while the kernel
+        // tears the sandbox down.
+        let tick = f.upper().join("tick");
+        let size = || std::fs::metadata(&tick).map(|m| m.len()).unwrap_or(0);
+        let at_end = size();
+        assert!(at_end > 0, "the writer never ran");
+        let left = processes_with(&m);
+        assert!(left.is_empty(), "still running when the outcome was known: {left:?}");
+        assert_eq!(ended.outcome().status, ExitKind::Exited(5));
+        assert!(ended.outcome().peak_memory.is_some_and(|b| b > 0));
+        let o = ended.finish();
+        assert_eq!(size(), at_end, "the writer ran on after the outcome was known");
+        assert_eq!(o.status, ExitKind::Exited(5));
+        assert!(processes_with(&m).is_empty());
+    }
+}
+
+sandbox_test! {
     fn memory_limit_stops_a_balloon() {
         let f = Fixture::new();
         let mut s = f.sh("python3 -c 'b = bytearray(512 << 20); print(\"allocated\")'");
