@@ -66,13 +66,14 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("Cargo.toml").display()
     );
-    // How the front is linked (scripts/rustc-front.sh, the workspace's rustc
-    // wrapper): relink when the script or its switch changes.
+    // How the front is linked (scripts/rustc-front.sh, the build's rustc
+    // wrapper): relink when the script or one of its switches changes.
     println!(
         "cargo:rerun-if-changed={}",
         root.join("scripts/rustc-front.sh").display()
     );
     println!("cargo:rerun-if-env-changed=AIRLOCK_DYNAMIC_FRONT");
+    println!("cargo:rerun-if-env-changed=AIRLOCK_FRONT_LTO");
     all.sort();
     let mut h = Sha256::new();
     for p in &all {

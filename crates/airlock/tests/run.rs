@@ -578,6 +578,9 @@ fn set_up_phases_are_timed_in_the_order_the_protocol_imposes() {
         ("seccomp", "limits_joined"),
         ("limits_joined", "exec"),
         ("exec", "command_exited"),
+        ("command_exited", "sandbox_empty"),
+        // the parent, in program order
+        ("ended", "reaped"),
         // messages between the processes
         ("clone", "cloned"),
         ("maps_written", "maps_received"),
@@ -586,7 +589,7 @@ fn set_up_phases_are_timed_in_the_order_the_protocol_imposes() {
         ("net_started", "net_ready"),
         ("net_ready", "net_joined"),
         ("exec", "exec_seen"),
-        ("command_exited", "reaped"),
+        ("sandbox_empty", "ended"),
     ];
     for (a, b) in before {
         let (Some(x), Some(y)) = (at.get(a), at.get(b)) else {
