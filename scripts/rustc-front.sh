@@ -61,9 +61,10 @@ for a in "$@"; do
     args+=("$a")
     prev=$a
 done
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The front: this workspace's crates/airlock, binary `airlock`.
 if [ "$name" = airlock ] && [ "$type" = bin ] && [ "${AIRLOCK_DYNAMIC_FRONT:-0}" = 0 ] &&
-    [ "$(cd "${CARGO_MANIFEST_DIR:-/nonexistent}" 2>/dev/null && pwd -P)" = "$(cd "$root/crates/airlock" && pwd -P)" ]; then
+    [ "$(cd "${CARGO_MANIFEST_DIR:-/nonexistent}" 2>/dev/null && pwd -P)" = \
+        "$(cd "$(dirname "${BASH_SOURCE[0]}")/../crates/airlock" && pwd -P)" ]; then
     case ${target:-$("$rustc" -vV | sed -n 's/^host: //p')} in
         *-linux-gnu)
             # glibc's static libraries (Debian: libc6-dev, which the C
