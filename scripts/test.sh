@@ -12,6 +12,18 @@ root=$PWD
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# The cache may serve several checkouts. Tests find their fixtures through
+# the checkout path compiled into them (CARGO_MANIFEST_DIR), and cargo keeps
+# a test binary built from another checkout when that build is newer than
+# this checkout's files: its fixtures are then looked for in the other
+# checkout. When the cache was last used from elsewhere, make this
+# checkout's sources newer than anything in it.
+mkdir -p "$CARGO_TARGET_DIR"
+if [ "$(cat "$CARGO_TARGET_DIR/.airlock-checkout" 2>/dev/null)" != "$root" ]; then
+  find "$root/crates" -type f -name '*.rs' -exec touch {} + 2>/dev/null || true
+  echo "$root" > "$CARGO_TARGET_DIR/.airlock-checkout"
+fi
+
 step() { printf '\n=== %s\n' "$*"; }
 
 # --- what the tests need --------------------------------------------------
