@@ -220,6 +220,19 @@ pub fn try_run(spec: &SandboxSpec) -> Option<Outcome> {
     }
 }
 
+/// Start, or print SKIPPED and return None when the sandbox cannot start
+/// here.
+pub fn try_spawn(spec: &SandboxSpec) -> Option<airlock_sandbox::Running> {
+    match airlock_sandbox::spawn(spec) {
+        Ok(r) => Some(r),
+        Err(e @ airlock_sandbox::SandboxError::Namespaces { .. }) => {
+            eprintln!("SKIPPED: [{}] {e}", who());
+            None
+        }
+        Err(e) => panic!("sandbox failed: {e}"),
+    }
+}
+
 /// Run a spec that must be refused for want of `layer`: the refusal's
 /// message, or None (and SKIPPED) when the sandbox cannot start here.
 pub fn refusal(spec: &SandboxSpec, layer: airlock_sandbox::Layer) -> Option<String> {

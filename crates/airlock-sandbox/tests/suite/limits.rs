@@ -52,14 +52,7 @@ sandbox_test! {
              (trap '' HUP TERM INT; while :; do echo x >> tick; done) & \
              sleep 0.2; exit 5"
         ));
-        let r = match airlock_sandbox::spawn(&s) {
-            Ok(r) => r,
-            Err(e @ airlock_sandbox::SandboxError::Namespaces { .. }) => {
-                eprintln!("SKIPPED: [{}] {e}", who());
-                return;
-            }
-            Err(e) => panic!("{e}"),
-        };
+        let Some(r) = try_spawn(&s) else { return };
         let ended = r.end_forwarding(&[]).unwrap();
         // A writer still alive now would go on appending while the kernel
         // tears the sandbox down.
@@ -159,14 +152,7 @@ sandbox_test! {
     fn signals_reach_the_command() {
         let f = Fixture::new();
         let s = f.sh("trap 'echo got-term; exit 7' TERM; touch ready; while :; do sleep 0.05; done");
-        let r = match airlock_sandbox::spawn(&s) {
-            Ok(r) => r,
-            Err(e @ airlock_sandbox::SandboxError::Namespaces { .. }) => {
-                eprintln!("SKIPPED: [{}] {e}", who());
-                return;
-            }
-            Err(e) => panic!("{e}"),
-        };
+        let Some(r) = try_spawn(&s) else { return };
         // The trap is set once `ready` shows up in the staged upper dir.
         while !f.upper().join("ready").exists() {
             std::thread::sleep(Duration::from_millis(10));
