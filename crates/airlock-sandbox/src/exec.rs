@@ -1599,13 +1599,7 @@ impl Running {
         // What the sandbox's processes used: init's count of the children
         // it reaped, or (init reaped) init and its children.
         let (cpu_us, maxrss_kib) = match (&reaped, &end) {
-            (Some(r), _) => {
-                let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
-                (
-                    us(r.rusage.ru_utime) + us(r.rusage.ru_stime),
-                    u64::try_from(r.rusage.ru_maxrss).unwrap_or(0),
-                )
-            }
+            (Some(r), _) => syscall::EndReport::usage(&r.rusage),
             (None, Some(e)) => (e.cpu_us, e.maxrss_kib),
             (None, None) => (0, 0),
         };

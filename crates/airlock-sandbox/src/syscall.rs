@@ -1863,6 +1863,16 @@ impl EndReport {
         b
     }
 
+    /// CPU time (user plus system, µs) and largest resident set (KiB) in
+    /// a `rusage`. Async-signal-safe.
+    pub(crate) fn usage(ru: &libc::rusage) -> (u64, u64) {
+        let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+        (
+            us(ru.ru_utime) + us(ru.ru_stime),
+            u64::try_from(ru.ru_maxrss).unwrap_or(0),
+        )
+    }
+
     pub(crate) fn decode(b: &[u8; Self::LEN]) -> EndReport {
         let word = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
         EndReport {
@@ -1898,11 +1908,11 @@ fn end_sandbox(sw: c_int, st: c_int, phases: *mut u64) -> ! {
         }
         let mut ru: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-        let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+        let (cpu_us, maxrss_kib) = EndReport::usage(&ru);
         let rep = EndReport {
             status: st,
-            cpu_us: us(ru.ru_utime) + us(ru.ru_stime),
-            maxrss_kib: ru.ru_maxrss as u64,
+            cpu_us,
+            maxrss_kib,
         };
         record(phases, Phase::SandboxEmpty);
         let b = rep.encode();
