@@ -70,14 +70,17 @@ fn cgroup2_mount() -> Option<PathBuf> {
             return Some(PathBuf::from(p));
         }
     }
-    let text = read_proc("/proc/self/mountinfo")?;
-    for line in text.lines() {
+    cgroup2_mount_points(&read_proc("/proc/self/mountinfo")?).next()
+}
+
+/// The mount points of the cgroup2 filesystems a mountinfo text lists, in
+/// its order.
+fn cgroup2_mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo.lines().filter_map(|line| {
         let (pre, post) = line.split_once(" - ")?;
-        if post.starts_with("cgroup2 ") {
-            return pre.split(' ').nth(4).map(PathBuf::from);
-        }
-    }
-    None
+        post.starts_with("cgroup2 ")
+            .then(|| pre.split(' ').nth(4).map(PathBuf::from))?
+    })
 }
 
 fn writable(p: &Path) -> bool {
@@ -514,14 +517,7 @@ mod tests {
     #[test]
     fn cgroup2_mount_agrees_with_mountinfo() {
         let text = read_proc("/proc/self/mountinfo").unwrap();
-        let listed: Vec<PathBuf> = text
-            .lines()
-            .filter_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                post.starts_with("cgroup2 ")
-                    .then(|| pre.split(' ').nth(4).map(PathBuf::from))?
-            })
-            .collect();
+        let listed: Vec<PathBuf> = cgroup2_mount_points(&text).collect();
         match cgroup2_mount() {
             Some(p) => assert!(listed.contains(&p), "{} not in {listed:?}", p.display()),
             None => assert!(listed.is_empty(), "missed {listed:?}"),
