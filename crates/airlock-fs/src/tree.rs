@@ -54,9 +54,12 @@ pub fn walk_dirs_then<T, E>(
     // of the depth.
     // A level keeps its descriptor, or, once that is closed to bound the
     // descriptors held, the identity (device, inode) it had, taken then.
+    enum Dir {
+        Open(OwnedFd),
+        Closed((u64, u64)),
+    }
     struct Level<T> {
-        fd: Option<OwnedFd>,
-        id: (u64, u64),
+        dir: Dir,
         pending: Vec<(OsString, T)>,
     }
     let open = |dir: &OwnedFd, name: &std::ffi::OsStr| {
@@ -71,8 +74,7 @@ pub fn walk_dirs_then<T, E>(
     let mut path = PathBuf::new();
     let pending = visit(&root, &path, root_data)?;
     let mut stack = vec![Level {
-        fd: Some(root),
-        id: (0, 0),
+        dir: Dir::Open(root),
         pending,
     }];
     while let Some(top) = stack.last_mut() {
@@ -87,7 +89,7 @@ pub fn walk_dirs_then<T, E>(
                     )?;
                     continue;
                 }
-                let Some(fd) = top.fd.as_ref() else {
+                let Dir::Open(fd) = &top.dir else {
                     unreachable!("the deepest level holds its descriptor")
                 };
                 path.push(&name);
@@ -104,16 +106,15 @@ pub fn walk_dirs_then<T, E>(
                 if stack.len() >= MAX_OPEN {
                     let i = stack.len() - MAX_OPEN;
                     let far = &mut stack[i];
-                    if let Some(fd) = far.fd.take() {
-                        match rustix::fs::fstat(&fd) {
-                            Ok(st) => far.id = (st.st_dev, st.st_ino),
+                    if let Dir::Open(fd) = &far.dir {
+                        match rustix::fs::fstat(fd) {
+                            Ok(st) => far.dir = Dir::Closed((st.st_dev, st.st_ino)),
                             Err(e) => return fail(&path, e.into()),
                         }
                     }
                 }
                 stack.push(Level {
-                    fd: Some(sub),
-                    id: (0, 0),
+                    dir: Dir::Open(sub),
                     pending,
                 });
             }
@@ -123,19 +124,19 @@ pub fn walk_dirs_then<T, E>(
                 let Some(parent) = stack.last_mut() else {
                     break;
                 };
-                if parent.fd.is_none() {
-                    let Some(child) = done.fd else {
+                if let Dir::Closed(id) = parent.dir {
+                    let Dir::Open(child) = done.dir else {
                         unreachable!("the deepest level holds its descriptor")
                     };
-                    match reopen(&child, parent.id) {
-                        Ok(up) => parent.fd = Some(up),
+                    match reopen(&child, id) {
+                        Ok(up) => parent.dir = Dir::Open(up),
                         Err(e) => {
                             path.pop();
                             return fail(&path, e);
                         }
                     }
                 }
-                if let (Some(fd), Some(name)) = (&parent.fd, path.file_name()) {
+                if let (Dir::Open(fd), Some(name)) = (&parent.dir, path.file_name()) {
                     leave(fd, name, &path)?;
                 }
                 path.pop();
