@@ -471,7 +471,7 @@ fn dynamically_linked(path: &str) -> bool {
 }
 
 /// The front starts for every sandboxed command, so it is linked
-/// statically wherever glibc's static libraries exist (the workspace's
+/// statically wherever glibc's static libraries exist (the build's
 /// rustc wrapper, scripts/rustc-front.sh): no dynamic loader, libc or
 /// libgcc_s to map and resolve on every run. The full CLI stays dynamic.
 #[test]
