@@ -83,28 +83,54 @@ cases = [
 if base_binary:
     cases.append(("airlock (base)", prefix + [base_binary, "run", "--workspace", ws, "--", "/bin/true"]))
 
-# Check each works once, then measure interleaved so that load on the
-# machine hits all three alike.
-for name, cmd in cases:
-    r = subprocess.run(cmd, env=env, cwd=ws, capture_output=True)
-    if r.returncode != 0:
-        print("bench: %s failed (exit %d): %s" % (name, r.returncode, r.stderr.decode()[-500:]), file=sys.stderr)
-        sys.exit(1)
-times = {name: [] for name, _ in cases}
-# A fresh order each round: a case's place in the loop (which case ran just
-# before it) moved the difference between two builds by up to 0.2 ms.
-rng = random.Random(1)
-for i in range(runs):
-    for name, cmd in rng.sample(cases, len(cases)):
-        t = time.perf_counter()
-        subprocess.run(cmd, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times[name].append(time.perf_counter() - t)
+def staging_fs(path):
+    """The filesystem holding `path` (where the overlay's upper and work dirs
+    are), and for ext4 whether it has a journal: without one, every inode
+    the overlay creates at mount skips those freed in the last seconds to
+    minutes (see docs/benchmarks.md)."""
+    best, fstype, dev = "", "?", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            a, b = line.split(" - ", 1)
+            point = a.split()[4]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, fstype, dev = point, b.split()[0], b.split()[1]
+    if fstype == "ext4":
+        name = os.path.basename(os.path.realpath(dev)) if dev.startswith("/dev/") else ""
+        try:
+            with open("/sys/fs/ext4/%s/journal_task" % name) as f:
+                fstype += " without a journal" if f.read().strip() == "<none>" else " with a journal"
+        except OSError:
+            pass
+    return "%s (%s)" % (fstype, dev)
 
-rep = subprocess.run(prefix + [binary, "run", "--workspace", ws, "--json", "--", "/bin/true"], env=env, cwd=ws,
-                     capture_output=True).stderr.decode().strip().splitlines()[-1]
+def measure():
+    # Check each works once, then measure interleaved so that load on the
+    # machine hits all three alike.
+    for name, cmd in cases:
+        r = subprocess.run(cmd, env=env, cwd=ws, capture_output=True)
+        if r.returncode != 0:
+            print("bench: %s failed (exit %d): %s" % (name, r.returncode, r.stderr.decode()[-500:]), file=sys.stderr)
+            sys.exit(1)
+    times = {name: [] for name, _ in cases}
+    # A fresh order each round: a case's place in the loop (which case ran
+    # just before it) moved the difference between two builds by up to 0.2 ms.
+    rng = random.Random(1)
+    for i in range(runs):
+        for name, cmd in rng.sample(cases, len(cases)):
+            t = time.perf_counter()
+            subprocess.run(cmd, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - t)
+    rep = subprocess.run(prefix + [binary, "run", "--workspace", ws, "--json", "--", "/bin/true"], env=env, cwd=ws,
+                         capture_output=True).stderr.decode().strip().splitlines()[-1]
+    return times, json.loads(rep)["outcome"]["report"]
+
 import json
-layers = json.loads(rep)["outcome"]["report"]
-shutil.rmtree(fix, ignore_errors=True)
+try:
+    times, layers = measure()
+    staging = staging_fs(os.path.realpath(state))
+finally:
+    shutil.rmtree(fix, ignore_errors=True)
 
 med = {k: statistics.median(v) * 1000 for k, v in times.items()}
 print("median wall time per process, %d runs each, as %s:" % (runs, as_user or ("root" if os.geteuid() == 0 else "uid %d" % os.geteuid())))
@@ -114,6 +140,7 @@ for name, _ in cases:
 print("airlock run: workspace %s, Landlock %s (ABI %s), seccomp %s, limits %s, namespaces %s"
       % (layers["workspace"], layers["landlock"], layers["landlock_abi"], layers["seccomp"], layers["limits_mechanism"],
          ",".join(layers["namespaces"])))
+print("staging area on %s (TMPDIR=DIR puts it elsewhere)" % staging)
 print("ratio airlock/bwrap: %.2f" % (med["airlock run"] / med["bwrap"]))
 if base_binary:
     print("ratio base/bwrap: %.2f; this build against the base: %+.2f ms"
