@@ -546,6 +546,16 @@ def _(ctx):
     return dict(argv=["/bin/sh", "-c", "kill -9 %d; kill -9 -1" % p.pid], judge=judge)
 
 
+@attack("forge_outcome_through_init_fds", "open init's descriptors through /proc/1/fd and forge the outcome")
+def _(ctx):
+    def judge(r):
+        if r.rc == 42:
+            return judged("ESCAPED", "the run reported the forged exit status 42")
+        return program(r)
+
+    return dict(argv=[B(ctx, "init_fds")], judge=judge)
+
+
 @attack("ptrace_host_process", "ptrace a host process of the same user")
 def _(ctx):
     p = ctx.host_process(["/bin/sleep", "600"])

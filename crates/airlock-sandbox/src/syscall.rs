@@ -1763,6 +1763,16 @@ fn child_main(p: &ChildPlan) -> ! {
             }
         }
 
+        // Not dumpable: /proc/1 then belongs to root, and the command
+        // (same uid, same Landlock domain) cannot open init's descriptors
+        // through /proc/1/fd: the status pipe, whose report the parent
+        // takes as the outcome, and the signalfd. Before the command
+        // exists: it runs from its execve, and init resumes only after
+        // that. (As root, the change of uid already cleared the flag; as
+        // an unprivileged user nothing else does. The command's execve
+        // gives its new memory the usual flag.)
+        libc::prctl(libc::PR_SET_DUMPABLE, 0 as c_ulong, 0, 0, 0);
+
         // The command process shares init's memory until its execve, and
         // init waits for that (vfork), so no copy of the address space is
         // made for a process about to replace it. It runs on its own stack
@@ -1781,11 +1791,9 @@ fn child_main(p: &ChildPlan) -> ! {
         // From here the lifeline pipe tells us when the parent is gone.
         libc::prctl(libc::PR_SET_PDEATHSIG, 0 as c_ulong, 0, 0, 0);
 
-        // Init keeps only the status pipe, the lifeline and its signalfd:
-        // the command must not reach host descriptors through /proc/1/fd.
+        // Init keeps only the status pipe, the lifeline and its signalfd.
         let sw = p.status_wr;
         close_all_but(&[sw, p.lifeline_rd, sfd]);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0 as c_ulong, 0, 0, 0);
 
         loop {
             let mut pfd = [
