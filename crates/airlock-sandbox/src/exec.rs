@@ -1542,19 +1542,18 @@ impl Running {
         // other process of the sandbox. Without a report (init died, was
         // killed for a limit, or hung up), reaping init is what makes sure
         // of that: its exit kills the rest, and it is reaped only after.
-        let mut end = if told {
+        let report = if told {
             read_end(&self.status_rd, true)
         } else {
             None
         };
-        let reaped = match end {
-            Some(_) => None,
+        let end = match report {
+            Some(report) => InitEnd::Reported(report),
             None => {
                 let r = syscall::wait_pidfd(raw)
                     .map_err(|e| SandboxError::io("reaping the sandbox", e))?;
                 // Sent just before init died or was killed?
-                end = read_end(&self.status_rd, false);
-                Some(r)
+                InitEnd::Reaped(r, read_end(&self.status_rd, false))
             }
         };
         if let Some(c) = &self.phases {
@@ -1598,10 +1597,9 @@ impl Running {
 
         // What the sandbox's processes used: init's count of the children
         // it reaped, or (init reaped) init and its children.
-        let (cpu_us, maxrss_kib) = match (&reaped, &end) {
-            (Some(r), _) => syscall::EndReport::usage(&r.rusage),
-            (None, Some(e)) => (e.cpu_us, e.maxrss_kib),
-            (None, None) => (0, 0),
+        let (cpu_us, maxrss_kib) = match &end {
+            InitEnd::Reported(e) => (e.cpu_us, e.maxrss_kib),
+            InitEnd::Reaped(r, _) => syscall::EndReport::usage(&r.rusage),
         };
         let cpu_used = Duration::from_secs(cpu_us / 1_000_000);
         let kind = if timed_out {
@@ -1611,7 +1609,11 @@ impl Running {
         } else if stats.oom_killed {
             ExitKind::MemoryLimit
         } else {
-            match end.map(|e| e.status) {
+            let status = match &end {
+                InitEnd::Reported(e) | InitEnd::Reaped(_, Some(e)) => Some(e.status),
+                InitEnd::Reaped(_, None) => None,
+            };
+            match status {
                 Some(s) if libc::WIFEXITED(s) => {
                     let c = libc::WEXITSTATUS(s);
                     if c != 0 && stats.pids_hit {
@@ -1632,12 +1634,16 @@ impl Running {
                         _ => ExitKind::Signaled(sig),
                     }
                 }
-                _ => match &reaped {
-                    Some(r) if r.code == libc::CLD_KILLED || r.code == libc::CLD_DUMPED => {
+                _ => match &end {
+                    InitEnd::Reaped(r, _)
+                        if r.code == libc::CLD_KILLED || r.code == libc::CLD_DUMPED =>
+                    {
                         ExitKind::Signaled(r.status)
                     }
-                    Some(r) => ExitKind::Exited(r.status),
-                    None => ExitKind::Exited(125),
+                    InitEnd::Reaped(r, _) => ExitKind::Exited(r.status),
+                    // Init reports only what waitpid gave it without
+                    // WUNTRACED: an exit or a signal, matched above.
+                    InitEnd::Reported(_) => ExitKind::Exited(125),
                 },
             }
         };
@@ -1665,10 +1671,19 @@ impl Running {
         Ok(Ended {
             outcome: Some(outcome),
             run: self,
-            reaped: reaped.is_some(),
+            reaped: matches!(end, InitEnd::Reaped(..)),
             changed,
         })
     }
+}
+
+/// How [`Running`] learnt that the sandbox ended.
+enum InitEnd {
+    /// Init's report; init may still be exiting.
+    Reported(syscall::EndReport),
+    /// Init reaped: it sent no report (it died, was killed for a limit, or
+    /// hung up), or one just before.
+    Reaped(syscall::Reaped, Option<syscall::EndReport>),
 }
 
 /// Read init's [`syscall::EndReport`] from the status pipe: `wait` until it
