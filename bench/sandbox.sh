@@ -20,7 +20,7 @@ if ! command -v bwrap >/dev/null; then
 fi
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 exec "$PY" - "$AIRLOCK" "${BENCH_RUNS:-300}" "${BENCH_AS:-}" "${AIRLOCK_BASE:-}" <<'PYEOF'
-import os, random, shutil, statistics, subprocess, sys, tempfile, time
+import json, os, random, shutil, statistics, subprocess, sys, tempfile, time
 
 airlock, runs, as_user, base = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 fix = tempfile.mkdtemp(prefix="airlock-bench-")
@@ -125,7 +125,6 @@ def measure():
                          capture_output=True).stderr.decode().strip().splitlines()[-1]
     return times, json.loads(rep)["outcome"]["report"]
 
-import json
 try:
     times, layers = measure()
     staging = staging_fs(os.path.realpath(state))
