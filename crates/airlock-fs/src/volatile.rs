@@ -160,44 +160,89 @@ fn run_dirs(work: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Name of the file in the area's work dir that every run of the area
+/// holds a shared `flock` on while it goes (see [`RunWorkDir::take`]).
+const RUNNING_FILE: &str = "airlock-running";
+
 /// The overlay work dir one run uses, held (`flock`, exclusive) for as long
 /// as its overlay may be mounted.
 ///
 /// Runs over the same workspace share one staging area and may overlap,
 /// but two overlays cannot share a work dir (the second mount finds the
 /// first one's volatile marker and is refused). The first run takes the
-/// area's work dir itself; a run starting while it is held gets a fresh
-/// `work/run-*` of its own. A run dir whose lock nobody holds belongs to a
-/// run that is gone.
+/// area's work dir itself; a run starting while another run holds it gets
+/// a fresh `work/run-*` of its own. A run dir whose lock nobody holds
+/// belongs to a run that is gone.
+///
+/// The work dir's lock may outlive the run that took it: the sandbox keeps
+/// a copy until its mounts are gone (see [`RunWorkDir::lock_fd`]). So each
+/// run also holds a shared lock on [`RUNNING_FILE`] while it goes, which
+/// tells the two cases apart: a run starting while the area's work dir is
+/// held, and no run going, waits for that unmount (moments) and takes the
+/// area's dir, rather than mounting beside an overlay on the way out.
 #[derive(Debug)]
 pub struct RunWorkDir {
     dir: PathBuf,
     area: PathBuf,
-    _lock: std::fs::File,
+    lock: std::fs::File,
+    _running: std::fs::File,
 }
 
 impl RunWorkDir {
     /// Take a work dir in the area's work dir `work`: `work` itself when no
     /// other run holds it ([`RunWorkDir::holds_area`]), else a run dir.
     pub fn take(work: &Path) -> std::io::Result<RunWorkDir> {
-        use rustix::fs::FlockOperation as Op;
+        use rustix::fs::{flock, FlockOperation as Op};
+        use std::os::unix::fs::OpenOptionsExt;
+        let running = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(work.join(RUNNING_FILE))?;
+        // Taken first: whoever holds the area's work dir and goes holds
+        // this too.
+        flock(&running, Op::LockShared)?;
         let f = std::fs::File::open(work)?;
-        if rustix::fs::flock(&f, Op::NonBlockingLockExclusive).is_ok() {
+        let mut held = flock(&f, Op::NonBlockingLockExclusive).is_err();
+        if held {
+            // If no other run goes (the conversion drops this run's shared
+            // lock first, so an exclusive one means nobody else has one),
+            // the holder is a sandbox whose overlay is being unmounted.
+            let ended = flock(&running, Op::NonBlockingLockExclusive).is_ok();
+            flock(&running, Op::LockShared)?;
+            if ended {
+                flock(&f, Op::LockExclusive)?;
+                held = false;
+            }
+        }
+        if !held {
             return Ok(RunWorkDir {
                 dir: work.to_path_buf(),
                 area: work.to_path_buf(),
-                _lock: f,
+                lock: f,
+                _running: running,
             });
         }
         let dir = fresh_name(work, RUN_PREFIX);
         std::fs::create_dir(&dir)?;
         let f = std::fs::File::open(&dir)?;
-        rustix::fs::flock(&f, Op::LockExclusive)?;
+        flock(&f, Op::LockExclusive)?;
         Ok(RunWorkDir {
             dir,
             area: work.to_path_buf(),
-            _lock: f,
+            lock: f,
+            _running: running,
         })
+    }
+
+    /// The descriptor holding the lock. A process that keeps a copy (the
+    /// sandbox's init does) keeps the work dir held after this is dropped,
+    /// until the copy's last close.
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
     }
 
     /// The directory to give the overlay as its work dir.
@@ -373,5 +418,40 @@ mod tests {
             assert!(!b.holds_area());
             assert!(b.path().is_dir());
         }
+    }
+
+    #[test]
+    fn a_run_waits_for_a_sandbox_on_its_way_out_but_not_for_one_going() {
+        let t = tempfile::tempdir().unwrap();
+        let work = t.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        // A run going: the next one gets a run dir of its own, at once.
+        let a = RunWorkDir::take(&work).unwrap();
+        assert!(a.holds_area());
+        let b = RunWorkDir::take(&work).unwrap();
+        assert!(!b.holds_area());
+        drop(b);
+        // Its sandbox keeps the area's lock after the run is over (a copy
+        // of the descriptor), until its overlay is unmounted.
+        let sandbox = a.lock_fd().try_clone_to_owned().unwrap();
+        drop(a);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = work.clone();
+        let next = std::thread::spawn(move || {
+            let c = RunWorkDir::take(&w).unwrap();
+            tx.send(()).unwrap();
+            c.holds_area()
+        });
+        // It waits for that rather than mounting beside the overlay.
+        let waited = rx.recv_timeout(std::time::Duration::from_millis(300));
+        assert!(
+            waited.is_err(),
+            "took a work dir while the area's was still held"
+        );
+        drop(sandbox);
+        assert!(
+            next.join().unwrap(),
+            "did not get the area's work dir once free"
+        );
     }
 }

@@ -605,6 +605,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         lifeline_rd: lifeline_rd.as_raw_fd(),
         err_wr: err_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
+        work_lock: run_work.as_ref().map_or(-1, |w| w.lock_fd().as_raw_fd()),
         setid: if root_mode { Some((uid, gid)) } else { None },
         ops,
         hostname: CString::from(c"airlock"),
@@ -774,13 +775,19 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     };
     let mut cgroup = None;
     let mut join_fds: Vec<std::fs::File> = vec![];
+    let mut leave_fds: Vec<std::fs::File> = vec![];
     if wants_cgroup && early_failure.is_none() {
         match RunCgroup::create(&run_id, &spec.limits) {
             Ok(cg) => {
-                // cgroup v1: the child moves itself (see join_limits); v2:
-                // moved from here.
+                // cgroup v1: the child moves itself (see join_limits), and
+                // back out once the sandbox is empty, when it can (see
+                // Ended::finish_leaving); v2: moved from here.
                 let joined = match cg.self_join_files() {
                     Ok(Some(files)) => {
+                        leave_fds = cg.self_leave_files().unwrap_or_else(|why| {
+                            tracing::debug!("init cannot leave the run's cgroup: {why}");
+                            vec![]
+                        });
                         join_fds = files;
                         Ok(())
                     }
@@ -804,15 +811,23 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     if early_failure.is_none() {
         let tag = if wants_cgroup && cgroup.is_none() {
             b'r'
+        } else if !leave_fds.is_empty() && leave_fds.len() == join_fds.len() {
+            b'C'
         } else {
+            leave_fds.clear();
             b'c'
         };
-        let fds: Vec<RawFd> = join_fds.iter().map(|f| f.as_raw_fd()).collect();
+        let fds: Vec<RawFd> = join_fds
+            .iter()
+            .chain(&leave_fds)
+            .map(|f| f.as_raw_fd())
+            .collect();
         // A child that already failed has closed its end; its report follows.
         phase(Phase::LimitsSent);
         let _ = syscall::send_fds(sync_wr.as_raw_fd(), tag, &fds);
     }
     drop(join_fds);
+    drop(leave_fds);
     drop(sync_wr);
     if let Some((step, errno)) = early_failure.or_else(|| child_failure(&mut err_file)) {
         kill(&pidfd);
@@ -1399,6 +1414,22 @@ impl Running {
         }
     }
 
+    /// Log the set-up timings, when asked for (see `phases`).
+    fn log_phases(&mut self) {
+        if let Some(c) = self.phases.take() {
+            let line: Vec<String> = c
+                .read()
+                .iter()
+                .map(|(name, us)| format!("{name}={us}"))
+                .collect();
+            tracing::debug!(
+                target: "airlock_sandbox::phases",
+                "set-up phases, µs after clone3: {}",
+                line.join(" ")
+            );
+        }
+    }
+
     /// Host pid of the sandbox's init process.
     pub fn pid(&self) -> i32 {
         self.pid
@@ -1729,6 +1760,41 @@ impl Ended {
             .expect("the outcome is taken only by finish")
     }
 
+    /// Like [`Ended::finish`], for a caller that exits right after (the
+    /// `airlock run` front): clean up what is the caller's to clean, the
+    /// run's cgroup and the staged overlay's work dir, but do not wait for
+    /// the kernel's teardown of init's namespaces and mounts (about 0.5 ms
+    /// here; bwrap does not wait for it either).
+    ///
+    /// - Init left the run's cgroup before it reported, so the cgroup is
+    ///   removed now.
+    /// - Init holds the overlay work dir's lock until its mounts are gone
+    ///   (see `ChildPlan::work_lock`), so a later run over the same area
+    ///   waits for that instead of mounting beside this run's overlay.
+    /// - Init, already exiting, is reaped by whoever adopts it once the
+    ///   caller has exited: its subreaper, or pid 1.
+    ///
+    /// Falls back to [`Ended::finish`] when something must wait for init:
+    /// it was reaped already, or is still in the cgroup (cgroup v2, where
+    /// the parent moved it in), or the run made placeholders in a
+    /// write-through workspace, which are mount points in init's namespace
+    /// until it is gone.
+    pub fn finish_leaving(mut self) -> Outcome {
+        let run = &mut self.run;
+        let leave = !run.done
+            && !self.reaped
+            && run.placeholders.is_empty()
+            && run.cgroup.as_mut().is_none_or(|c| c.remove_if_empty());
+        if leave {
+            tracing::debug!(us = run.t0.elapsed().as_micros() as u64, "left to exit");
+            run.log_phases();
+            run.cgroup = None;
+            run.close_overlay(self.changed);
+            run.done = true;
+        }
+        self.finish()
+    }
+
     fn close(&mut self) {
         let run = &mut self.run;
         if run.done {
@@ -1742,19 +1808,10 @@ impl Ended {
             }
         }
         tracing::debug!(us = run.t0.elapsed().as_micros() as u64, "reaped");
-        if let Some(c) = run.phases.take() {
+        if let Some(c) = &run.phases {
             c.record(Phase::Reaped);
-            let line: Vec<String> = c
-                .read()
-                .iter()
-                .map(|(name, us)| format!("{name}={us}"))
-                .collect();
-            tracing::debug!(
-                target: "airlock_sandbox::phases",
-                "set-up phases, µs after clone3: {}",
-                line.join(" ")
-            );
         }
+        run.log_phases();
         if let Some(mut cg) = run.cgroup.take() {
             if let Err(e) = cg.remove() {
                 tracing::warn!("cgroup cleanup: {e}");

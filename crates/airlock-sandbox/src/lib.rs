@@ -39,16 +39,21 @@
 //! `NO_NEW_PRIVS`, Landlock, drops capabilities, installs seccomp (passing
 //! the notification listener back over a socket), forks the command
 //! (`setsid`, stdio, `close_range`, `execve`) and then only forwards signals.
-//! When the command exits, init kills and reaps every other
-//! process in its pid namespace, then reports the command's wait status and
-//! what the processes used, and exits. [`Running::wait`] polls that status
+//! When the command exits, init kills and reaps every other process in its
+//! pid namespace, leaves the run's cgroup (v1), then reports the command's
+//! wait status and what the processes used, and exits. It holds the staged
+//! overlay work dir's lock until then, and an exiting process's descriptors
+//! are released only after its namespaces, so the lock comes free only
+//! once the overlay is unmounted. [`Running::wait`] polls that status
 //! pipe, the pidfd, the seccomp listener (answering and counting blocked
 //! calls) and, with [`Running::wait_forwarding`], a signalfd; it enforces
 //! the timeout and the disk cap and builds the [`Outcome`]. With
 //! [`Running::end_forwarding`] the caller gets the outcome as an [`Ended`]
 //! as soon as the report is read, and can do its own work while the kernel
 //! tears init's namespaces down; [`Ended::finish`] then reaps init, removes
-//! the cgroup and closes the overlay.
+//! the cgroup and closes the overlay. [`Ended::finish_leaving`], for a
+//! caller about to exit (`airlock run`), removes the cgroup and closes the
+//! overlay without waiting for the teardown, which goes on after it.
 //!
 //! **Code map.**
 //! - `exec.rs`: the orchestration above; [`spawn`], [`run`], [`Running`].

@@ -264,6 +264,48 @@ impl RunCgroup {
         Ok(Some(v))
     }
 
+    /// For cgroup v1: the parent cgroups' `tasks` files, opened for
+    /// writing, in the order of [`RunCgroup::self_join_files`]. The
+    /// sandbox's init writes `0` to each once it is alone, so that the
+    /// cgroup can be removed before init has exited.
+    pub fn self_leave_files(&self) -> Result<Vec<std::fs::File>, String> {
+        if self.mechanism != Mechanism::CgroupV1 {
+            return Ok(vec![]);
+        }
+        let mut v = vec![];
+        for d in self.dirs() {
+            let p = d
+                .parent()
+                .ok_or_else(|| format!("{} has no parent", d.display()))?
+                .join("tasks");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(|e| format!("open {}: {e}", p.display()))?;
+            v.push(f);
+        }
+        Ok(v)
+    }
+
+    /// Remove the cgroup(s) if nothing is in them any more, trying each
+    /// once: whether all are gone. What is left stays for
+    /// [`RunCgroup::remove`].
+    pub fn remove_if_empty(&mut self) -> bool {
+        if self.removed {
+            return true;
+        }
+        let mut all = true;
+        for d in self.dirs() {
+            match fs::remove_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => all = false,
+            }
+        }
+        self.removed = all;
+        all
+    }
+
     /// Move `pid` into the cgroup(s).
     pub fn add(&self, pid: i32) -> Result<(), String> {
         for d in self.dirs() {

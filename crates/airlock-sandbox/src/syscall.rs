@@ -258,8 +258,12 @@ pub(crate) struct ChildPlan {
     /// paths, `q` (placeholders, if any) and `w` (see
     /// [`MountOp::AwaitWalk`]), then the paths
     /// ([`MountOp::ProtectReceived`]); last, `c` with the cgroup v1 `tasks`
-    /// files (opened by the parent) to write `0` to, if any, or `r` when the
-    /// run's cgroup could not be made and `fallback_rlimits` apply instead.
+    /// files (opened by the parent) to write `0` to, if any, or `C` with
+    /// those and then as many of the parent cgroups' `tasks` files, which
+    /// init writes `0` to once the sandbox is empty (so that the parent can
+    /// remove the run's cgroup without waiting for init's exit), or `r`
+    /// when the run's cgroup could not be made and `fallback_rlimits` apply
+    /// instead.
     pub sync_rd: RawFd,
     /// The parent's end of the sync socket (closed first thing in the
     /// child, so that the parent's death reads as end-of-file).
@@ -279,6 +283,13 @@ pub(crate) struct ChildPlan {
     pub lifeline_rd: RawFd,
     pub err_wr: RawFd,
     pub status_wr: RawFd,
+    /// The lock on the staged overlay's work dir (see
+    /// `airlock_fs::RunWorkDir`), or -1. Init keeps it open until it
+    /// exits: an exiting process's descriptors are released only after its
+    /// namespaces (and so the overlay mounted in them) are gone, so a later
+    /// run over the same area can never mount beside this run's overlay,
+    /// even when the parent has not waited for init.
+    pub work_lock: RawFd,
     /// (uid, gid) to switch to inside, when started as root.
     pub setid: Option<(u32, u32)>,
     pub ops: Vec<MountOp>,
@@ -1002,7 +1013,7 @@ pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
 }
 
 /// Most descriptors one message carries (see [`send_fds`]).
-const MAX_FDS: usize = 4;
+const MAX_FDS: usize = 8;
 
 /// Receive one message of one byte with up to [`MAX_FDS`] descriptors
 /// (SCM_RIGHTS, close-on-exec): its byte and how many descriptors were
@@ -1750,7 +1761,8 @@ fn child_main(p: &ChildPlan) -> ! {
 
         // The last message: the run's cgroup is ready (so the command and
         // all it starts are counted there), or it could not be made.
-        join_limits(p);
+        let (leave, n_leave) = join_limits(p);
+        let leave = &leave[..n_leave];
         record(p.phases, Phase::LimitsJoined);
 
         // The network helper, unconfined and sharing init's memory, is gone
@@ -1791,9 +1803,13 @@ fn child_main(p: &ChildPlan) -> ! {
         // From here the lifeline pipe tells us when the parent is gone.
         libc::prctl(libc::PR_SET_PDEATHSIG, 0 as c_ulong, 0, 0, 0);
 
-        // Init keeps only the status pipe, the lifeline and its signalfd.
+        // Init keeps only the status pipe, the lifeline, its signalfd, the
+        // work dir's lock and the cgroup files to leave by.
         let sw = p.status_wr;
-        close_all_but(&[sw, p.lifeline_rd, sfd]);
+        let mut keep = [-1 as c_int; 4 + MAX_FDS];
+        keep[..4].copy_from_slice(&[sw, p.lifeline_rd, sfd, p.work_lock]);
+        keep[4..4 + leave.len()].copy_from_slice(leave);
+        close_all_but(&keep);
 
         loop {
             let mut pfd = [
@@ -1837,7 +1853,7 @@ fn child_main(p: &ChildPlan) -> ! {
                     }
                     if r == pid {
                         record(p.phases, Phase::CommandExited);
-                        end_sandbox(sw, st, p.phases);
+                        end_sandbox(sw, st, leave, p.phases);
                     }
                 }
             } else if libc::kill(-pid, sig) < 0 {
@@ -1893,13 +1909,14 @@ impl EndReport {
 
 /// Init's last act once the command (wait status `st`) has exited: kill
 /// every other process in the sandbox and reap them all, so that when the
-/// parent reads the status nothing the command started is left; then send
+/// parent reads the status nothing the command started is left; leave the
+/// run's cgroup by writing `0` to each `tasks` file in `leave`; then send
 /// the [`EndReport`] on `sw` and exit. The kernel's own teardown of the
 /// namespaces and mounts follows as init exits, while the parent goes on.
 /// Async-signal-safe.
-fn end_sandbox(sw: c_int, st: c_int, phases: *mut u64) -> ! {
-    // SAFETY: kill, waitpid, getrusage into a zeroed stack struct, write of
-    // a stack buffer and _exit.
+fn end_sandbox(sw: c_int, st: c_int, leave: &[c_int], phases: *mut u64) -> ! {
+    // SAFETY: kill, waitpid, getrusage into a zeroed stack struct, writes of
+    // stack buffers and _exit.
     unsafe {
         // -1 from a pid namespace's init: every process in the namespace
         // (and in any below it) but init. A fork racing with it either
@@ -1913,6 +1930,11 @@ fn end_sandbox(sw: c_int, st: c_int, phases: *mut u64) -> ! {
             if r < 0 && errno() != libc::EINTR {
                 break;
             }
+        }
+        // Alone now, and nothing of the sandbox is left in the cgroup. A
+        // failure only means the parent waits for init's exit to remove it.
+        for &fd in leave {
+            libc::write(fd, c"0".as_ptr() as *const c_void, 1);
         }
         let mut ru: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
@@ -1932,29 +1954,37 @@ fn end_sandbox(sw: c_int, st: c_int, phases: *mut u64) -> ! {
 /// Receive the last sync message: join the run's cgroup (v1: this single
 /// thread moves itself by writing `0` to each `tasks` file sent along, which
 /// unlike a move by another process waits for no RCU grace period), or
-/// apply the fallback rlimits. Async-signal-safe.
-fn join_limits(p: &ChildPlan) {
+/// apply the fallback rlimits. Returns the `tasks` files to leave the
+/// cgroup by at the end (see [`ChildPlan::sync_rd`]): the first `n` of the
+/// array. Async-signal-safe.
+fn join_limits(p: &ChildPlan) -> ([c_int; MAX_FDS], usize) {
     let ew = p.err_wr;
     let mut fds = [-1; MAX_FDS];
     let (tag, n) = match recv_fds(p.sync_rd, &mut fds) {
         Ok(Some(m)) => m,
         _ => fail(ew, STEP_SYNC, libc::EPIPE),
     };
+    let join = match tag {
+        b'C' if n % 2 == 0 => n / 2,
+        b'c' | b'r' => n,
+        _ => fail(ew, STEP_SYNC, libc::EPROTO),
+    };
     // SAFETY: close, write and close on descriptors of this process.
     unsafe {
         libc::close(p.sync_rd);
-        for &fd in &fds[..n] {
+        for &fd in &fds[..join] {
             if libc::write(fd, c"0".as_ptr() as *const c_void, 1) != 1 {
                 fail(ew, STEP_CGROUP, errno());
             }
             libc::close(fd);
         }
     }
-    match tag {
-        b'r' => set_rlimits(ew, &p.fallback_rlimits),
-        b'c' => {}
-        _ => fail(ew, STEP_SYNC, libc::EPROTO),
+    if tag == b'r' {
+        set_rlimits(ew, &p.fallback_rlimits);
     }
+    let mut leave = [-1; MAX_FDS];
+    leave[..n - join].copy_from_slice(&fds[join..n]);
+    (leave, n - join)
 }
 
 /// Apply `(resource, soft, hard)` rlimits, or fail the step.
@@ -2180,7 +2210,7 @@ pub(crate) fn send_msg(sock: RawFd, msg: &[u8]) -> io::Result<()> {
 fn close_inherited(p: &ChildPlan) {
     use std::os::fd::AsRawFd;
     let ruleset = p.landlock.as_ref().map_or(-1, |l| l.ruleset.as_raw_fd());
-    let mut keep = [-1 as c_int; 16];
+    let mut keep = [-1 as c_int; KEEP_MAX];
     let fixed = [
         0,
         1,
@@ -2194,6 +2224,7 @@ fn close_inherited(p: &ChildPlan) {
         p.lifeline_rd,
         p.err_wr,
         p.status_wr,
+        p.work_lock,
         p.notify_sock,
         ruleset,
     ];
@@ -2211,10 +2242,13 @@ fn close_inherited(p: &ChildPlan) {
     close_all_but(&keep[..n]);
 }
 
-/// Close every descriptor except those in `keep` (at most 16; negative
-/// entries are ignored). Async-signal-safe.
+/// Most descriptors [`close_all_but`] keeps.
+const KEEP_MAX: usize = 24;
+
+/// Close every descriptor except those in `keep` (at most [`KEEP_MAX`];
+/// negative entries are ignored). Async-signal-safe.
 fn close_all_but(keep: &[c_int]) {
-    let mut k = [-1 as c_int; 16];
+    let mut k = [-1 as c_int; KEEP_MAX];
     let n = keep.len().min(k.len());
     k[..n].copy_from_slice(&keep[..n]);
     k[..n].sort_unstable();

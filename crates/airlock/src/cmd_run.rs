@@ -355,8 +355,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     // Ctrl-C and friends go to the command (which may handle them), not to us.
     // The staged changes are listed (and committed) while the kernel tears
-    // the sandbox down: nothing of it runs any more. Dropping `ended`, on
-    // every way out of this function, waits for the teardown and cleans up.
+    // the sandbox down: nothing of it runs any more. At the end, this
+    // process, about to exit, leaves the rest of the teardown to the kernel
+    // (see Ended::finish_leaving); dropping `ended` on any other way out of
+    // this function waits for the teardown and cleans up.
     let ended = running.end_forwarding(&FORWARDED)?;
     let outcome = ended.outcome();
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox ended");
@@ -424,7 +426,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             eprintln!("{line}");
         }
     }
-    ended.finish();
+    ended.finish_leaving();
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox closed");
     Ok(code)
 }

@@ -168,3 +168,141 @@ fn wait_unlocked(dir: &std::path::Path) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+sandbox_test! {
+    fn a_run_left_to_exit_holds_its_work_dir_until_unmounted() {
+        // `finish_leaving` (what `airlock run` ends with) does not wait for
+        // the kernel to tear the sandbox down. What it returns must still be
+        // final: nothing of the command left, the run's cgroup gone, and the
+        // area's work dir held until the overlay is unmounted, so that the
+        // next run over the same area does not mount beside it. (What
+        // holds the lock, and the overlay's in-use mark, are looked at as
+        // root only: init is non-dumpable, and the probe mounts with
+        // index=on, which a user namespace cannot. The rest runs as nobody
+        // too.)
+        use rustix::fs::{flock, FlockOperation};
+        let f = Fixture::new();
+        let m = marker("left");
+        // The command waits on a fifo (granted read, outside the overlay,
+        // whose own fifos are pipes of their own) until its mounts have
+        // been looked at.
+        let fifo = f.path().join("home/go");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, 0o644.into(), 0).unwrap();
+        let mut s = f.sh(&format!("read x < {}; echo x >> out; (sleep 300; : {m}) & exit 3", fifo.display()));
+        s.allow_read.push(f.path().join("home"));
+        s.limits.pids = Some(64);
+        for i in 0..20 {
+            let Some(r) = try_spawn(&s) else { return };
+            let pid = r.pid();
+            // While it runs, its mounts and cgroup are visible from here.
+            let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+            assert!(mounts.contains(" - overlay "), "no overlay in init's mounts:\n{mounts}");
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            let pids_cgroup = cgroup
+                .lines()
+                .filter_map(|l| l.split_once(":pids:"))
+                .map(|(_, p)| std::path::Path::new("/sys/fs/cgroup/pids").join(p.trim_start_matches('/')))
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("airlock-")));
+            if is_root() {
+                assert!(work_dir_in_use(&f), "run {i}: the probe does not see the running overlay");
+                // What keeps the lock until then: init's own descriptor of
+                // the work dir (an exiting process's descriptors are
+                // released after its namespaces). Root may look, init being
+                // non-dumpable.
+                let work = f.path().join("work");
+                let held = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .unwrap()
+                    .flatten()
+                    .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == work));
+                assert!(held, "run {i}: init does not hold the work dir");
+            }
+            // Not blocking on a command that never opened it: no reader yet
+            // is ENXIO.
+            let t = std::time::Instant::now();
+            let mut w = loop {
+                use std::os::unix::fs::OpenOptionsExt;
+                match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
+                    Ok(w) => break w,
+                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) && t.elapsed().as_secs() < 20 => {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    }
+                    Err(e) => panic!("run {i}: the command never read the fifo: {e}"),
+                }
+            };
+            std::io::Write::write_all(&mut w, b"go\n").unwrap();
+            drop(w);
+            let o = r.end_forwarding(&[]).unwrap().finish_leaving();
+            assert_eq!(o.status, ExitKind::Exited(3), "{}", stderr(&o));
+            assert!(processes_with(&m).is_empty(), "run {i}: a process outlived the run");
+            match (&pids_cgroup, o.report.limits_mechanism.as_str()) {
+                (Some(p), _) => assert!(!p.exists(), "run {i}: {} left behind", p.display()),
+                (None, "cgroup-v1") => panic!("run {i}: cgroup-v1 reported, none seen:\n{cgroup}"),
+                (None, _) => {}
+            }
+            // The work dir's lock comes free only once init's mount
+            // namespace is gone (reading its mounts then fails with EINVAL).
+            let work = std::fs::File::open(f.path().join("work")).unwrap();
+            flock(&work, FlockOperation::LockExclusive).unwrap();
+            assert!(
+                std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "run {i}: init was reaped: not left to exit (is it still in its cgroup?)"
+            );
+            let after = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"));
+            assert_eq!(
+                after.as_ref().map_err(|e| e.raw_os_error()),
+                Err(Some(libc::EINVAL)),
+                "run {i}: the work dir was free while the sandbox's mounts were still there"
+            );
+            if is_root() {
+                assert!(!work_dir_in_use(&f), "run {i}: the work dir was free while the overlay still held it");
+            }
+            drop(work);
+            // Init was left to exit (not reaped, its cgroup removed without
+            // waiting for it): this test is its parent and reaps it.
+            let reaped = rustix::process::waitpid(
+                rustix::process::Pid::from_raw(pid),
+                rustix::process::WaitOptions::empty(),
+            );
+            assert!(matches!(reaped, Ok(Some(_))), "run {i}: init was not left to exit: {reaped:?}");
+        }
+        assert_eq!(std::fs::read_to_string(f.upper().join("out")).unwrap(), "x\n".repeat(20));
+    }
+}
+
+/// As root: whether a mounted overlay still holds the fixture's area work
+/// dir. overlayfs marks its upper and work dirs in use while mounted, and
+/// refuses a mount with `index=on` over a dir so marked (EBUSY). The probe
+/// mounts in a mount namespace of its own, gone when it has exited.
+fn work_dir_in_use(f: &Fixture) -> bool {
+    let p = f.path().join("probe");
+    for d in ["lower", "upper", "mnt"] {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},index=on",
+        p.join("lower").display(),
+        p.join("upper").display(),
+        f.path().join("work").display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "mount",
+            "-t",
+            "overlay",
+            "probe",
+            "-o",
+            &opts,
+        ])
+        .arg(p.join("mnt"))
+        .output()
+        .expect("unshare (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    match out.status.success() {
+        true => false,
+        false if err.contains("busy") => true,
+        false => panic!("the probe mount failed otherwise: {err}"),
+    }
+}
