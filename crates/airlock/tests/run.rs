@@ -579,8 +579,8 @@ fn set_up_phases_are_timed_in_the_order_the_protocol_imposes() {
         ("limits_joined", "exec"),
         ("exec", "command_exited"),
         ("command_exited", "sandbox_empty"),
-        // the parent, in program order
-        ("ended", "reaped"),
+        // (the parent's last is `ended`: `airlock run` leaves init to exit
+        // and does not reap it)
         // messages between the processes
         ("clone", "cloned"),
         ("maps_written", "maps_received"),
