@@ -160,6 +160,15 @@ fn run_dirs(work: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Longest a run waits for a sandbox on its way out to give up the area's
+/// work dir (the unmount takes about 0.5 ms here) before it takes a run
+/// dir of its own.
+const UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Name of the file in the area's work dir naming the sandbox process that
+/// last held it (see [`RunWorkDir::record_holder`]).
+const HOLDER_FILE: &str = "airlock-holder";
+
 /// Name of the file in the area's work dir that every run of the area
 /// holds a shared `flock` on while it goes (see [`RunWorkDir::take`]).
 const RUNNING_FILE: &str = "airlock-running";
@@ -178,8 +187,9 @@ const RUNNING_FILE: &str = "airlock-running";
 /// a copy until its mounts are gone (see [`RunWorkDir::lock_fd`]). So each
 /// run also holds a shared lock on [`RUNNING_FILE`] while it goes, which
 /// tells the two cases apart: a run starting while the area's work dir is
-/// held, and no run going, waits for that unmount (moments) and takes the
-/// area's dir, rather than mounting beside an overlay on the way out.
+/// held, and no run going, waits for that unmount (moments; at most
+/// [`UNMOUNT_WAIT`]) and takes the area's dir, rather than mounting beside
+/// an overlay on its way out.
 #[derive(Debug)]
 pub struct RunWorkDir {
     dir: PathBuf,
@@ -205,25 +215,30 @@ impl RunWorkDir {
         // this too.
         flock(&running, Op::LockShared)?;
         let f = std::fs::File::open(work)?;
-        let mut held = flock(&f, Op::NonBlockingLockExclusive).is_err();
-        if held {
-            // If no other run goes (the conversion drops this run's shared
-            // lock first, so an exclusive one means nobody else has one),
-            // the holder is a sandbox whose overlay is being unmounted.
-            let ended = flock(&running, Op::NonBlockingLockExclusive).is_ok();
-            flock(&running, Op::LockShared)?;
-            if ended {
-                flock(&f, Op::LockExclusive)?;
-                held = false;
+        let deadline = std::time::Instant::now() + UNMOUNT_WAIT;
+        loop {
+            if flock(&f, Op::NonBlockingLockExclusive).is_ok() {
+                wait_for_holder(work, deadline);
+                return Ok(RunWorkDir {
+                    dir: work.to_path_buf(),
+                    area: work.to_path_buf(),
+                    lock: f,
+                    _running: running,
+                });
             }
-        }
-        if !held {
-            return Ok(RunWorkDir {
-                dir: work.to_path_buf(),
-                area: work.to_path_buf(),
-                lock: f,
-                _running: running,
-            });
+            // Held: by a run going, or by a sandbox whose overlay is being
+            // unmounted, which is worth waiting for. Nobody else goes if
+            // this run gets the exclusive lock (the conversion drops its
+            // shared one first, and gives nothing back when it fails).
+            let nobody_going = flock(&running, Op::NonBlockingLockExclusive).is_ok();
+            flock(&running, Op::LockShared)?;
+            // Looked at again and again rather than waited for: another
+            // run starting beside this one may take the dir first, and then
+            // hold it for as long as it goes.
+            if !nobody_going || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
         }
         let dir = fresh_name(work, RUN_PREFIX);
         std::fs::create_dir(&dir)?;
@@ -235,6 +250,25 @@ impl RunWorkDir {
             lock: f,
             _running: running,
         })
+    }
+
+    /// Record `pid` (`pidfd`), the sandbox process whose overlay uses this run's
+    /// work dir, when that is the area's own: the next run taking it waits
+    /// for that process to have exited, by when its mounts are gone. (Its
+    /// copy of the lock alone does not do: the kernel may release an
+    /// exiting process's descriptors before its last mount.) The process
+    /// is named by its pid and the inode of its pidfd, which is never
+    /// reused.
+    pub fn record_holder(
+        &self,
+        pid: i32,
+        pidfd: std::os::fd::BorrowedFd<'_>,
+    ) -> std::io::Result<()> {
+        if !self.holds_area() {
+            return Ok(());
+        }
+        let ino = rustix::fs::fstat(pidfd)?.st_ino;
+        std::fs::write(self.area.join(HOLDER_FILE), format!("{pid} {ino}\n"))
     }
 
     /// The descriptor holding the lock. A process that keeps a copy (the
@@ -273,6 +307,36 @@ impl RunWorkDir {
         }
         set_aside(&self.area, &self.dir)
     }
+}
+
+/// Wait, until `deadline` at most, for the process recorded by
+/// [`RunWorkDir::record_holder`] in the area's work dir `work` to exit.
+fn wait_for_holder(work: &Path, deadline: std::time::Instant) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let Ok(text) = std::fs::read_to_string(work.join(HOLDER_FILE)) else {
+        return;
+    };
+    let mut words = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    let (Some(Some(pid)), Some(Some(ino))) = (words.next(), words.next()) else {
+        return;
+    };
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    // Gone (ESRCH), or the pid is another process's now.
+    let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    if rustix::fs::fstat(&fd).map(|st| st.st_ino) != Ok(ino) {
+        return;
+    }
+    // A pidfd is readable once its process has exited.
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let timeout = rustix::event::Timespec::try_from(left).ok();
+    let _ = poll(&mut [PollFd::new(&fd, PollFlags::IN)], timeout.as_ref());
 }
 
 /// With the area's work dir `work` held by this run alone: close the work
@@ -422,6 +486,7 @@ mod tests {
 
     #[test]
     fn a_run_waits_for_a_sandbox_on_its_way_out_but_not_for_one_going() {
+        use rustix::fs::{flock, FlockOperation as Op};
         let t = tempfile::tempdir().unwrap();
         let work = t.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
@@ -453,5 +518,28 @@ mod tests {
             next.join().unwrap(),
             "did not get the area's work dir once free"
         );
+
+        // Waiting, it sees a run start and take the dir (here: a run's
+        // shared lock appears): it stops waiting, as that run may go on
+        // for long.
+        let sandbox = std::fs::File::open(&work).unwrap();
+        flock(&sandbox, Op::LockExclusive).unwrap();
+        let w = work.clone();
+        let next = std::thread::spawn(move || RunWorkDir::take(&w).unwrap().holds_area());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let going = std::fs::File::open(work.join(RUNNING_FILE)).unwrap();
+        flock(&going, Op::LockShared).unwrap();
+        assert!(
+            !next.join().unwrap(),
+            "took the area's dir while it was held"
+        );
+        drop(going);
+
+        // A holder that never lets go is waited for no longer than
+        // UNMOUNT_WAIT.
+        let t = std::time::Instant::now();
+        assert!(!RunWorkDir::take(&work).unwrap().holds_area());
+        assert!(t.elapsed() >= UNMOUNT_WAIT);
+        drop(sandbox);
     }
 }

@@ -765,8 +765,15 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "protected paths sent");
     }
 
-    // While the child builds its root: note what the upper dir holds
-    // (before the command can write to it), and make the run's cgroup.
+    // While the child builds its root: name it as the holder of the
+    // overlay's work dir (see RunWorkDir::record_holder), note what the
+    // upper dir holds (before the command can write to it), and make the
+    // run's cgroup.
+    if let (Some(rw), None) = (&run_work, &early_failure) {
+        if let Err(e) = rw.record_holder(pid, std::os::fd::AsFd::as_fd(&*pidfd)) {
+            tracing::debug!("recording the sandbox in {}: {e}", rw.area().display());
+        }
+    }
     let volatile = match &workspace {
         Some((_, WorkspaceMode::Staged { upper, .. })) if early_failure.is_none() => {
             Some(upper_state(upper))

@@ -174,13 +174,12 @@ sandbox_test! {
         // `finish_leaving` (what `airlock run` ends with) does not wait for
         // the kernel to tear the sandbox down. What it returns must still be
         // final: nothing of the command left, the run's cgroup gone, and the
-        // area's work dir held until the overlay is unmounted, so that the
-        // next run over the same area does not mount beside it. (What
-        // holds the lock, and the overlay's in-use mark, are looked at as
+        // area's work dir not given to the next run over the same area
+        // before the overlay is unmounted, so that it does not mount beside
+        // it. (What holds the lock, and the overlay's in-use mark, are looked at as
         // root only: init is non-dumpable, and the probe mounts with
         // index=on, which a user namespace cannot. The rest runs as nobody
         // too.)
-        use rustix::fs::{flock, FlockOperation};
         let f = Fixture::new();
         let m = marker("left");
         // The command waits on a fifo (granted read, outside the overlay,
@@ -205,10 +204,9 @@ sandbox_test! {
                 .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("airlock-")));
             if is_root() {
                 assert!(work_dir_in_use(&f), "run {i}: the probe does not see the running overlay");
-                // What keeps the lock until then: init's own descriptor of
-                // the work dir (an exiting process's descriptors are
-                // released after its namespaces). Root may look, init being
-                // non-dumpable.
+                // Init holds the work dir's lock as long as it lives, so a
+                // run starting meanwhile sees it held. Root may look, init
+                // being non-dumpable.
                 let work = f.path().join("work");
                 let held = std::fs::read_dir(format!("/proc/{pid}/fd"))
                     .unwrap()
@@ -239,24 +237,27 @@ sandbox_test! {
                 (None, "cgroup-v1") => panic!("run {i}: cgroup-v1 reported, none seen:\n{cgroup}"),
                 (None, _) => {}
             }
-            // The work dir's lock comes free only once init's mount
-            // namespace is gone (reading its mounts then fails with EINVAL).
-            let work = std::fs::File::open(f.path().join("work")).unwrap();
-            flock(&work, FlockOperation::LockExclusive).unwrap();
             assert!(
                 std::path::Path::new(&format!("/proc/{pid}")).exists(),
                 "run {i}: init was reaped: not left to exit (is it still in its cgroup?)"
             );
-            let after = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"));
-            assert_eq!(
-                after.as_ref().map_err(|e| e.raw_os_error()),
-                Err(Some(libc::EINVAL)),
-                "run {i}: the work dir was free while the sandbox's mounts were still there"
+            // The next run over the area takes its work dir only once init
+            // has exited, by when the overlay is unmounted.
+            let next = airlock_fs::RunWorkDir::take(&f.path().join("work")).unwrap();
+            assert!(next.holds_area(), "run {i}: the next run did not get the area's work dir");
+            use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+            let exited = waitid(
+                WaitId::Pid(Pid::from_raw(pid).unwrap()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+            );
+            assert!(
+                matches!(exited, Ok(Some(_))),
+                "run {i}: the work dir was taken before the sandbox had exited: {exited:?}"
             );
             if is_root() {
-                assert!(!work_dir_in_use(&f), "run {i}: the work dir was free while the overlay still held it");
+                assert!(!work_dir_in_use(&f), "run {i}: the work dir was taken while the overlay still held it");
             }
-            drop(work);
+            drop(next);
             // Init was left to exit (not reaped, its cgroup removed without
             // waiting for it): this test is its parent and reaps it.
             let reaped = rustix::process::waitpid(
