@@ -1775,9 +1775,10 @@ impl Ended {
     ///
     /// - Init left the run's cgroup before it reported, so the cgroup is
     ///   removed now.
-    /// - Init holds the overlay work dir's lock until its mounts are gone
-    ///   (see `ChildPlan::work_lock`), so a later run over the same area
-    ///   waits for that instead of mounting beside this run's overlay.
+    /// - Init holds the overlay work dir's lock until it exits, and is named
+    ///   as its holder (see `airlock_fs::RunWorkDir`), so a later run over
+    ///   the same area waits for that exit, by when the overlay is
+    ///   unmounted, instead of mounting beside it.
     /// - Init, already exiting, is reaped by whoever adopts it once the
     ///   caller has exited: its subreaper, or pid 1.
     ///

@@ -42,9 +42,9 @@
 //! When the command exits, init kills and reaps every other process in its
 //! pid namespace, leaves the run's cgroup (v1), then reports the command's
 //! wait status and what the processes used, and exits. It holds the staged
-//! overlay work dir's lock until then, and an exiting process's descriptors
-//! are released only after its namespaces, so the lock comes free only
-//! once the overlay is unmounted. [`Running::wait`] polls that status
+//! overlay work dir's lock until then, and the next run over the same area
+//! waits for it to have exited (see `airlock_fs::RunWorkDir`), by when its
+//! overlay is unmounted. [`Running::wait`] polls that status
 //! pipe, the pidfd, the seccomp listener (answering and counting blocked
 //! calls) and, with [`Running::wait_forwarding`], a signalfd; it enforces
 //! the timeout and the disk cap and builds the [`Outcome`]. With

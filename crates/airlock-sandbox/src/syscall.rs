@@ -285,10 +285,9 @@ pub(crate) struct ChildPlan {
     pub status_wr: RawFd,
     /// The lock on the staged overlay's work dir (see
     /// `airlock_fs::RunWorkDir`), or -1. Init keeps it open until it
-    /// exits: an exiting process's descriptors are released only after its
-    /// namespaces (and so the overlay mounted in them) are gone, so a later
-    /// run over the same area can never mount beside this run's overlay,
-    /// even when the parent has not waited for init.
+    /// exits, so that a run starting while this one's overlay may still be
+    /// mounted finds the work dir held, even when the parent has not
+    /// waited for init.
     pub work_lock: RawFd,
     /// (uid, gid) to switch to inside, when started as root.
     pub setid: Option<(u32, u32)>,
