@@ -178,3 +178,27 @@ sandbox_test! {
         assert!(processes_with(&m).is_empty(), "the sandbox survived its Running handle");
     }
 }
+
+sandbox_test! {
+    fn the_command_cannot_leave_its_cgroup() {
+        // Init gets the parent cgroups' `tasks` files to leave the run's
+        // cgroup by once the sandbox is empty. The command must never hold
+        // them: writing `0` there would take it out of its limits.
+        let f = Fixture::new();
+        let mut s = f.sh(
+            "for n in $(seq 3 63); do [ -e /proc/self/fd/$n ] && { echo 0 > /proc/self/fd/$n; } 2>/dev/null; done; \
+             sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup",
+        );
+        s.limits.pids = Some(64);
+        let Some(o) = try_run(&s) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        if o.report.limits_mechanism == "cgroup-v1" {
+            let path = stdout(&o);
+            assert!(
+                path.trim().starts_with("/airlock-"),
+                "the command left the run's cgroup: {path:?}"
+            );
+        }
+        mechanism_is_reported(&o);
+    }
+}
