@@ -510,7 +510,7 @@ mod tests {
         assert!(!b.holds_area());
         drop(b);
         // Its sandbox keeps the area's lock after the run is over (a copy
-        // of the descriptor), until its overlay is unmounted.
+        // of the descriptor), until it exits.
         let sandbox = a.lock_fd().try_clone_to_owned().unwrap();
         drop(a);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -520,7 +520,8 @@ mod tests {
             tx.send(()).unwrap();
             c.holds_area()
         });
-        // It waits for that rather than mounting beside the overlay.
+        // The next run waits for that rather than mounting beside the
+        // overlay.
         let waited = rx.recv_timeout(std::time::Duration::from_millis(300));
         assert!(
             waited.is_err(),
