@@ -188,8 +188,8 @@ const RUNNING_FILE: &str = "airlock-running";
 /// run` does not wait for the kernel to tear the sandbox down. Its init
 /// keeps a copy of the work dir's lock (see [`RunWorkDir::lock_fd`]), and
 /// the run names it ([`RunWorkDir::record_holder`]); a run taking the
-/// area's work dir waits for that process to have exited, by when its
-/// mounts are gone (moments; at most [`UNMOUNT_WAIT`]). Each run also
+/// area's work dir waits for that process to have exited (moments; at
+/// most [`UNMOUNT_WAIT`]). Each run also
 /// holds a shared lock on [`RUNNING_FILE`] while it goes, which tells a
 /// run finding the area's work dir held whether a run goes (then it takes
 /// a run dir) or only a sandbox on its way out holds it (then it waits and
@@ -259,11 +259,12 @@ impl RunWorkDir {
 
     /// Record `pid` (`pidfd`), the sandbox process whose overlay uses this
     /// run's work dir, when that is the area's own: the next run taking it
-    /// waits for that process to have exited, by when its mounts are gone.
-    /// (Its copy of the lock alone does not do: probed, the overlay was
-    /// still mounted just after the lock came free in 2–3 % of runs.) The
-    /// process is named by its pid and the inode of its pidfd, which is
-    /// never reused.
+    /// waits for that process to have exited. (Its copy of the lock alone
+    /// does not do: probed, the overlay was still mounted just after the
+    /// lock came free in 2–3 % of runs, and never once the process had
+    /// exited; the kernel does not promise even that, see
+    /// `docs/sandbox.md`.) The process is named by its pid and the inode
+    /// of its pidfd, which is never reused.
     pub fn record_holder(
         &self,
         pid: i32,

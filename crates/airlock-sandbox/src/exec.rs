@@ -1777,8 +1777,8 @@ impl Ended {
     ///   removed now.
     /// - Init holds the overlay work dir's lock until it exits, and is named
     ///   as its holder (see `airlock_fs::RunWorkDir`), so a later run over
-    ///   the same area waits for that exit, by when the overlay is
-    ///   unmounted, instead of mounting beside it.
+    ///   the same area waits for that exit (by when, in every probe here,
+    ///   the overlay was unmounted) instead of mounting beside it.
     /// - Init, already exiting, is reaped by whoever adopts it once the
     ///   caller has exited: its subreaper, or pid 1.
     ///

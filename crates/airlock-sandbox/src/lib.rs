@@ -44,8 +44,8 @@
 //! wait status and what the processes used, and exits. It holds the staged
 //! overlay work dir's lock until then, and the next run over the same area
 //! waits for it to have exited (see `airlock_fs::RunWorkDir`), by when its
-//! overlay is unmounted. [`Running::wait`] polls that status
-//! pipe, the pidfd, the seccomp listener (answering and counting blocked
+//! overlay was unmounted in every probe here. [`Running::wait`] polls that
+//! status pipe, the pidfd, the seccomp listener (answering and counting blocked
 //! calls) and, with [`Running::wait_forwarding`], a signalfd; it enforces
 //! the timeout and the disk cap and builds the [`Outcome`]. With
 //! [`Running::end_forwarding`] the caller gets the outcome as an [`Ended`]
