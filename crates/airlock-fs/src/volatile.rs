@@ -189,8 +189,8 @@ const RUNNING_FILE: &str = "airlock-running";
 /// keeps a copy of the work dir's lock (see [`RunWorkDir::lock_fd`]), and
 /// the run names it ([`RunWorkDir::record_holder`]); a run taking the
 /// area's work dir waits for that process to have exited (moments; at
-/// most [`UNMOUNT_WAIT`]). Each run also
-/// holds a shared lock on [`RUNNING_FILE`] while it goes, which tells a
+/// most `UNMOUNT_WAIT`, 1 s). Each run also
+/// holds a shared lock on `work/airlock-running` while it goes, which tells a
 /// run finding the area's work dir held whether a run goes (then it takes
 /// a run dir) or only a sandbox on its way out holds it (then it waits and
 /// takes the area's), rather than mounting beside an overlay on its way
