@@ -35,6 +35,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v cc >/dev/null || need+=(gcc)
 command -v python3 >/dev/null || need+=(python3)
 [ -x /usr/bin/python3 ] || need+=(python3)
+# a workspace on a filesystem that refuses idmapped mounts (tests/run.rs)
+command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+command -v squashfuse >/dev/null || need+=(squashfuse)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

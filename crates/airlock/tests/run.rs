@@ -598,3 +598,84 @@ fn set_up_phases_are_timed_in_the_order_the_protocol_imposes() {
         assert!(x <= y, "{a}={x} after {b}={y}: {line}");
     }
 }
+
+/// A FUSE mount of a squashfs image, unmounted when dropped (its server
+/// exits with it).
+struct FuseMount(PathBuf);
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_root_owned_workspace_that_cannot_be_idmapped_is_staged_without_it() {
+    // Started as root, the sandbox runs as nobody and sees a root-owned
+    // staged workspace through an idmapped clone, on which root's files
+    // are nobody's. A filesystem may refuse idmapped mounts: here a FUSE
+    // one (squashfuse, whose server does not offer them). The run then
+    // goes on without the idmap and says so: the sandbox user reads what
+    // it may and creates new files (the overlay's upper dir is its own),
+    // but cannot change root's.
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("SKIPPED: a root-owned workspace is idmapped only for a root caller, and the FUSE mount needs root");
+        return;
+    }
+    for tool in ["mksquashfs", "squashfuse"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!("SKIPPED: {tool} is not installed (Debian: squashfs-tools, squashfuse)");
+            return;
+        }
+    }
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let img = e.dir.path().join("ws.sqfs");
+    let made = Command::new("mksquashfs")
+        .arg(e.ws())
+        .arg(&img)
+        .args(["-quiet", "-noappend", "-all-root"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let mounted = Command::new("squashfuse")
+        .args(["-o", "allow_other"])
+        .arg(&img)
+        .arg(e.ws())
+        .output()
+        .unwrap();
+    assert!(mounted.status.success(), "{}", text(&mounted.stderr));
+    let _mount = FuseMount(e.ws());
+    assert_eq!(std::fs::metadata(e.ws().join("a.txt")).unwrap().uid(), 0);
+
+    let o = e.run(&[
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat a.txt; echo new > n.txt && echo CREATED; if echo more >> a.txt; then echo MODIFIED; fi; true",
+    ]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("cannot idmap the root-owned workspace"),
+        "{err}"
+    );
+    assert!(out.contains("original"), "{out}\n{err}");
+    assert!(out.contains("CREATED"), "{out}\n{err}");
+    assert!(
+        !out.contains("MODIFIED"),
+        "root's file changed: {out}\n{err}"
+    );
+    assert!(
+        err.contains("1 change(s) staged") && err.contains("(1 added, 0 modified"),
+        "{err}"
+    );
+}
