@@ -599,13 +599,58 @@ fn set_up_phases_are_timed_in_the_order_the_protocol_imposes() {
     }
 }
 
-/// A FUSE mount of a squashfs image, unmounted when dropped (its server
-/// exits with it).
-struct FuseMount(PathBuf);
+/// A FUSE mount of a squashfs image, served by a `squashfuse` in the
+/// foreground; unmounted when dropped, and its server reaped.
+struct FuseMount {
+    at: PathBuf,
+    server: std::process::Child,
+}
+
+impl FuseMount {
+    fn new(img: &Path, at: &Path) -> FuseMount {
+        let server = Command::new("squashfuse")
+            .args(["-f", "-o", "allow_other"])
+            .arg(img)
+            .arg(at)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = FuseMount {
+            at: at.to_path_buf(),
+            server,
+        };
+        let listed = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(4) == at.to_str() && l.contains(" - fuse"))
+        };
+        let t = std::time::Instant::now();
+        while !listed() {
+            assert!(
+                t.elapsed().as_secs() < 10,
+                "squashfuse did not mount {}",
+                at.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        m
+    }
+}
 
 impl Drop for FuseMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = Command::new("umount").arg(&self.at).status();
+        // Unmounted, the server exits; if not, it is killed.
+        let t = std::time::Instant::now();
+        while !matches!(self.server.try_wait(), Ok(Some(_))) {
+            if t.elapsed().as_secs() >= 5 {
+                let _ = self.server.kill();
+                let _ = self.server.wait();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
@@ -645,14 +690,7 @@ fn a_root_owned_workspace_that_cannot_be_idmapped_is_staged_without_it() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", text(&made.stderr));
-    let mounted = Command::new("squashfuse")
-        .args(["-o", "allow_other"])
-        .arg(&img)
-        .arg(e.ws())
-        .output()
-        .unwrap();
-    assert!(mounted.status.success(), "{}", text(&mounted.stderr));
-    let _mount = FuseMount(e.ws());
+    let _mount = FuseMount::new(&img, &e.ws());
     assert_eq!(std::fs::metadata(e.ws().join("a.txt")).unwrap().uid(), 0);
 
     let o = e.run(&[
