@@ -252,16 +252,11 @@ impl RunCgroup {
         if self.mechanism != Mechanism::CgroupV1 {
             return Ok(None);
         }
-        let mut v = vec![];
-        for d in self.dirs() {
-            let p = d.join("tasks");
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .map_err(|e| format!("open {}: {e}", p.display()))?;
-            v.push(f);
-        }
-        Ok(Some(v))
+        self.dirs()
+            .into_iter()
+            .map(|d| open_tasks(d))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// For cgroup v1: the parent cgroups' `tasks` files, opened for
@@ -272,19 +267,15 @@ impl RunCgroup {
         if self.mechanism != Mechanism::CgroupV1 {
             return Ok(vec![]);
         }
-        let mut v = vec![];
-        for d in self.dirs() {
-            let p = d
-                .parent()
-                .ok_or_else(|| format!("{} has no parent", d.display()))?
-                .join("tasks");
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .map_err(|e| format!("open {}: {e}", p.display()))?;
-            v.push(f);
-        }
-        Ok(v)
+        self.dirs()
+            .into_iter()
+            .map(|d| {
+                let parent = d
+                    .parent()
+                    .ok_or_else(|| format!("{} has no parent", d.display()))?;
+                open_tasks(parent)
+            })
+            .collect()
     }
 
     /// Remove the cgroup(s) if nothing is in them any more, trying each
@@ -296,11 +287,7 @@ impl RunCgroup {
         }
         let mut all = true;
         for d in self.dirs() {
-            match fs::remove_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(_) => all = false,
-            }
+            all &= remove_cgroup_dir(d).is_ok();
         }
         self.removed = all;
         all
@@ -371,12 +358,8 @@ impl RunCgroup {
         for d in self.dirs().into_iter().cloned().collect::<Vec<_>>() {
             let mut ok = false;
             for i in 0..200 {
-                match fs::remove_dir(&d) {
+                match remove_cgroup_dir(&d) {
                     Ok(()) => {
-                        ok = true;
-                        break;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         ok = true;
                         break;
                     }
@@ -399,6 +382,24 @@ impl RunCgroup {
         } else {
             Err(last)
         }
+    }
+}
+
+/// A cgroup's `tasks` file in `dir`, opened for writing (cgroup v1: a
+/// thread writing `0` there moves itself into that cgroup).
+fn open_tasks(dir: &Path) -> Result<fs::File, String> {
+    let p = dir.join("tasks");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .map_err(|e| format!("open {}: {e}", p.display()))
+}
+
+/// `rmdir` a cgroup; one already gone counts as removed.
+fn remove_cgroup_dir(d: &Path) -> std::io::Result<()> {
+    match fs::remove_dir(d) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 
