@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -770,7 +770,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     // upper dir holds (before the command can write to it), and make the
     // run's cgroup.
     if let (Some(rw), None) = (&run_work, &early_failure) {
-        if let Err(e) = rw.record_holder(pid, std::os::fd::AsFd::as_fd(&*pidfd)) {
+        if let Err(e) = rw.record_holder(pid, pidfd.as_fd()) {
             tracing::debug!("recording the sandbox in {}: {e}", rw.area().display());
         }
     }

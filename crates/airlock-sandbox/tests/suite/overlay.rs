@@ -176,10 +176,10 @@ sandbox_test! {
         // final: nothing of the command left, the run's cgroup gone, and the
         // area's work dir not given to the next run over the same area
         // before the overlay is unmounted, so that it does not mount beside
-        // it. (What holds the lock, and the overlay's in-use mark, are looked at as
-        // root only: init is non-dumpable, and the probe mounts with
-        // index=on, which a user namespace cannot. The rest runs as nobody
-        // too.)
+        // it. (What holds the lock, and the overlay's in-use mark, are
+        // looked at as root only: init is non-dumpable, and the probe asks
+        // for a mount with index=on, which a user namespace cannot. The
+        // rest runs as nobody too.)
         let f = Fixture::new();
         let m = marker("left");
         // The command waits on a fifo (granted read, outside the overlay,
