@@ -39,6 +39,27 @@ impl Signaller {
     }
 }
 
+/// Signals held back from this process and forwarded to a sandbox's
+/// command. Take it *before* [`spawn`]: from then on the signals are
+/// blocked in the calling thread (and in any thread it starts), so one that
+/// arrives while the sandbox starts, or between [`spawn`] and the wait, is
+/// kept pending and forwarded then instead of acting on this process. The
+/// sandbox's init and command do not inherit the mask. Dropping it discards
+/// what is still pending and restores the mask.
+pub struct ForwardedSignals {
+    tap: syscall::SignalTap,
+}
+
+impl ForwardedSignals {
+    /// Block `signals` (e.g. SIGINT, SIGTERM) in the calling thread, which
+    /// should be the one that waits for the sandbox.
+    pub fn block(signals: &[i32]) -> Result<ForwardedSignals, SandboxError> {
+        let tap = syscall::SignalTap::new(signals)
+            .map_err(|e| SandboxError::io("blocking signals", e))?;
+        Ok(ForwardedSignals { tap })
+    }
+}
+
 /// A started sandbox.
 pub struct Running {
     pid: i32,
@@ -1462,11 +1483,11 @@ impl Running {
         Ok(self.end(None)?.finish())
     }
 
-    /// Like [`Running::wait`], and forward `signals` (e.g. SIGINT, SIGTERM)
-    /// received by this process to the command instead of letting them act
-    /// on the caller. They are blocked in the calling thread meanwhile (so
-    /// call it from the thread that would receive them, e.g. the only one).
-    pub fn wait_forwarding(self, signals: &[i32]) -> Result<Outcome, SandboxError> {
+    /// Like [`Running::wait`], and forward the `signals` received by this
+    /// process (those pending since they were blocked included) to the
+    /// command instead of letting them act on the caller. Call it from the
+    /// thread that blocked them.
+    pub fn wait_forwarding(self, signals: &ForwardedSignals) -> Result<Outcome, SandboxError> {
         Ok(self.end_forwarding(signals)?.finish())
     }
 
@@ -1477,10 +1498,8 @@ impl Running {
     /// nothing from the sandbox, such as listing the staged changes, can
     /// run meanwhile; [`Ended::finish`] (or dropping the [`Ended`]) then
     /// waits for the teardown and cleans up.
-    pub fn end_forwarding(self, signals: &[i32]) -> Result<Ended, SandboxError> {
-        let tap = syscall::SignalTap::new(signals)
-            .map_err(|e| SandboxError::io("blocking signals", e))?;
-        self.end(Some(&tap))
+    pub fn end_forwarding(self, signals: &ForwardedSignals) -> Result<Ended, SandboxError> {
+        self.end(Some(&signals.tap))
     }
 
     fn end(mut self, tap: Option<&syscall::SignalTap>) -> Result<Ended, SandboxError> {

@@ -46,7 +46,8 @@
 //! waits for it to have exited (see `airlock_fs::RunWorkDir`), by when its
 //! overlay was unmounted in every probe here. [`Running::wait`] polls that
 //! status pipe, the pidfd, the seccomp listener (answering and counting blocked
-//! calls) and, with [`Running::wait_forwarding`], a signalfd; it enforces
+//! calls) and, with [`Running::wait_forwarding`], a signalfd (for the
+//! [`ForwardedSignals`] blocked before [`spawn`]); it enforces
 //! the timeout and the disk cap and builds the [`Outcome`]. With
 //! [`Running::end_forwarding`] the caller gets the outcome as an [`Ended`]
 //! as soon as the report is read, and can do its own work while the kernel
@@ -104,7 +105,7 @@ pub mod seccomp;
 mod syscall;
 
 pub use env::scrub_env;
-pub use exec::{run, spawn, Ended, Running, Signaller};
+pub use exec::{run, spawn, Ended, ForwardedSignals, Running, Signaller};
 pub use probe::{probe, Check, Probe};
 pub use profile::Profile;
 pub use syscall::{default_sigpipe, peer_pidfd};

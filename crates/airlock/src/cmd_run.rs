@@ -348,18 +348,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     spec.cwd = if visible(&cwd_c) { cwd_c } else { ws.clone() };
 
+    // Ctrl-C and friends go to the command (which may handle them), not to
+    // us. They are held back from here on, so one that comes while the
+    // sandbox starts, or once the command runs but before the wait below, is
+    // forwarded then rather than killing this process and, with it, the
+    // sandbox. They stay held back until this function returns: a commit is
+    // never cut short.
+    let forwarded = airlock_sandbox::ForwardedSignals::block(&FORWARDED)?;
     let running = airlock_sandbox::spawn(&spec)?;
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox started");
     for (layer, why) in &running.report().degraded {
         eprintln!("airlock: degraded: running without full {layer}: {why}");
     }
-    // Ctrl-C and friends go to the command (which may handle them), not to us.
     // The staged changes are listed (and committed) while the kernel tears
     // the sandbox down: nothing of it runs any more. At the end, this
     // process, about to exit, leaves the rest of the teardown to the kernel
     // (see Ended::finish_leaving); dropping `ended` on any other way out of
     // this function waits for the teardown and cleans up.
-    let ended = running.end_forwarding(&FORWARDED)?;
+    let ended = running.end_forwarding(&forwarded)?;
     let outcome = ended.outcome();
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "sandbox ended");
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use airlock_sandbox::ExitKind;
+use airlock_sandbox::{ExitKind, ForwardedSignals};
 
 use crate::common::*;
 
@@ -53,7 +53,7 @@ sandbox_test! {
              sleep 0.2; exit 5"
         ));
         let Some(r) = try_spawn(&s) else { return };
-        let ended = r.end_forwarding(&[]).unwrap();
+        let ended = r.end_forwarding(&ForwardedSignals::block(&[]).unwrap()).unwrap();
         // A writer still alive now would go on appending while the kernel
         // tears the sandbox down.
         let tick = f.upper().join("tick");

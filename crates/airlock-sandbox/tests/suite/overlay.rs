@@ -1,4 +1,4 @@
-use airlock_sandbox::{ExitKind, WorkspaceMode};
+use airlock_sandbox::{ExitKind, ForwardedSignals, WorkspaceMode};
 
 use crate::common::*;
 
@@ -229,7 +229,7 @@ sandbox_test! {
             };
             std::io::Write::write_all(&mut w, b"go\n").unwrap();
             drop(w);
-            let o = r.end_forwarding(&[]).unwrap().finish_leaving();
+            let o = r.end_forwarding(&ForwardedSignals::block(&[]).unwrap()).unwrap().finish_leaving();
             assert_eq!(o.status, ExitKind::Exited(3), "{}", stderr(&o));
             assert!(processes_with(&m).is_empty(), "run {i}: a process outlived the run");
             match (&pids_cgroup, o.report.limits_mechanism.as_str()) {
