@@ -1000,6 +1000,11 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     if let Some(rw) = &run_work {
         airlock_fs::sweep_closed(rw.area());
     }
+    // Likewise the cgroups of earlier runs that were killed before they
+    // could remove them.
+    if let Some(cg) = &cgroup {
+        cg.sweep_stale_siblings();
+    }
     Ok(Running {
         pid,
         pidfd,

@@ -385,6 +385,63 @@ impl RunCgroup {
     }
 }
 
+/// How old an earlier run's empty cgroup must be before another run removes
+/// it. Its owner's pid is gone by then too; the age only guards against a
+/// process of another pid namespace sharing the parent cgroup, whose run's
+/// cgroup is empty for a moment between its creation and init joining it.
+pub const STALE_CGROUP_AGE: Duration = Duration::from_secs(10);
+
+/// The pid in a run cgroup's name (`airlock-<pid>-<n>`, see
+/// [`RunCgroup::create`]), or `None` for any other name.
+fn run_cgroup_owner(name: &str) -> Option<i32> {
+    let (pid, n) = name.strip_prefix("airlock-")?.split_once('-')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+impl RunCgroup {
+    /// Remove the cgroups that runs left behind when their process was
+    /// killed before it could remove them (SIGKILL, the OOM killer): every
+    /// sibling named `airlock-<pid>-<n>` whose process is gone, that is
+    /// empty (the kernel refuses to remove one that is not) and that is at
+    /// least [`STALE_CGROUP_AGE`] old. Returns how many were removed.
+    pub fn sweep_stale_siblings(&self) -> usize {
+        let mut removed = 0;
+        let parents: Vec<&Path> = self.dirs().into_iter().filter_map(|d| d.parent()).collect();
+        for parent in parents {
+            let Ok(entries) = fs::read_dir(parent) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name.to_str().and_then(run_cgroup_owner) else {
+                    continue;
+                };
+                let gone = rustix::process::Pid::from_raw(pid).is_some_and(|p| {
+                    rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)
+                });
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= STALE_CGROUP_AGE);
+                if gone && old && fs::remove_dir(e.path()).is_ok() {
+                    tracing::info!(
+                        "removed {}, left by a run that was killed",
+                        e.path().display()
+                    );
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
 /// A cgroup's `tasks` file in `dir`, opened for writing (cgroup v1: a
 /// thread writing `0` there moves itself into that cgroup).
 fn open_tasks(dir: &Path) -> Result<fs::File, String> {
@@ -633,5 +690,85 @@ mod tests {
         assert!(!st.oom_killed && !st.pids_hit);
         cg.remove().expect("remove");
         assert!(dirs.iter().all(|d| !d.exists()));
+    }
+
+    #[test]
+    fn run_cgroup_names_give_their_owner() {
+        assert_eq!(run_cgroup_owner("airlock-1234-0"), Some(1234));
+        assert_eq!(run_cgroup_owner("airlock-1234-17"), Some(1234));
+        for other in [
+            "airlock-test-1234",
+            "airlock-1234",
+            "airlock-1234-",
+            "airlock--0",
+            "airlock-0-0",
+            "airlock-12a-0",
+            "airlock-1234-0-1",
+            "airlock-+12-0",
+            "memory.limit_in_bytes",
+            "user.slice",
+        ] {
+            assert_eq!(run_cgroup_owner(other), None, "{other}");
+        }
+    }
+
+    /// A child process killed and reaped on drop.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// What a run killed before its clean-up leaves (an empty cgroup named
+    /// after a pid that is gone) is removed by the next run; nothing that
+    /// may still be in use is.
+    #[test]
+    fn cgroups_of_killed_runs_are_swept_when_root() {
+        if detect() == Mechanism::Rlimit {
+            eprintln!("SKIPPED: no writable cgroup here (not root or not delegated)");
+            return;
+        }
+        let l = Limits::default();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        let live = Child(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        );
+        let live_pid = live.0.id();
+        let tag = std::process::id();
+        let make = |pid: u32, n: u32, age: u64| {
+            let cg = RunCgroup::create(&format!("{pid}-{tag}{n}"), &l).expect("create");
+            for d in cg.dirs() {
+                let then = std::time::SystemTime::now() - Duration::from_secs(age);
+                fs::File::open(d).unwrap().set_modified(then).unwrap();
+            }
+            let dirs: Vec<PathBuf> = cg.dirs().into_iter().cloned().collect();
+            (cg, dirs)
+        };
+        let old = STALE_CGROUP_AGE.as_secs() + 5;
+        let (_stale, stale) = make(gone_pid, 1, old);
+        let (_fresh, fresh) = make(gone_pid, 2, 0);
+        let (_owned, owned) = make(live_pid, 3, old);
+        let (busy_cg, busy) = make(gone_pid, 4, old);
+        busy_cg.add(live_pid as i32).expect("move a process in");
+
+        let sweeper = RunCgroup::create(&format!("test-sweep-{tag}"), &l).expect("create");
+        let removed = sweeper.sweep_stale_siblings();
+        assert!(stale.iter().all(|d| !d.exists()), "{stale:?} left");
+        assert!(removed >= stale.len(), "{removed} removed");
+        for (what, dirs) in [
+            ("a cgroup younger than the stale age", &fresh),
+            ("a cgroup whose owner lives", &owned),
+            ("a cgroup with a process in it", &busy),
+        ] {
+            assert!(dirs.iter().all(|d| d.exists()), "{what} was removed");
+        }
+        assert!(sweeper.dirs().iter().all(|d| d.exists()));
     }
 }

@@ -358,13 +358,40 @@ fn doctor_reports_every_layer() {
     );
 }
 
+/// Wait until the command of `airlock run` (the `child`) has staged a file
+/// named `name` in the workspace; the child is killed and the test fails if
+/// it ends first or takes a minute.
+fn wait_until_staged(e: &Env, mut child: std::process::Child, name: &str) -> std::process::Child {
+    let staging = e.dir.path().join("state/airlock/staging");
+    let staged = || {
+        std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|a| a.path().join("upper").join(name).exists())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !staged() {
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the sandboxed command never staged {name}: {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
+}
+
 #[test]
 fn ctrl_c_reaches_the_command() {
     let e = Env::new();
     if !sandbox_works(&e) {
         return;
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+    let child = Command::new(env!("CARGO_BIN_EXE_airlock"))
         .args([
             "run",
             "--",
@@ -382,32 +409,110 @@ fn ctrl_c_reaches_the_command() {
         .spawn()
         .unwrap();
     // The trap is set once `ready` is staged.
-    let staging = e.dir.path().join("state/airlock/staging");
-    let ready = || {
-        std::fs::read_dir(&staging)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|a| a.path().join("upper/ready").exists())
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ready() {
-        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the sandboxed command never got ready: {}",
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let child = wait_until_staged(&e, child, "ready");
     // What a terminal's Ctrl-C does to the foreground job: SIGINT to airlock.
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "got-int\n");
+}
+
+/// The cgroup directories of the run made by the front whose pid is `pid`:
+/// `airlock-<pid>-0` under this process's own v1 memory and pids cgroups or
+/// its v2 cgroup, those that exist.
+fn run_cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let leaf = format!("airlock-{pid}-0");
+    let mut dirs = vec![];
+    for line in own.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let bases: &[&str] = match ctrl {
+            "memory" => &["/sys/fs/cgroup/memory"],
+            "pids" => &["/sys/fs/cgroup/pids"],
+            "" => &["/sys/fs/cgroup", "/sys/fs/cgroup/unified"],
+            _ => &[],
+        };
+        for b in bases {
+            let d = Path::new(b).join(path.trim_start_matches('/')).join(&leaf);
+            if d.is_dir() {
+                dirs.push(d);
+            }
+        }
+    }
+    dirs
+}
+
+/// Removes the cgroup directories a failed test would leave.
+struct CgroupDirs(Vec<PathBuf>);
+impl Drop for CgroupDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// An `airlock run` killed outright (SIGKILL: no chance to clean up) leaves
+/// its cgroup behind, empty; the next run removes it once it is old enough
+/// that no run can be about to join it.
+#[test]
+fn a_killed_runs_cgroup_is_removed_by_the_next_run() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_airlock"));
+    let child = e
+        .command(bin)
+        .args(["run", "--pids", "64", "--", "/bin/sh", "-c"])
+        .arg("touch ready; exec sleep 60")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = wait_until_staged(&e, child, "ready");
+    let dirs = CgroupDirs(run_cgroup_dirs(child.id()));
+    if dirs.0.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("SKIPPED: no cgroup is made for a run here (its limits are rlimits)");
+        return;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The sandbox goes with the front; its cgroup stays.
+    let members = |d: &Path| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dirs.0.iter().any(|d| !members(d).trim().is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed run's sandbox is still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for d in &dirs.0 {
+        assert!(d.is_dir(), "{} was removed by the killed run", d.display());
+    }
+    // A fresh cgroup is spared; this one is made a minute old.
+    let out = e.run(&["run", "--pids", "64", "--", "/bin/true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        dirs.0.iter().all(|d| d.is_dir()),
+        "a young cgroup was removed"
+    );
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for d in &dirs.0 {
+        std::fs::File::open(d).unwrap().set_modified(then).unwrap();
+    }
+    let out = e.run(&["run", "--pids", "64", "--", "/bin/true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for d in &dirs.0 {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
 }
 
 /// `airlock` runs `airlock run` on its own and hands every other command,
