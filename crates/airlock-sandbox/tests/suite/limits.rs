@@ -72,6 +72,42 @@ sandbox_test! {
 }
 
 sandbox_test! {
+    fn a_signal_that_comes_before_the_wait_reaches_the_command() {
+        // Blocked before the sandbox starts, a signal that comes once the
+        // command runs but before its caller waits (`airlock run`: a
+        // Ctrl-C while it prints a warning) is forwarded when it waits,
+        // instead of acting on the caller.
+        let f = Fixture::new();
+        let s = f.sh("trap 'echo got-usr1; exit 7' USR1; touch ready; while :; do sleep 0.05; done");
+        let held = ForwardedSignals::block(&[libc::SIGUSR1]).unwrap();
+        let Some(r) = try_spawn(&s) else { return };
+        // The trap is set once `ready` is staged.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !f.upper().join("ready").exists() {
+            assert!(std::time::Instant::now() < deadline, "the command never got ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // To this thread only (a pidfd of the thread, Linux 6.9+): the test
+        // harness's other threads do not block the signal.
+        let tid = rustix::thread::gettid();
+        let thread = rustix::process::PidfdFlags::from_bits_retain(libc::O_EXCL as u32);
+        let me = match rustix::process::pidfd_open(tid, thread) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("SKIPPED: [{}] no pidfd of a thread to signal it alone (Linux 6.9+): {e}", who());
+                let _ = r.signaller().signal(libc::SIGKILL);
+                let _ = r.wait();
+                return;
+            }
+        };
+        rustix::process::pidfd_send_signal(&me, rustix::process::Signal::USR1).unwrap();
+        let o = r.wait_forwarding(&held).unwrap();
+        assert_eq!(o.status, ExitKind::Exited(7), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "got-usr1\n");
+    }
+}
+
+sandbox_test! {
     fn memory_limit_stops_a_balloon() {
         let f = Fixture::new();
         let mut s = f.sh("python3 -c 'b = bytearray(512 << 20); print(\"allocated\")'");
