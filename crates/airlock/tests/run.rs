@@ -497,17 +497,21 @@ fn a_killed_runs_cgroup_is_removed_by_the_next_run() {
     for d in &dirs.0 {
         assert!(d.is_dir(), "{} was removed by the killed run", d.display());
     }
-    // A fresh cgroup is spared; this one is made a minute old.
+    // A young cgroup is spared (this one is made new, however long the
+    // wait above took); then it is made a minute old.
+    let date = |then: std::time::SystemTime| {
+        for d in &dirs.0 {
+            std::fs::File::open(d).unwrap().set_modified(then).unwrap();
+        }
+    };
+    date(std::time::SystemTime::now());
     let out = e.run(&["run", "--pids", "64", "--", "/bin/true"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         dirs.0.iter().all(|d| d.is_dir()),
         "a young cgroup was removed"
     );
-    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-    for d in &dirs.0 {
-        std::fs::File::open(d).unwrap().set_modified(then).unwrap();
-    }
+    date(std::time::SystemTime::now() - std::time::Duration::from_secs(60));
     let out = e.run(&["run", "--pids", "64", "--", "/bin/true"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     for d in &dirs.0 {
