@@ -8,14 +8,41 @@ use airlock_sandbox::{run, Outcome, SandboxSpec, StdioMode, WorkspaceMode, Works
 
 /// Declare a test that runs as the current user and, when that is root,
 /// again as `nobody` (the same test binary re-executed under `setpriv`).
+/// Tests run side by side; one declared `alone` runs while no other does
+/// (see [`SIDE_BY_SIDE`]).
 macro_rules! sandbox_test {
+    (alone $(#[$m:meta])* fn $name:ident() $body:block) => {
+        $(#[$m])*
+        #[test]
+        fn $name() {
+            let _alone = $crate::common::alone();
+            $crate::common::both(concat!(module_path!(), "::", stringify!($name)), || $body)
+        }
+    };
     ($(#[$m:meta])* fn $name:ident() $body:block) => {
         $(#[$m])*
         #[test]
         fn $name() {
+            let _beside = $crate::common::beside_others();
             $crate::common::both(concat!(module_path!(), "::", stringify!($name)), || $body)
         }
     };
+}
+
+/// The tests start sandboxes from many threads of this one process, as the
+/// broker does. Each clone of a sandbox's init copies every descriptor the
+/// process has open until init closes them, its first step, which under
+/// load can be milliseconds later; among them are the other tests' `flock`s
+/// on their overlay work dirs, which that copy keeps held meanwhile. A test
+/// that checks who holds those locks runs alone.
+static SIDE_BY_SIDE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    SIDE_BY_SIDE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SIDE_BY_SIDE.write().unwrap_or_else(|e| e.into_inner())
 }
 
 const INNER: &str = "AIRLOCK_SUITE_AS_NOBODY";

@@ -170,7 +170,7 @@ fn wait_unlocked(dir: &std::path::Path) {
 }
 
 sandbox_test! {
-    fn a_run_left_to_exit_holds_its_work_dir_until_unmounted() {
+    alone fn a_run_left_to_exit_holds_its_work_dir_until_unmounted() {
         // `finish_leaving` (what `airlock run` ends with) does not wait for
         // the kernel to tear the sandbox down. What it returns must still be
         // final: nothing of the command left, the run's cgroup gone, and the
