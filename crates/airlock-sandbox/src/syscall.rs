@@ -736,21 +736,26 @@ impl Drop for Reaper {
 
 /// A user namespace mapping inside 0 to host `uid`/`gid`, for an idmapped
 /// mount. A helper child holds it while the maps are written and its
-/// namespace file is opened; it only blocks on a pipe and exits, and is
-/// reaped when the returned [`Reaper`] is dropped.
+/// namespace file is opened; it is then killed, and reaped when the
+/// returned [`Reaper`] is dropped.
+///
+/// The helper shares this process's descriptor table (`CLONE_FILES`)
+/// instead of getting a copy: a copy would hold every descriptor open at
+/// the clone, other threads' included, until the helper is gone, which
+/// under load is milliseconds later. Among them are other runs' `flock`s
+/// on their overlay work dirs, which a run starting meanwhile would then
+/// find held. So the helper touches no descriptor: it waits in `pause`.
 fn mapping_userns(uid: u32, gid: u32) -> io::Result<(OwnedFd, Reaper)> {
-    let (rd, wr) = pipe()?;
     let mut pidfd: c_int = -1;
     let args = CloneArgs {
-        flags: libc::CLONE_NEWUSER as u64 | CLONE_PIDFD,
+        flags: libc::CLONE_NEWUSER as u64 | libc::CLONE_FILES as u64 | CLONE_PIDFD,
         pidfd: &mut pidfd as *mut c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
-    use std::os::fd::AsRawFd;
-    let (rd_raw, wr_raw) = (rd.as_raw_fd(), wr.as_raw_fd());
-    // SAFETY: clone3 without CLONE_VM behaves like fork. The child only
-    // makes raw system calls (close, read, _exit) and never returns.
+    // SAFETY: clone3 without CLONE_VM behaves like fork (with the
+    // descriptor table shared). The child makes no call but `pause`, which
+    // touches no memory and no descriptor, and never returns; it is killed.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -762,17 +767,13 @@ fn mapping_userns(uid: u32, gid: u32) -> io::Result<(OwnedFd, Reaper)> {
         return Err(io::Error::last_os_error());
     }
     if ret == 0 {
-        // SAFETY: raw system calls on integers and a stack buffer.
-        unsafe {
-            libc::close(wr_raw);
-            let mut b = [0u8; 1];
-            libc::read(rd_raw, b.as_mut_ptr() as *mut c_void, 1);
-            libc::_exit(0);
+        loop {
+            // SAFETY: pause has no arguments.
+            unsafe { libc::pause() };
         }
     }
     // SAFETY: the kernel stored a fresh pidfd that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop(rd);
     let pid = ret;
     let res = (|| {
         std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))?;
@@ -780,7 +781,9 @@ fn mapping_userns(uid: u32, gid: u32) -> io::Result<(OwnedFd, Reaper)> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok::<OwnedFd, io::Error>(ns.into())
     })();
-    drop(wr);
+    use std::os::fd::AsRawFd;
+    // The namespace lives on through `ns`; the helper is done.
+    let _ = pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
     let helper = Reaper(pidfd);
     res.map(|ns| (ns, helper))
 }
