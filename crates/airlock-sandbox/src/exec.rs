@@ -7,7 +7,6 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -468,14 +467,8 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         "seccomp programs ready"
     );
 
-    // Limits.
-    let run_id = format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    // A cgroup only when there is something for it to limit: joining one
-    // costs an RCU grace period on cgroup v1.
+    // Limits. A cgroup only when there is something for it to limit:
+    // joining one costs an RCU grace period on cgroup v1.
     let wants_cgroup = spec.limits.memory.is_some() || spec.limits.pids.is_some();
     // Which cgroup mechanism is usable is found, and the cgroup made, once
     // the child is running (it builds its root meanwhile); without one, the
@@ -805,7 +798,7 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
     let mut join_fds: Vec<std::fs::File> = vec![];
     let mut leave_fds: Vec<std::fs::File> = vec![];
     if wants_cgroup && early_failure.is_none() {
-        match RunCgroup::create(&run_id, &spec.limits) {
+        match RunCgroup::create(&crate::limits::next_run_name(), &spec.limits) {
             Ok(cg) => {
                 // cgroup v1: the child moves itself (see join_limits), and
                 // back out once the sandbox is empty, when it can (see
@@ -1056,8 +1049,6 @@ fn fd_base() -> Result<i32, SandboxError> {
     }
     Ok(base)
 }
-
-static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Send `items` to the child in as few `tag` messages as fit
 /// [`syscall::PROTECT_MSG_MAX`] (none when there are none). A child that

@@ -172,6 +172,37 @@ pub struct RunCgroup {
     removed: bool,
 }
 
+/// How old an earlier run's empty cgroup must be before another run removes
+/// it. Its owner's pid is gone by then too; the age only guards against a
+/// process of another pid namespace sharing the parent cgroup, whose run's
+/// cgroup is empty for a moment between its creation and init joining it.
+pub const STALE_CGROUP_AGE: Duration = Duration::from_secs(10);
+
+/// The pid in a run cgroup's name (`airlock-<pid>-<n>`, see
+/// [`RunCgroup::create`]), or `None` for any other name.
+fn run_cgroup_owner(name: &str) -> Option<i32> {
+    let (pid, n) = name.strip_prefix("airlock-")?.split_once('-')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+/// Numbers the runs of this process, for their cgroups' names.
+static RUN_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The name of the next run's cgroup, `<pid>-<n>` ([`RunCgroup::create`]
+/// makes it `airlock-<pid>-<n>`, which [`run_cgroup_owner`] reads back).
+pub(crate) fn next_run_name() -> String {
+    use std::sync::atomic::Ordering;
+    format!(
+        "{}-{}",
+        std::process::id(),
+        RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn write(p: &Path, v: &str) -> Result<(), String> {
     fs::write(p, v).map_err(|e| format!("write {} to {}: {e}", v.trim(), p.display()))
 }
@@ -383,26 +414,7 @@ impl RunCgroup {
             Err(last)
         }
     }
-}
 
-/// How old an earlier run's empty cgroup must be before another run removes
-/// it. Its owner's pid is gone by then too; the age only guards against a
-/// process of another pid namespace sharing the parent cgroup, whose run's
-/// cgroup is empty for a moment between its creation and init joining it.
-pub const STALE_CGROUP_AGE: Duration = Duration::from_secs(10);
-
-/// The pid in a run cgroup's name (`airlock-<pid>-<n>`, see
-/// [`RunCgroup::create`]), or `None` for any other name.
-fn run_cgroup_owner(name: &str) -> Option<i32> {
-    let (pid, n) = name.strip_prefix("airlock-")?.split_once('-')?;
-    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    if !digits(pid) || !digits(n) {
-        return None;
-    }
-    pid.parse().ok().filter(|&p| p > 0)
-}
-
-impl RunCgroup {
     /// Remove the cgroups that runs left behind when their process was
     /// killed before it could remove them (SIGKILL, the OOM killer): every
     /// sibling named `airlock-<pid>-<n>` whose process is gone, that is
@@ -696,6 +708,11 @@ mod tests {
     fn run_cgroup_names_give_their_owner() {
         assert_eq!(run_cgroup_owner("airlock-1234-0"), Some(1234));
         assert_eq!(run_cgroup_owner("airlock-1234-17"), Some(1234));
+        // What a run is named by is read back as this process.
+        assert_eq!(
+            run_cgroup_owner(&format!("airlock-{}", next_run_name())),
+            Some(std::process::id() as i32)
+        );
         for other in [
             "airlock-test-1234",
             "airlock-1234",
