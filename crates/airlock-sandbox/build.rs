@@ -28,16 +28,15 @@ fn main() {
         && target("CARGO_CFG_TARGET_OS") == "linux"
         && target("CARGO_CFG_TARGET_ARCH") == std::env::consts::ARCH;
     let code = if native {
-        let (plain, clone3) = rules::programs(false).expect("the seccomp rules compile");
-        let (no_udp, _) = rules::programs(true).expect("the seccomp rules compile");
+        let plain = rules::programs(false).expect("the seccomp rules compile");
+        let no_udp = rules::programs(true).expect("the seccomp rules compile");
         format!(
-            "const PREBUILT: Option<[Table; 3]> = Some([{}, {}, {}]);\n",
+            "const PREBUILT: Option<[Table; 2]> = Some([{}, {}]);\n",
             table(&plain),
-            table(&no_udp),
-            table(&clone3)
+            table(&no_udp)
         )
     } else {
-        "const PREBUILT: Option<[Table; 3]> = None;\n".to_string()
+        "const PREBUILT: Option<[Table; 2]> = None;\n".to_string()
     };
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("seccomp_prebuilt.rs"), code).expect("write seccomp_prebuilt.rs");

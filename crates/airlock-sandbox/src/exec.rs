@@ -458,7 +458,6 @@ fn spawn_once(spec: &SandboxSpec, overlay_fallback: bool) -> Result<Running, San
         } else {
             seccomp_progs.push(p.deny()?);
         }
-        seccomp_progs.push(p.clone3.clone());
         seccomp_on = true;
     }
 

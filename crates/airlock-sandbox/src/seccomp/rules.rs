@@ -248,128 +248,311 @@ pub fn compile(
     f.try_into().map_err(e)
 }
 
-/// The two programs every run installs: the deny list plus `connect` (for
-/// user notification), and the `clone3`/`openat2` → ENOSYS filter.
-pub fn programs(
-    deny_udp: bool,
-) -> Result<(Vec<libc::sock_filter>, Vec<libc::sock_filter>), String> {
+/// The program every run installs: the deny list plus `connect` (for user
+/// notification), with `clone3` and `openat2` answered `ENOSYS`.
+pub fn programs(deny_udp: bool) -> Result<Vec<libc::sock_filter>, String> {
     let mut rules = rules(deny_udp)?;
     rules.insert(libc::SYS_connect, vec![]);
-    let nrs: Vec<i64> = rules.keys().copied().collect();
-    let deny_and_connect = harden(compile(rules, libc::EPERM)?, Some(&nrs));
-    let mut clone3 = BTreeMap::new();
-    clone3.insert(libc::SYS_clone3, vec![]);
-    // openat2's mode lives in a struct the filter cannot read (see the
-    // setuid rules above); callers fall back to openat on ENOSYS.
-    clone3.insert(libc::SYS_openat2, vec![]);
-    Ok((
-        deny_and_connect,
-        harden(compile(clone3, libc::ENOSYS)?, None),
-    ))
+    build(rules)
 }
 
-/// The deny list alone, its matches answered EPERM.
+/// The deny list alone (no `connect`), its matches answered EPERM, with
+/// `clone3` and `openat2` answered `ENOSYS`.
 pub fn deny(deny_udp: bool) -> Result<Vec<libc::sock_filter>, String> {
-    let rules = rules(deny_udp)?;
-    let nrs: Vec<i64> = rules.keys().copied().collect();
-    Ok(harden(compile(rules, libc::EPERM)?, Some(&nrs)))
+    build(rules(deny_udp)?)
 }
 
-/// Convert to libc's struct. With `listed` (the deny list, whose system
-/// call numbers it gives): answer EPERM (turned into a notification, see
-/// [`Programs::deny_notify`]) to foreign architectures instead of killing,
-/// refuse x32 system call numbers, and put [`allow_unlisted`] before
-/// seccompiler's rules. Without (the `clone3` filter): let foreign and x32
-/// calls pass to the deny list. The kernel runs every filter and takes the
-/// strictest answer, and ERRNO outranks USER_NOTIF: an EPERM here would
-/// hide the deny list's notification, so the attempt would go unreported.
-pub fn harden(p: seccompiler::BpfProgram, listed: Option<&[i64]>) -> Vec<libc::sock_filter> {
-    let abi_checks = listed.is_some();
-    let eperm = RET_ERRNO | libc::EPERM as u32;
-    let mut out: Vec<libc::sock_filter> = p
+/// Calls answered `ENOSYS` (no other answer would let libc fall back):
+/// `clone3`, whose flags live in memory a BPF filter cannot read, so libc
+/// falls back to `clone`, whose flags are checked; `openat2`, whose mode
+/// lives in a struct (see the setuid rules above), so callers fall back to
+/// `openat`.
+pub const ENOSYS_SYSCALLS: &[i64] = &[libc::SYS_clone3, libc::SYS_openat2];
+
+/// seccompiler's program for `rules`, reshaped (see [`Graph`]) into one
+/// filter that:
+/// - answers EPERM (turned into a notification, see `Programs::deny_notify`)
+///   to foreign architectures (i386 via `int 0x80`) instead of killing, and
+///   to x32 system call numbers;
+/// - answers [`ENOSYS_SYSCALLS`] `ENOSYS`;
+/// - finds the system call number by binary search: calls not listed are
+///   allowed in about eight steps, listed ones go straight to their rules.
+///
+/// seccompiler checks the numbers one after another, and wraps each rule
+/// in jumps. The kernel converts and JITs the whole program when a run
+/// installs it, and runs it for every system call number to find those
+/// always allowed: its length is paid on every run.
+pub fn build(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Vec<libc::sock_filter>, String> {
+    let nrs: Vec<u32> = rules.keys().map(|n| *n as u32).collect();
+    let raw: Vec<libc::sock_filter> = compile(rules, libc::EPERM)?
         .into_iter()
         .map(|i| ins(i.code, i.jt, i.jf, i.k))
         .collect();
-    // seccompiler starts with: ld arch; jeq ARCH, +1; ret KILL_PROCESS.
-    if out.len() > 3 && out[2].code == RET {
-        if !abi_checks {
-            out[2].k = RET_ALLOW;
-            return out;
-        }
-        out[2].k = eperm;
-        // ld nr; jge X32_SYSCALL_BIT → ret EPERM
-        let x32 = [
-            ins(LD_ABS, 0, 0, 0),
-            ins(JGE, 0, 1, X32_SYSCALL_BIT),
-            ins(RET, 0, 0, eperm),
-        ];
-        out.splice(3..3, x32);
-        // After the x32 check the accumulator holds the system call number.
-        let search = allow_unlisted(listed.unwrap_or_default());
-        out.splice(6..6, search);
+    let mut g = Graph::default();
+    let eperm = g.add(Node::Ret(RET_ERRNO | libc::EPERM as u32));
+    let (arch, body) = split_arch_check(&raw)?;
+    let mut leaves: Vec<(u32, usize)> = Vec::new();
+    let mut imported = BTreeMap::new();
+    for nr in nrs {
+        let at = entry(&raw, body, nr)?;
+        leaves.push((nr, g.import(&raw, at, &mut imported)?));
     }
-    out
+    let enosys = g.add(Node::Ret(RET_ERRNO | libc::ENOSYS as u32));
+    for nr in ENOSYS_SYSCALLS {
+        if leaves.iter().any(|(n, _)| *n == *nr as u32) {
+            return Err(format!(
+                "system call {nr} is both denied and answered ENOSYS"
+            ));
+        }
+        leaves.push((*nr as u32, enosys));
+    }
+    leaves.sort_unstable();
+    let search = g.search(&leaves);
+    let x32 = g.add(Node::Jmp(JGE, X32_SYSCALL_BIT, eperm, search));
+    let native = g.add(Node::Ld(OFF_NR, x32));
+    let arch_ok = g.add(Node::Jmp(JEQ, arch, native, eperm));
+    let root = g.add(Node::Ld(OFF_ARCH, arch_ok));
+    g.emit(root)
 }
 
 pub const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+pub const AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
 pub const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 pub const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 pub const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 pub const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-/// Marks a jump to the end of the [`allow_unlisted`] block, patched there.
-pub const TO_RULES: u32 = u32::MAX;
+pub const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+pub const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+/// Offsets in `struct seccomp_data`.
+pub const OFF_NR: u32 = 0;
+pub const OFF_ARCH: u32 = 4;
 
 pub fn ins(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// A binary search over the system call number in the accumulator: calls
-/// not in `listed` return ALLOW at once, listed ones go on to the rules
-/// after this block. seccompiler checks the numbers one after another; the
-/// kernel, when a filter is installed, runs the program for every system
-/// call number to find those always allowed (and, per run, that walk was
-/// most of the cost of installing the filter). Lookups take about eight
-/// steps instead of up to a hundred.
-pub fn allow_unlisted(listed: &[i64]) -> Vec<libc::sock_filter> {
-    let mut nrs: Vec<u32> = listed.iter().map(|n| *n as u32).collect();
-    nrs.sort_unstable();
-    nrs.dedup();
-    let mut out = search(&nrs);
-    let len = out.len();
-    for (i, x) in out.iter_mut().enumerate() {
-        if x.code == JA && x.k == TO_RULES {
-            x.k = (len - i - 1) as u32;
+/// seccompiler's program starts with `ld arch; jeq ARCH, +1; ret KILL`:
+/// the architecture, and where the rest starts.
+fn split_arch_check(p: &[libc::sock_filter]) -> Result<(u32, usize), String> {
+    match p {
+        [a, b, c, ..]
+            if (a.code, a.k) == (LD_ABS, OFF_ARCH)
+                && (b.code, b.jt, b.jf) == (JEQ, 1, 0)
+                && c.code == RET =>
+        {
+            Ok((b.k, 3))
         }
+        _ => Err("seccompiler's program does not start with its architecture check".into()),
     }
-    out
 }
 
-/// Code for "is the accumulator one of `nrs`": listed → `ja TO_RULES`,
-/// otherwise return ALLOW.
-pub fn search(nrs: &[u32]) -> Vec<libc::sock_filter> {
-    if nrs.len() <= 3 {
-        // jeq a → hit; jeq b → hit; ...; ret ALLOW; hit: ja TO_RULES
-        let n = nrs.len();
-        let mut v: Vec<libc::sock_filter> = nrs
-            .iter()
-            .enumerate()
-            .map(|(i, nr)| ins(JEQ, (n - i) as u8, 0, *nr))
-            .collect();
-        v.push(ins(RET, 0, 0, RET_ALLOW));
-        v.push(ins(JA, 0, 0, TO_RULES));
-        return v;
+/// Where the rules of system call `nr` start in seccompiler's program: its
+/// code from `start` run with the number known, up to the first
+/// instruction that does not depend on it (a load of an argument, or a
+/// return).
+fn entry(p: &[libc::sock_filter], start: usize, nr: u32) -> Result<usize, String> {
+    let mut pc = start;
+    let mut acc: Option<u32> = None;
+    // Jumps only go forward: at most one step per instruction.
+    for _ in 0..p.len() {
+        let i = p.get(pc).ok_or("a jump past the end of the program")?;
+        let k = i.k;
+        pc = match (i.code, acc) {
+            (LD_ABS, _) if k == OFF_NR => {
+                acc = Some(nr);
+                pc + 1
+            }
+            (LD_ABS, _) | (RET, _) => return Ok(pc),
+            (JA, _) => pc + 1 + k as usize,
+            (AND, Some(a)) => {
+                acc = Some(a & k);
+                pc + 1
+            }
+            (code, Some(a)) => {
+                let taken = match code {
+                    JEQ => a == k,
+                    JGE => a >= k,
+                    JGT => a > k,
+                    JSET => a & k != 0,
+                    _ => return Err(format!("instruction {:#x} at {pc}", code)),
+                };
+                pc + 1 + usize::from(if taken { i.jt } else { i.jf })
+            }
+            (code, None) => {
+                return Err(format!(
+                    "instruction {code:#x} at {pc} before the number is loaded"
+                ))
+            }
+        };
     }
-    let mid = nrs.len() / 2;
-    let (low, high) = (search(&nrs[..mid]), search(&nrs[mid..]));
-    let mut v = Vec::with_capacity(low.len() + high.len() + 2);
-    if let Ok(skip) = u8::try_from(low.len()) {
-        // jge pivot → high (past the low half); low half; high half
-        v.push(ins(JGE, skip, 0, nrs[mid]));
-    } else {
-        v.push(ins(JGE, 0, 1, nrs[mid]));
-        v.push(ins(JA, 0, 0, low.len() as u32));
-    }
-    v.extend(low);
-    v.extend(high);
-    v
+    Err("no end to the program".into())
 }
+
+/// A program as a graph: every node names the nodes it goes on to, so
+/// jumps to jumps disappear, and nodes are shared: identical code (the
+/// same rules for `clone` and `unshare`, say; every `ret EPERM`) is there
+/// once. [`Graph::emit`] lays it out again as classic BPF.
+#[derive(Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    ids: std::collections::HashMap<Node, usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Node {
+    /// `ld [k]` (a word of `struct seccomp_data`), then the node.
+    Ld(u32, usize),
+    /// `and #k`, then the node.
+    And(u32, usize),
+    /// `ret #k`.
+    Ret(u32),
+    /// A conditional jump: its code, `k`, the node if true, if false.
+    Jmp(u16, u32, usize, usize),
+}
+
+impl Graph {
+    /// The node, added unless an identical one is there.
+    pub fn add(&mut self, n: Node) -> usize {
+        if let Some(id) = self.ids.get(&n) {
+            return *id;
+        }
+        self.nodes.push(n);
+        self.ids.insert(n, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    /// The code of `p` from `pc` on, as nodes (`memo`: instructions already
+    /// imported).
+    fn import(
+        &mut self,
+        p: &[libc::sock_filter],
+        pc: usize,
+        memo: &mut BTreeMap<usize, usize>,
+    ) -> Result<usize, String> {
+        if let Some(id) = memo.get(&pc) {
+            return Ok(*id);
+        }
+        let i = p.get(pc).ok_or("a jump past the end of the program")?;
+        let next = pc + 1;
+        let node = match i.code {
+            JA => self.import(p, next + i.k as usize, memo)?,
+            LD_ABS => {
+                let n = Node::Ld(i.k, self.import(p, next, memo)?);
+                self.add(n)
+            }
+            AND => {
+                let n = Node::And(i.k, self.import(p, next, memo)?);
+                self.add(n)
+            }
+            RET => self.add(Node::Ret(i.k)),
+            JEQ | JGE | JGT | JSET => {
+                let t = self.import(p, next + usize::from(i.jt), memo)?;
+                let f = self.import(p, next + usize::from(i.jf), memo)?;
+                // Both ways the same: no test needed.
+                if t == f {
+                    t
+                } else {
+                    self.add(Node::Jmp(i.code, i.k, t, f))
+                }
+            }
+            code => return Err(format!("instruction {code:#x} at {pc}")),
+        };
+        memo.insert(pc, node);
+        Ok(node)
+    }
+
+    /// A binary search over the system call number in the accumulator for
+    /// `leaves` (sorted by number: each number and the node it goes to);
+    /// any other number returns ALLOW.
+    fn search(&mut self, leaves: &[(u32, usize)]) -> usize {
+        if leaves.len() <= 3 {
+            let mut next = self.add(Node::Ret(RET_ALLOW));
+            for (nr, to) in leaves.iter().rev() {
+                next = self.add(Node::Jmp(JEQ, *nr, *to, next));
+            }
+            return next;
+        }
+        let mid = leaves.len() / 2;
+        let high = self.search(&leaves[mid..]);
+        let low = self.search(&leaves[..mid]);
+        self.add(Node::Jmp(JGE, leaves[mid].0, high, low))
+    }
+
+    /// The graph from `root` as a classic BPF program. Laid out from the
+    /// end: every node after all that jump to it (BPF jumps only go
+    /// forward), the node a test falls through to right after it where it
+    /// is not placed yet; a conditional jump reaches at most 255
+    /// instructions, so a farther target gets a hop (`ja`, or a copy of a
+    /// `ret`) next to the jump.
+    pub fn emit(&self, root: usize) -> Result<Vec<libc::sock_filter>, String> {
+        let mut order = Vec::with_capacity(self.nodes.len());
+        let mut seen = vec![false; self.nodes.len()];
+        self.postorder(root, &mut seen, &mut order);
+        // Built back to front: `rev[i]` is the i-th instruction from the end,
+        // and a jump at `r` to the instruction at `t` skips `r - t - 1`.
+        let mut rev: Vec<libc::sock_filter> = Vec::new();
+        let mut at = vec![usize::MAX; self.nodes.len()];
+        let skip = |from: usize, to: usize| from - to - 1;
+        for id in order {
+            match self.nodes[id] {
+                Node::Ret(k) => rev.push(ins(RET, 0, 0, k)),
+                Node::Ld(k, next) | Node::And(k, next) => {
+                    if at[next] + 1 != rev.len() {
+                        let r = rev.len();
+                        rev.push(ins(JA, 0, 0, skip(r, at[next]) as u32));
+                    }
+                    let code = if matches!(self.nodes[id], Node::Ld(..)) {
+                        LD_ABS
+                    } else {
+                        AND
+                    };
+                    rev.push(ins(code, 0, 0, k));
+                }
+                Node::Jmp(code, k, t, f) => {
+                    let mut target = [at[t], at[f]];
+                    for (i, to) in [t, f].into_iter().enumerate() {
+                        // At most two hops go between the jump and its targets.
+                        if skip(rev.len() + 2, target[i]) > 255 {
+                            let r = rev.len();
+                            rev.push(match self.nodes[to] {
+                                Node::Ret(k) => ins(RET, 0, 0, k),
+                                _ => ins(JA, 0, 0, skip(r, target[i]) as u32),
+                            });
+                            target[i] = r;
+                        }
+                    }
+                    let r = rev.len();
+                    let near = |to: usize| u8::try_from(skip(r, to)).map_err(|e| e.to_string());
+                    rev.push(ins(code, near(target[0])?, near(target[1])?, k));
+                }
+            }
+            at[id] = rev.len() - 1;
+        }
+        if rev.len() > BPF_MAXINSNS {
+            return Err(format!("the program has {} instructions", rev.len()));
+        }
+        rev.reverse();
+        Ok(rev)
+    }
+
+    fn postorder(&self, id: usize, seen: &mut [bool], order: &mut Vec<usize>) {
+        if seen[id] {
+            return;
+        }
+        seen[id] = true;
+        match self.nodes[id] {
+            Node::Ret(_) => {}
+            Node::Ld(_, next) | Node::And(_, next) => self.postorder(next, seen, order),
+            // The false branch last: placed right before the jump, it is
+            // where the jump falls through to.
+            Node::Jmp(_, _, t, f) => {
+                self.postorder(t, seen, order);
+                self.postorder(f, seen, order);
+            }
+        }
+        order.push(id);
+    }
+}
+
+/// The longest program the kernel accepts.
+pub const BPF_MAXINSNS: usize = 4096;

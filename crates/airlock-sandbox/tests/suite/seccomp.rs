@@ -72,6 +72,29 @@ print(\"ok\")
 }
 
 sandbox_test! {
+    fn clone3_and_openat2_answer_enosys_so_that_callers_fall_back() {
+        // Their flags and mode are in memory a filter cannot read: the
+        // answer must be ENOSYS (libc then uses clone and openat, whose
+        // arguments are checked), not EPERM, and not reported as blocked.
+        let f = Fixture::new();
+        let script = "python3 -c '
+import ctypes
+l = ctypes.CDLL(None, use_errno=True)
+args = ctypes.create_string_buffer(88)
+r = l.syscall(435, args, 88); print(\"clone3\", r, ctypes.get_errno())
+how = ctypes.create_string_buffer(24)
+r = l.syscall(437, -100, b\"x\", how, 24); print(\"openat2\", r, ctypes.get_errno())
+'";
+        let Some(o) = try_run(&f.sh(script)) else { return };
+        assert_eq!(o.status, ExitKind::Exited(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains("clone3 -1 38"), "{out}");
+        assert!(out.contains("openat2 -1 38"), "{out}");
+        assert!(o.violations.is_empty(), "{:?}", o.violations);
+    }
+}
+
+sandbox_test! {
     fn setuid_and_setgid_bits_cannot_be_set() {
         let f = Fixture::new();
         let mut s = f.sh(
