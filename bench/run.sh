@@ -6,7 +6,8 @@
 #   audit:  append latency, group commit, `audit verify` records/s;
 #   policy: decision latency per backend;
 #   mcp:    read_text_file through `airlock mcp` against the reference filesystem server (bench/mcp.sh);
-#   sandbox: `airlock run -- /bin/true` against bare /bin/true and bwrap (bench/sandbox.sh);
+#   sandbox: `airlock run -- /bin/true` against bare /bin/true and bwrap (bench/sandbox.sh),
+#           and phase by phase against bwrap, as root (bench/sandbox-phases.sh);
 #   staging: the same as the staging store fills (bench/staging.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,11 @@ fi
 if [ -f bench/sandbox.sh ]; then
   printf '\n=== sandbox\n'
   bash bench/sandbox.sh
+  if [ "$(id -u)" = 0 ]; then
+    bash bench/sandbox-phases.sh
+  else
+    echo "(sandbox phases skipped: kernel tracepoints need root)"
+  fi
 fi
 if [ -f bench/staging.sh ]; then
   printf '\n=== staging\n'
