@@ -1629,6 +1629,9 @@ impl Running {
         tracing::debug!(us = self.t0.elapsed().as_micros() as u64, "ended");
         let duration = self.start.elapsed();
         let stats = self.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
+        // Only the upper dir itself (key 0) was found in it.
+        let nothing_staged =
+            matches!(&after, Some((Some(entries), _)) if entries.iter().all(|e| e.0 == 0));
         let changed = match (after, &self.volatile) {
             // Part of the upper dir unreadable, before or after: changed.
             (Some((None, _)), Some(_)) | (Some(_), Some((None, _))) => true,
@@ -1719,6 +1722,7 @@ impl Running {
             violations,
             stdout,
             stderr,
+            nothing_staged,
         };
         Ok(Ended {
             outcome: Some(outcome),

@@ -464,6 +464,12 @@ pub struct Outcome {
     /// Captured stderr (empty with [`StdioMode::Inherit`]).
     #[serde(skip)]
     pub stderr: Vec<u8>,
+    /// The staged overlay's upper dir held nothing once the sandbox had
+    /// ended: no change is staged in the area, by this run or an earlier
+    /// one. False when that is not known (no staged workspace, or part of
+    /// the dir could not be read).
+    #[serde(skip)]
+    pub nothing_staged: bool,
 }
 
 /// Errors of the sandbox. Each names what failed and how to fix it.

@@ -382,7 +382,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut staged = None;
     let mut code = code;
     if let Some(a) = &area {
-        staged = Some(match a.record_bases() {
+        // The sandbox has just read the whole upper dir: when it held
+        // nothing, there is nothing to list nor to record a base for.
+        let listed = if outcome.nothing_staged {
+            Ok(vec![])
+        } else {
+            a.record_bases()
+        };
+        staged = Some(match listed {
             Ok(changes) => staged_summary(a, changes, args.commit, code == 0, &spec, &ws)?,
             Err(e) => {
                 // Nothing is committed. The command's own end (a limit, a

@@ -135,6 +135,68 @@ fn exit_codes_are_propagated() {
 }
 
 #[test]
+fn a_run_that_stages_nothing_says_so_and_earlier_changes_stay_listed() {
+    let e = Env::new();
+    if !sandbox_works(&e) {
+        return;
+    }
+    let staged = |o: &Output| -> serde_json::Value {
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        let rec: serde_json::Value =
+            serde_json::from_str(err.lines().last().unwrap()).expect("last stderr line is JSON");
+        rec["staged"].clone()
+    };
+    // Nothing written: nothing staged.
+    let o = e.run(&["run", "--json", "--", "/bin/true"]);
+    assert!(
+        text(&o.stderr).contains("airlock: no changes staged"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(staged(&o)["changes"], 0);
+    // A change, then a run that writes nothing: the earlier change is still
+    // staged and said so, with its base recorded (the commit below checks
+    // the real file against it).
+    let o = e.run(&[
+        "run",
+        "--json",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo changed > a.txt",
+    ]);
+    assert_eq!(staged(&o)["changes"], 1);
+    let o = e.run(&["run", "--json", "--", "/bin/true"]);
+    assert!(
+        text(&o.stderr).contains("1 change(s) staged"),
+        "{}",
+        text(&o.stderr)
+    );
+    let st = staged(&o);
+    assert_eq!(st["changes"], 1);
+    // A run that only reads leaves the area as it was.
+    let o = e.run(&["run", "--json", "--", "/bin/cat", "a.txt"]);
+    assert_eq!(text(&o.stdout), "changed\n");
+    assert_eq!(staged(&o)["changes"], 1);
+    let id = st["id"].as_str().unwrap();
+    let c = e.run(&["staged", "commit", id]);
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    assert_eq!(
+        std::fs::read_to_string(e.ws().join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    // Committed: the area is empty again.
+    let o = e.run(&["run", "--json", "--", "/bin/true"]);
+    assert!(
+        text(&o.stderr).contains("airlock: no changes staged"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(staged(&o)["changes"], 0);
+}
+
+#[test]
 fn changes_are_staged_then_committed() {
     let e = Env::new();
     if !sandbox_works(&e) {
