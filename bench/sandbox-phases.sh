@@ -32,51 +32,18 @@ if ! command -v bwrap >/dev/null; then
     command -v bwrap >/dev/null || { echo "bench: bwrap (Debian package bubblewrap) is needed" >&2; exit 2; }
 fi
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-exec "$PY" - "$AIRLOCK" "${BENCH_RUNS:-100}" "${BENCH_AS:-}" <<'PYEOF'
-import os, random, re, shutil, statistics, subprocess, sys, tempfile
+exec "$PY" - "$bench_root/bench" "$AIRLOCK" "${BENCH_RUNS:-100}" "${BENCH_AS:-}" <<'PYEOF'
+import json, os, re, statistics, subprocess, sys
 
-airlock, runs, as_user = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-fix = tempfile.mkdtemp(prefix="airlock-bench-")
+sys.dont_write_bytecode = True  # nothing left in the checkout
+sys.path.insert(0, sys.argv[1])
+from sandbox_fixture import Fixture
+
+airlock, runs, as_user = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+fx = Fixture(as_user, {"bin": airlock})
 try:
-    os.chmod(fix, 0o755)
-    ws, state, bindir = (os.path.join(fix, d) for d in ("ws", "state", "bin"))
-    os.mkdir(ws, 0o755)
-    os.mkdir(state, 0o700)
-    os.mkdir(bindir, 0o755)
-    for i in range(20):
-        with open(os.path.join(ws, "f%d.txt" % i), "w") as f:
-            f.write("x" * 100)
-    os.makedirs(os.path.join(ws, ".git/hooks"))
-    with open(os.path.join(ws, ".git/config"), "w") as f:
-        f.write("[core]\n")
-    for name in ("airlock", "airlock-full"):
-        src = os.path.join(os.path.dirname(airlock), name)
-        if os.path.exists(src):
-            shutil.copy(src, os.path.join(bindir, name))
-            os.chmod(os.path.join(bindir, name), 0o755)
-    prefix = []
-    if as_user:
-        uid = 65534 if as_user == "nobody" else int(as_user)
-        for d, dirs, files in os.walk(fix):
-            for x in dirs + files:
-                os.lchown(os.path.join(d, x), uid, uid)
-        os.lchown(fix, uid, uid)
-        prefix = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "--"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": fix, "XDG_STATE_HOME": state,
-           "XDG_CONFIG_HOME": os.path.join(fix, "config")}
-
-    bwrap = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-             "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
-    for d in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        p = "/" + d
-        if os.path.islink(p):
-            bwrap += ["--symlink", os.readlink(p), p]
-        elif os.path.isdir(p):
-            bwrap += ["--ro-bind", p, p]
-    bwrap += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-              "--bind", ws, ws, "--chdir", ws, "/bin/true"]
-    cases = {"airlock": prefix + [os.path.join(bindir, "airlock"), "run", "--workspace", ws, "--", "/bin/true"],
-             "bwrap": prefix + bwrap}
+    ws, env = fx.ws, fx.env
+    cases = {"airlock": fx.airlock("bin"), "bwrap": fx.bwrap()}
     for name, cmd in cases.items():
         r = subprocess.run(cmd, env=env, cwd=ws, capture_output=True)
         if r.returncode != 0:
@@ -84,8 +51,8 @@ try:
 
     # The loop runs under perf; it runs the cases interleaved, in a fresh
     # order each round, and writes which pid ran which case.
-    order = os.path.join(fix, "order")
-    loop = os.path.join(fix, "loop.py")
+    order = os.path.join(fx.dir, "order")
+    loop = os.path.join(fx.dir, "loop.py")
     with open(loop, "w") as f:
         f.write("""
 import json, random, subprocess, sys
@@ -98,8 +65,7 @@ with open(out, "w") as o:
             p.wait()
             o.write("%d %s\\n" % (p.pid, name))
 """)
-    import json
-    data = os.path.join(fix, "perf.data")
+    data = os.path.join(fx.dir, "perf.data")
     events = ["syscalls:sys_enter_execve", "syscalls:sys_enter_clone", "syscalls:sys_enter_clone3",
               "sched:sched_process_exit", "sched:sched_process_fork"]
     rec = subprocess.run(["perf", "record", "-q", "-o", data] + sum((["-e", e] for e in events), []) +
@@ -114,7 +80,7 @@ with open(out, "w") as o:
     script = rep.stdout
     which = dict(l.split() for l in open(order).read().split("\n") if l)
 finally:
-    shutil.rmtree(fix, ignore_errors=True)
+    fx.remove()
 
 # Events by process, and which process forked which.
 ev, parent = {}, {}

@@ -19,69 +19,24 @@ if ! command -v bwrap >/dev/null; then
     command -v bwrap >/dev/null || { echo "bench: bwrap (Debian package bubblewrap) is needed" >&2; exit 2; }
 fi
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-exec "$PY" - "$AIRLOCK" "${BENCH_RUNS:-300}" "${BENCH_AS:-}" "${AIRLOCK_BASE:-}" <<'PYEOF'
-import json, os, random, shutil, statistics, subprocess, sys, tempfile, time
+exec "$PY" - "$bench_root/bench" "$AIRLOCK" "${BENCH_RUNS:-300}" "${BENCH_AS:-}" "${AIRLOCK_BASE:-}" <<'PYEOF'
+import json, os, random, statistics, subprocess, sys, time
 
-airlock, runs, as_user, base = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-fix = tempfile.mkdtemp(prefix="airlock-bench-")
-os.chmod(fix, 0o755)
-ws = os.path.join(fix, "ws")
-state = os.path.join(fix, "state")
-os.mkdir(ws, 0o755)
-os.mkdir(state, 0o700)
-for i in range(20):
-    with open(os.path.join(ws, "f%d.txt" % i), "w") as f:
-        f.write("x" * 100)
-os.makedirs(os.path.join(ws, ".git/hooks"))
-with open(os.path.join(ws, ".git/config"), "w") as f:
-    f.write("[core]\n")
-def install(src, sub):
-    """Copy the front `src` (and airlock-full beside it, as installed) into fix/sub."""
-    d = os.path.join(fix, sub)
-    os.mkdir(d, 0o755)
-    shutil.copy(src, os.path.join(d, "airlock"))
-    os.chmod(os.path.join(d, "airlock"), 0o755)
-    full = os.path.join(os.path.dirname(src), "airlock-full")
-    if os.path.exists(full):
-        shutil.copy(full, os.path.join(d, "airlock-full"))
-    return os.path.join(d, "airlock")
+sys.dont_write_bytecode = True  # nothing left in the checkout
+sys.path.insert(0, sys.argv[1])
+from sandbox_fixture import Fixture
 
-binary = install(airlock, "bin")
-base_binary = install(base, "base") if base else None
-
-prefix = []
-if as_user:
-    uid = 65534 if as_user == "nobody" else int(as_user)
-    for d, dirs, files in os.walk(fix):
-        for x in dirs + files:
-            os.lchown(os.path.join(d, x), uid, uid)
-    os.lchown(fix, uid, uid)
-    prefix = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "--"]
-
-env = {"PATH": "/usr/bin:/bin", "HOME": fix, "XDG_STATE_HOME": state, "XDG_CONFIG_HOME": os.path.join(fix, "config")}
-
-def symlink_or_bind(d):
-    p = "/" + d
-    if os.path.islink(p):
-        return ["--symlink", os.readlink(p), p]
-    if os.path.isdir(p):
-        return ["--ro-bind", p, p]
-    return []
-
-bwrap = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-         "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
-for d in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-    bwrap += symlink_or_bind(d)
-bwrap += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-          "--bind", ws, ws, "--chdir", ws, "/bin/true"]
+airlock, runs, as_user, base = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+fx = Fixture(as_user, {"bin": airlock, **({"base": base} if base else {})})
+ws, env, prefix, binary = fx.ws, fx.env, fx.prefix, fx.bins["bin"]
 
 cases = [
     ("bare /bin/true", prefix + ["/bin/true"]),
-    ("bwrap", prefix + bwrap),
-    ("airlock run", prefix + [binary, "run", "--workspace", ws, "--", "/bin/true"]),
+    ("bwrap", fx.bwrap()),
+    ("airlock run", fx.airlock("bin")),
 ]
-if base_binary:
-    cases.append(("airlock (base)", prefix + [base_binary, "run", "--workspace", ws, "--", "/bin/true"]))
+if base:
+    cases.append(("airlock (base)", fx.airlock("base")))
 
 def staging_fs(path):
     """The filesystem holding `path` (where the overlay's upper and work dirs
@@ -127,9 +82,9 @@ def measure():
 
 try:
     times, layers = measure()
-    staging = staging_fs(os.path.realpath(state))
+    staging = staging_fs(os.path.realpath(fx.state))
 finally:
-    shutil.rmtree(fix, ignore_errors=True)
+    fx.remove()
 
 med = {k: statistics.median(v) * 1000 for k, v in times.items()}
 print("median wall time per process, %d runs each, as %s:" % (runs, as_user or ("root" if os.geteuid() == 0 else "uid %d" % os.geteuid())))
@@ -141,7 +96,7 @@ print("airlock run: workspace %s, Landlock %s (ABI %s), seccomp %s, limits %s, n
          ",".join(layers["namespaces"])))
 print("staging area on %s (TMPDIR=DIR puts it elsewhere)" % staging)
 print("ratio airlock/bwrap: %.2f" % (med["airlock run"] / med["bwrap"]))
-if base_binary:
+if base:
     print("ratio base/bwrap: %.2f; this build against the base: %+.2f ms"
           % (med["airlock (base)"] / med["bwrap"], med["airlock run"] - med["airlock (base)"]))
 PYEOF
