@@ -104,6 +104,11 @@ def descendants(top):
         todo += [c for c, par in parent.items() if par == p]
     return out
 
+def new_user_ns(trace):
+    """Whether a clone event's flags have CLONE_NEWUSER."""
+    m = re.search(r"clone_flags: (0x[0-9a-f]+)", trace)
+    return m is not None and int(m.group(1), 16) & 0x10000000 != 0
+
 phases = ["start → clone", "clone → command", "command", "command → end", "whole"]
 res = {name: {p: [] for p in phases} for name in cases}
 for top, name in which.items():
@@ -127,7 +132,7 @@ for top, name in which.items():
         clone = clones[-1] if clones else None
     else:
         clones = [t for p in descendants(top) for t, n, _, r in ev.get(p, [])
-                  if n.endswith("sys_enter_clone") and (int(re.search(r"clone_flags: (0x[0-9a-f]+)", r).group(1), 16) & 0x10000000)]
+                  if n.endswith("sys_enter_clone") and new_user_ns(r)]
         clone = min(clones) if clones else None
     if clone is None:
         continue
