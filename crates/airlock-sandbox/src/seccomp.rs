@@ -136,7 +136,7 @@ mod tests {
     use super::*;
 
     /// Run a classic BPF seccomp program on (arch, nr, args) the way the
-    /// kernel does, for the instructions seccompiler and `harden` emit.
+    /// kernel does, for the instructions seccompiler and `rules::build` emit.
     fn run(prog: &[libc::sock_filter], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
         run_counted(prog, arch, nr, args).0
     }
@@ -343,11 +343,7 @@ mod tests {
                     r.insert(libc::SYS_connect, vec![]);
                 }
                 let listed: Vec<i64> = r.keys().copied().collect();
-                let raw = rules::compile(r, libc::EPERM).unwrap();
-                let raw: Vec<libc::sock_filter> = raw
-                    .into_iter()
-                    .map(|i| rules::ins(i.code, i.jt, i.jf, i.k))
-                    .collect();
+                let raw = rules::compile(r).unwrap();
                 let p = programs(udp).unwrap();
                 let ours = if with_connect {
                     p.deny_and_connect.clone()

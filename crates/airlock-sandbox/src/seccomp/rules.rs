@@ -1,5 +1,5 @@
-//! The deny list's rules and their compilation with `seccompiler`, plus
-//! the checks put in front of seccompiler's code (see [`harden`]). The
+//! The deny list's rules, their compilation with `seccompiler`, and the
+//! reshaping of seccompiler's program into the one filter (see [`build`]). The
 //! crate's build script compiles this file too, to make the programs for
 //! the target ahead of time (see `super`): nothing here may refer to the
 //! rest of the crate.
@@ -231,21 +231,21 @@ pub fn rules(deny_udp: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> 
     Ok(rules)
 }
 
-/// seccompiler's program for `rules` on this architecture: what they match
-/// gets `errno`, everything else is allowed.
-pub fn compile(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    errno: i32,
-) -> Result<seccompiler::BpfProgram, String> {
+/// seccompiler's program for `rules` on this architecture, as libc's
+/// struct: what they match gets EPERM, everything else is allowed.
+pub fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Vec<libc::sock_filter>, String> {
     let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().map_err(e)?;
     let f = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(errno as u32),
+        SeccompAction::Errno(libc::EPERM as u32),
         arch,
     )
     .map_err(e)?;
-    f.try_into().map_err(e)
+    let p: seccompiler::BpfProgram = f.try_into().map_err(e)?;
+    Ok(p.into_iter()
+        .map(|i| ins(i.code, i.jt, i.jf, i.k))
+        .collect())
 }
 
 /// The program every run installs: the deny list plus `connect` (for user
@@ -284,10 +284,7 @@ pub const ENOSYS_SYSCALLS: &[i64] = &[libc::SYS_clone3, libc::SYS_openat2];
 /// always allowed: its length is paid on every run.
 pub fn build(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Vec<libc::sock_filter>, String> {
     let nrs: Vec<u32> = rules.keys().map(|n| *n as u32).collect();
-    let raw: Vec<libc::sock_filter> = compile(rules, libc::EPERM)?
-        .into_iter()
-        .map(|i| ins(i.code, i.jt, i.jf, i.k))
-        .collect();
+    let raw = compile(rules)?;
     let mut g = Graph::default();
     let eperm = g.add(Node::Ret(RET_ERRNO | libc::EPERM as u32));
     let (arch, body) = split_arch_check(&raw)?;
