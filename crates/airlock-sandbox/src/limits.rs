@@ -435,13 +435,16 @@ impl RunCgroup {
                 let gone = rustix::process::Pid::from_raw(pid).is_some_and(|p| {
                     rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)
                 });
-                let old = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= STALE_CGROUP_AGE);
-                if gone && old && fs::remove_dir(e.path()).is_ok() {
+                // Its age is looked at only for a cgroup whose owner is gone
+                // (not for this run's own, nor a running neighbour's).
+                let old = || {
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age >= STALE_CGROUP_AGE)
+                };
+                if gone && old() && fs::remove_dir(e.path()).is_ok() {
                     tracing::info!(
                         "removed {}, left by a run that was killed",
                         e.path().display()
